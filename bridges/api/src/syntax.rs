@@ -1,0 +1,153 @@
+//! Broker topic syntax: which characters are wildcards and separators, and whether a filter is valid.
+
+/// The topic grammar of a broker family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopicSyntax {
+    /// NATS subjects: `.`-separated tokens, `*` one token, `>` the rest.
+    Nats,
+    /// MQTT topics: `/`-separated levels, `+` one level, `#` the rest.
+    Mqtt,
+}
+
+impl TopicSyntax {
+    /// True when `c` may not appear inside a single path parameter substituted into a topic: it would
+    /// act as a wildcard or a separator and so widen or redirect the subscription.
+    pub fn is_reserved(self, c: char) -> bool {
+        match self {
+            TopicSyntax::Nats => matches!(c, '*' | '>' | '.') || c.is_whitespace(),
+            TopicSyntax::Mqtt => matches!(c, '+' | '#' | '/'),
+        }
+    }
+
+    /// The characters [`Self::is_reserved`] rejects, for error messages.
+    pub fn reserved_description(self) -> &'static str {
+        match self {
+            TopicSyntax::Nats => "'*', '>', '.' or whitespace",
+            TopicSyntax::Mqtt => "'+', '#' or '/'",
+        }
+    }
+
+    /// Checks a subscription filter (wildcards allowed). Returns a reason when it is not valid.
+    pub fn check_filter(self, filter: &str) -> Result<(), &'static str> {
+        if filter.is_empty() {
+            return Err("empty topic");
+        }
+        if filter.chars().any(|c| c.is_control() || c == '\0') {
+            return Err("control character in topic");
+        }
+        match self {
+            TopicSyntax::Nats => {
+                if filter.chars().any(char::is_whitespace) {
+                    return Err("whitespace in subject");
+                }
+                let tokens: Vec<&str> = filter.split('.').collect();
+                for (i, token) in tokens.iter().enumerate() {
+                    if token.is_empty() {
+                        return Err("empty token in subject");
+                    }
+                    if token.contains(['*', '>']) && token.len() > 1 {
+                        return Err("a wildcard must be a whole token");
+                    }
+                    if *token == ">" && i + 1 != tokens.len() {
+                        return Err("'>' must be the last token");
+                    }
+                }
+                Ok(())
+            }
+            TopicSyntax::Mqtt => {
+                let levels: Vec<&str> = filter.split('/').collect();
+                for (i, level) in levels.iter().enumerate() {
+                    if level.contains(['+', '#']) && level.len() > 1 {
+                        return Err("a wildcard must be a whole level");
+                    }
+                    if *level == "#" && i + 1 != levels.len() {
+                        return Err("'#' must be the last level");
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks a concrete topic to publish on (no wildcards). Returns a reason when it is not valid.
+    pub fn check_topic(self, topic: &str) -> Result<(), &'static str> {
+        self.check_filter(topic)?;
+        if self.has_wildcards(topic) {
+            return Err("wildcards are not allowed in a topic to publish on");
+        }
+        Ok(())
+    }
+
+    /// True when the filter contains a wildcard token or level.
+    pub fn has_wildcards(self, filter: &str) -> bool {
+        match self {
+            TopicSyntax::Nats => filter.split('.').any(|t| t == "*" || t == ">"),
+            TopicSyntax::Mqtt => filter.split('/').any(|l| l == "+" || l == "#"),
+        }
+    }
+
+    /// True when the concrete `topic` is matched by `filter`.
+    pub fn matches(self, filter: &str, topic: &str) -> bool {
+        let (sep, one, rest) = match self {
+            TopicSyntax::Nats => ('.', "*", ">"),
+            TopicSyntax::Mqtt => ('/', "+", "#"),
+        };
+        // MQTT: wildcards at the first level never match topics starting with '$'.
+        if self == TopicSyntax::Mqtt
+            && topic.starts_with('$')
+            && (filter.starts_with('+') || filter.starts_with('#'))
+        {
+            return false;
+        }
+        let mut f = filter.split(sep);
+        let mut t = topic.split(sep);
+        loop {
+            match (f.next(), t.next()) {
+                // NATS '>' needs at least one token; MQTT '#' also matches the parent level.
+                (Some(fl), tl) if fl == rest => return tl.is_some() || self == TopicSyntax::Mqtt,
+                (Some(fl), Some(tl)) => {
+                    if fl != one && fl != tl {
+                        return false;
+                    }
+                }
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TopicSyntax::{Mqtt, Nats};
+
+    #[test]
+    fn filters() {
+        assert!(Nats.check_filter("a.b.*").is_ok());
+        assert!(Nats.check_filter("a.>").is_ok());
+        assert!(Nats.check_filter("a.>.b").is_err());
+        assert!(Nats.check_filter("a..b").is_err());
+        assert!(Nats.check_filter("a.b*").is_err());
+        assert!(Nats.check_filter("a b").is_err());
+        assert!(Mqtt.check_filter("a/+/c").is_ok());
+        assert!(Mqtt.check_filter("a/#").is_ok());
+        assert!(Mqtt.check_filter("a/#/c").is_err());
+        assert!(Mqtt.check_filter("a/b+").is_err());
+        assert!(Mqtt.check_filter("").is_err());
+        assert!(Mqtt.check_topic("a/+").is_err());
+        assert!(Mqtt.check_topic("a/b").is_ok());
+    }
+
+    #[test]
+    fn matching() {
+        assert!(Mqtt.matches("a/+/c", "a/b/c"));
+        assert!(!Mqtt.matches("a/+/c", "a/b/d"));
+        assert!(Mqtt.matches("a/#", "a/b/c"));
+        assert!(Mqtt.matches("a/#", "a"));
+        assert!(!Mqtt.matches("#", "$SYS/x"));
+        assert!(Nats.matches("a.*", "a.b"));
+        assert!(!Nats.matches("a.*", "a.b.c"));
+        assert!(Nats.matches("a.>", "a.b.c"));
+        assert!(!Nats.matches("a.>", "a"));
+    }
+}

@@ -1,0 +1,121 @@
+//! An in-process broker with MQTT topic syntax: the embedded default and hermetic tests.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sluice_bridge::{Bridge, BridgeError, Message, Sink, Subscription, TopicSyntax};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// The broker: a list of live filters, each with its sink.
+#[derive(Default)]
+pub struct MemoryBridge {
+    inner: Arc<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    next_id: Mutex<u64>,
+    subscriptions: Mutex<Vec<(u64, String, Sink)>>,
+}
+
+impl Registry {
+    fn subscriptions(&self) -> MutexGuard<'_, Vec<(u64, String, Sink)>> {
+        // A panic while holding this lock cannot leave the list half-updated, so recover from poison.
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Removes its subscription from the registry when dropped.
+struct Unsubscribe {
+    registry: Arc<Registry>,
+    id: u64,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        self.registry.subscriptions().retain(|(id, _, _)| *id != self.id);
+    }
+}
+
+impl MemoryBridge {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many subscriptions are live (for tests and diagnostics).
+    pub fn subscription_count(&self) -> usize {
+        self.inner.subscriptions().len()
+    }
+}
+
+#[async_trait]
+impl Bridge for MemoryBridge {
+    fn syntax(&self) -> TopicSyntax {
+        TopicSyntax::Mqtt
+    }
+
+    async fn subscribe(&self, filter: &str, sink: Sink) -> Result<Subscription, BridgeError> {
+        TopicSyntax::Mqtt
+            .check_filter(filter)
+            .map_err(|reason| BridgeError::InvalidTopic {
+                topic: filter.to_owned(),
+                reason,
+            })?;
+        let id = {
+            let mut next = self.inner.next_id.lock().unwrap_or_else(PoisonError::into_inner);
+            *next += 1;
+            *next
+        };
+        self.inner.subscriptions().push((id, filter.to_owned(), sink));
+        Ok(Subscription::new(Unsubscribe {
+            registry: self.inner.clone(),
+            id,
+        }))
+    }
+
+    async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BridgeError> {
+        TopicSyntax::Mqtt
+            .check_topic(topic)
+            .map_err(|reason| BridgeError::InvalidTopic {
+                topic: topic.to_owned(),
+                reason,
+            })?;
+        let topic: Arc<str> = Arc::from(topic);
+        // Collect the sinks first: a sink may subscribe or unsubscribe, which takes the lock.
+        let sinks: Vec<Sink> = self
+            .inner
+            .subscriptions()
+            .iter()
+            .filter(|(_, filter, _)| TopicSyntax::Mqtt.matches(filter, &topic))
+            .map(|(_, _, sink)| sink.clone())
+            .collect();
+        for sink in sinks {
+            sink(Message {
+                topic: topic.clone(),
+                payload: payload.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn delivers_to_matching_filters_until_dropped() {
+        let bridge = MemoryBridge::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let sink: Sink = Arc::new(move |m: Message| log.lock().expect("lock").push(m.topic));
+        let sub = bridge.subscribe("a/+", sink).await.expect("subscribe");
+        bridge.publish("a/b", Bytes::from_static(b"x")).await.expect("publish");
+        bridge.publish("c/d", Bytes::from_static(b"x")).await.expect("publish");
+        drop(sub);
+        bridge.publish("a/c", Bytes::from_static(b"x")).await.expect("publish");
+        assert_eq!(*seen.lock().expect("lock"), vec![Arc::from("a/b")]);
+        assert_eq!(bridge.subscription_count(), 0);
+    }
+}

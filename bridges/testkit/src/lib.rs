@@ -1,0 +1,246 @@
+//! Test-only broker processes: `nats-server` and `mosquitto` on free loopback ports, killed on Drop.
+//!
+//! Each guard starts its own process and stops only that process, by its PID. A missing binary is a
+//! test failure with an install hint, never a silent skip.
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a broker may take to come up before the test fails.
+const START_DEADLINE: Duration = Duration::from_secs(20);
+
+fn spawn(program: &str, args: &[String], package: &str) -> Child {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {program}: {e}; install it with `apt-get install -y {package}` (scripts/test does this)")
+        })
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A fresh private directory under the system temp dir, removed by the guard that owns it.
+fn scratch_dir(kind: &str) -> PathBuf {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-test-{kind}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// A port that was free a moment ago (the OS picks it; we release it for the child to bind).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Polls until a TCP connect to `port` succeeds.
+fn wait_for_port(port: u16, child: &mut Child, program: &str) {
+    let deadline = Instant::now() + START_DEADLINE;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{program} exited during start-up: {status}");
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{program} did not listen on port {port} within {START_DEADLINE:?}");
+}
+
+/// A `nats-server` process of this test's own, with JetStream and HTTP monitoring.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    monitor_port: u16,
+    dir: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server on free ports (the server picks them: `-p -1 -m -1`) and waits until it listens.
+    pub fn start() -> Self {
+        let dir = scratch_dir("nats");
+        let mut server = Self {
+            child: None,
+            port: 0,
+            monitor_port: 0,
+            dir,
+        };
+        server.launch("-1", "-1");
+        server
+    }
+
+    fn launch(&mut self, port: &str, monitor_port: &str) {
+        let args: Vec<String> = [
+            "-a",
+            "127.0.0.1",
+            "-p",
+            port,
+            "-m",
+            monitor_port,
+            "-js",
+            "-sd",
+            &self.dir.to_string_lossy(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut child = spawn("nats-server", &args, "nats-server");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let (mut client, mut monitor) = (None, None);
+        // nats-server logs the ports it bound; read them back (as nats.rs's own test harness does).
+        while client.is_none() || monitor.is_none() {
+            let Some(Ok(line)) = lines.next() else {
+                kill(&mut child);
+                panic!("nats-server exited before reporting its ports");
+            };
+            if let Some(addr) = line.split("client connections on ").nth(1) {
+                client = addr.trim().rsplit(':').next().and_then(|p| p.parse().ok());
+            }
+            if let Some(addr) = line.split("Starting http monitor on ").nth(1) {
+                monitor = addr.trim().rsplit(':').next().and_then(|p| p.parse().ok());
+            }
+        }
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.port = client.expect("client port");
+        self.monitor_port = monitor.expect("monitor port");
+        wait_for_port(self.port, &mut child, "nats-server");
+        self.child = Some(child);
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The monitoring endpoint (`/subsz`, `/connz?subs=1`, ...).
+    pub fn monitor_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.monitor_port)
+    }
+
+    /// Kills the server process (a crash, as far as clients can tell).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+
+    /// Starts the server again on the same ports, keeping its JetStream store.
+    pub fn restart(&mut self) {
+        self.stop();
+        let (port, monitor) = (self.port.to_string(), self.monitor_port.to_string());
+        self.launch(&port, &monitor);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `mosquitto` process of this test's own, anonymous access on one loopback port.
+pub struct Mosquitto {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto on a free port and waits until it accepts connections.
+    pub fn start() -> Self {
+        let dir = scratch_dir("mosquitto");
+        let mut broker = Self {
+            child: None,
+            port: 0,
+            dir,
+        };
+        // The port is chosen before mosquitto binds it; another process may win the race, so retry.
+        for _ in 0..5 {
+            broker.port = free_port();
+            if broker.launch() {
+                return broker;
+            }
+        }
+        panic!("mosquitto could not bind a free port in 5 tries");
+    }
+
+    fn launch(&mut self) -> bool {
+        let config = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n",
+                self.port
+            ),
+        )
+        .expect("write mosquitto.conf");
+        let args = vec!["-c".to_owned(), config.to_string_lossy().into_owned()];
+        let mut child = spawn("mosquitto", &args, "mosquitto");
+        let stderr = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+        let deadline = Instant::now() + START_DEADLINE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill(&mut child);
+        panic!("mosquitto did not listen on port {} within {START_DEADLINE:?}", self.port);
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(&mut child);
+        }
+    }
+
+    /// Starts mosquitto again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(self.launch(), "mosquitto failed to restart on port {}", self.port);
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

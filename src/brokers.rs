@@ -1,0 +1,39 @@
+//! Builds one bridge per configured broker.
+
+use crate::config::{Broker, BrokerKind};
+use sluice_bridge::{Bridge, BridgeError};
+use sluice_memory::MemoryBridge;
+use sluice_mqtt::{MqttBridge, MqttSettings};
+use sluice_nats::NatsBridge;
+use std::sync::Arc;
+
+/// Connects every broker, in configuration order. A broker that is down is not an error: its bridge
+/// keeps retrying in the background. Must run inside a tokio runtime that outlives the bridges.
+pub async fn connect_all(brokers: &[Broker]) -> Result<Vec<Arc<dyn Bridge>>, BridgeError> {
+    let mut bridges: Vec<Arc<dyn Bridge>> = Vec::with_capacity(brokers.len());
+    for broker in brokers {
+        let bridge: Arc<dyn Bridge> = match &broker.kind {
+            BrokerKind::Memory => Arc::new(MemoryBridge::new()),
+            BrokerKind::Nats { url } => Arc::new(NatsBridge::connect(&broker.name, url).await?),
+            BrokerKind::Mqtt { url, client_id, qos } => Arc::new(MqttBridge::connect(
+                &broker.name,
+                &MqttSettings {
+                    url: url.clone(),
+                    client_id: client_id.clone(),
+                    qos: *qos,
+                },
+            )?),
+        };
+        tracing::info!(broker = %broker.name, kind = kind_name(&broker.kind), "broker configured");
+        bridges.push(bridge);
+    }
+    Ok(bridges)
+}
+
+fn kind_name(kind: &BrokerKind) -> &'static str {
+    match kind {
+        BrokerKind::Memory => "memory",
+        BrokerKind::Nats { .. } => "nats",
+        BrokerKind::Mqtt { .. } => "mqtt",
+    }
+}

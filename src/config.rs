@@ -1,0 +1,452 @@
+//! The TOML configuration: serde structs that mirror the file, and `validate()` into runtime types.
+//!
+//! Every error names the file, line and column it comes from (`PATH:LINE:COLUMN: reason`). Nothing
+//! after start-up sees the serde layer: the runtime types below cannot hold an invalid value.
+
+use crate::route::{parse_template, PathTemplate, Piece, TopicTemplate};
+use serde::Deserialize;
+use sluice_bridge::TopicSyntax;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// A configuration error, located in its file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+// ---- the file, as serde reads it -------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    brokers: BTreeMap<String, RawBroker>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<OneOrMany>>,
+    heartbeat: Option<Spanned<String>>,
+    retry: Option<Spanned<String>>,
+    write_timeout: Option<Spanned<String>>,
+    max_publish_bytes: Option<Spanned<usize>>,
+    max_streams_per_connection: Option<Spanned<u32>>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    listen: Spanned<OneOrMany>,
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBroker {
+    #[serde(rename = "type")]
+    kind: Spanned<String>,
+    url: Option<Spanned<String>>,
+    client_id: Option<Spanned<String>>,
+    qos: Option<Spanned<u8>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path: Spanned<String>,
+    broker: Spanned<String>,
+    topic: Spanned<String>,
+    event: Option<Spanned<String>>,
+    buffer: Option<Spanned<usize>>,
+    overflow: Option<Spanned<String>>,
+    publish: Option<bool>,
+}
+
+// ---- the runtime types -----------------------------------------------------------------------
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: Server,
+    pub brokers: Vec<Broker>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Server {
+    /// Cleartext listeners: HTTP/1.1 and h2c with prior knowledge on the same port.
+    pub listen: Vec<SocketAddr>,
+    pub tls: Option<Tls>,
+    /// A comment line is written on a stream idle this long.
+    pub heartbeat: Duration,
+    /// Sent as `retry:` when a stream opens.
+    pub retry: Duration,
+    /// A write to a client that makes no progress for this long ends its stream.
+    pub write_timeout: Duration,
+    /// The largest body a `POST` may publish (`413` past it).
+    pub max_publish_bytes: usize,
+    /// HTTP/2 concurrent streams per connection.
+    pub max_streams_per_connection: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub listen: Vec<SocketAddr>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct Broker {
+    pub name: String,
+    pub kind: BrokerKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BrokerKind {
+    Memory,
+    Nats { url: String },
+    Mqtt { url: String, client_id: String, qos: u8 },
+}
+
+impl BrokerKind {
+    pub fn syntax(&self) -> TopicSyntax {
+        match self {
+            BrokerKind::Nats { .. } => TopicSyntax::Nats,
+            BrokerKind::Mqtt { .. } | BrokerKind::Memory => TopicSyntax::Mqtt,
+        }
+    }
+}
+
+/// What happens when a stream's queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// Close that stream; the client reconnects.
+    Disconnect,
+    /// Discard the oldest queued events to make room.
+    DropOldest,
+}
+
+/// The SSE event type of a route: fixed text, optionally with `{topic}` inserted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventName {
+    pieces: Vec<Piece>,
+}
+
+impl EventName {
+    /// The event type for a message on `topic`.
+    pub fn render(&self, topic: &str) -> String {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Literal(l) => out.push_str(l),
+                Piece::Param(_) => out.push_str(topic),
+            }
+        }
+        out
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub path: PathTemplate,
+    /// Index into `Config::brokers`.
+    pub broker: usize,
+    pub syntax: TopicSyntax,
+    pub topic: TopicTemplate,
+    pub event: Option<EventName>,
+    pub buffer: usize,
+    pub overflow: Overflow,
+    pub publish: bool,
+}
+
+// ---- defaults: the one home of every default value --------------------------------------------
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(2);
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_PUBLISH_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1000;
+pub const DEFAULT_BUFFER: usize = 256;
+pub const MAX_BUFFER: usize = 1_000_000;
+
+// ---- loading and validation ------------------------------------------------------------------
+
+/// Turns byte offsets into `PATH:LINE:COLUMN` errors.
+struct Locator<'a> {
+    file: &'a str,
+    source: &'a str,
+}
+
+impl Locator<'_> {
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        let at = span.start.min(self.source.len());
+        let before = &self.source[..at];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map_or(at, |nl| at - nl - 1) + 1;
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let file = path.display().to_string();
+    let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        line: 1,
+        column: 1,
+        message: format!("cannot read: {e}"),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&file, &source, base)
+}
+
+/// Parses and validates configuration text; `base` resolves relative file paths (the file's folder).
+pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigError> {
+    let at = Locator { file, source };
+    let raw: RawConfig = toml::from_str(source)
+        .map_err(|e| at.error(e.span().unwrap_or(0..0), e.message().trim().to_owned()))?;
+
+    let server = validate_server(&at, raw.server, base)?;
+
+    let mut brokers = Vec::new();
+    for (name, broker) in raw.brokers {
+        let kind = validate_broker(&at, &name, broker)?;
+        brokers.push(Broker { name, kind });
+    }
+
+    let mut routes: Vec<Route> = Vec::new();
+    for route in raw.routes {
+        let span = route.span();
+        let route = validate_route(&at, route.into_inner(), &brokers)?;
+        if routes.iter().any(|r| r.path.as_str() == route.path.as_str()) {
+            return Err(at.error(span, format!("duplicate route path {:?}", route.path.as_str())));
+        }
+        routes.push(route);
+    }
+    if routes.is_empty() {
+        return Err(at.error(0..0, "no [[routes]]: nothing to serve"));
+    }
+    Ok(Config {
+        server,
+        brokers,
+        routes,
+    })
+}
+
+fn duration(at: &Locator, value: Option<Spanned<String>>, default: Duration) -> Result<Duration, ConfigError> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let parsed = humantime::parse_duration(value.get_ref())
+        .map_err(|e| at.error(value.span(), format!("invalid duration {:?}: {e} (e.g. \"15s\", \"500ms\")", value.get_ref())))?;
+    if parsed.is_zero() {
+        return Err(at.error(value.span(), "the duration must be greater than zero"));
+    }
+    Ok(parsed)
+}
+
+fn addresses(at: &Locator, value: Spanned<OneOrMany>) -> Result<Vec<SocketAddr>, ConfigError> {
+    let span = value.span();
+    let list = match value.into_inner() {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    };
+    if list.is_empty() {
+        return Err(at.error(span, "listen needs at least one address"));
+    }
+    list.iter()
+        .map(|a| {
+            a.parse::<SocketAddr>().map_err(|_| {
+                at.error(span.clone(), format!("invalid listen address {a:?}: expected IP:PORT, e.g. \"127.0.0.1:8080\""))
+            })
+        })
+        .collect()
+}
+
+fn validate_server(at: &Locator, raw: RawServer, base: &Path) -> Result<Server, ConfigError> {
+    let listen = match raw.listen {
+        Some(l) => addresses(at, l)?,
+        None => vec![DEFAULT_LISTEN.parse().map_err(|_| at.error(0..0, "bad default"))?],
+    };
+    let tls = match raw.tls {
+        None => None,
+        Some(tls) => {
+            let resolve = |p: &Spanned<String>| -> Result<PathBuf, ConfigError> {
+                if p.get_ref().is_empty() {
+                    return Err(at.error(p.span(), "empty file path"));
+                }
+                Ok(base.join(p.get_ref()))
+            };
+            Some(Tls {
+                cert: resolve(&tls.cert)?,
+                key: resolve(&tls.key)?,
+                listen: addresses(at, tls.listen)?,
+            })
+        }
+    };
+    let positive = |v: Option<Spanned<usize>>, default: usize| -> Result<usize, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(v) if *v.get_ref() == 0 => Err(at.error(v.span(), "must be greater than zero")),
+            Some(v) => Ok(v.into_inner()),
+        }
+    };
+    let max_streams = match raw.max_streams_per_connection {
+        None => DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        Some(v) if *v.get_ref() == 0 => return Err(at.error(v.span(), "must be greater than zero")),
+        Some(v) => v.into_inner(),
+    };
+    Ok(Server {
+        listen,
+        tls,
+        heartbeat: duration(at, raw.heartbeat, DEFAULT_HEARTBEAT)?,
+        retry: duration(at, raw.retry, DEFAULT_RETRY)?,
+        write_timeout: duration(at, raw.write_timeout, DEFAULT_WRITE_TIMEOUT)?,
+        max_publish_bytes: positive(raw.max_publish_bytes, DEFAULT_MAX_PUBLISH_BYTES)?,
+        max_streams_per_connection: max_streams,
+    })
+}
+
+fn validate_broker(at: &Locator, name: &str, raw: RawBroker) -> Result<BrokerKind, ConfigError> {
+    let url = |scheme: &str| -> Result<String, ConfigError> {
+        let Some(url) = &raw.url else {
+            return Err(at.error(raw.kind.span(), format!("broker {name:?} needs a url, e.g. \"{scheme}://127.0.0.1\"")));
+        };
+        if !url.get_ref().starts_with(&format!("{scheme}://")) {
+            return Err(at.error(url.span(), format!("a {} url must start with {scheme}://", raw.kind.get_ref())));
+        }
+        Ok(url.get_ref().clone())
+    };
+    let not_mqtt = |raw: &RawBroker| -> Result<(), ConfigError> {
+        if let Some(c) = &raw.client_id {
+            return Err(at.error(c.span(), "client_id is for mqtt brokers only"));
+        }
+        if let Some(q) = &raw.qos {
+            return Err(at.error(q.span(), "qos is for mqtt brokers only"));
+        }
+        Ok(())
+    };
+    match raw.kind.get_ref().as_str() {
+        "memory" => {
+            not_mqtt(&raw)?;
+            if let Some(u) = &raw.url {
+                return Err(at.error(u.span(), "a memory broker has no url"));
+            }
+            Ok(BrokerKind::Memory)
+        }
+        "nats" => {
+            not_mqtt(&raw)?;
+            Ok(BrokerKind::Nats { url: url("nats")? })
+        }
+        "mqtt" => {
+            let url = url("mqtt")?;
+            let qos = match &raw.qos {
+                None => 1,
+                Some(q) if *q.get_ref() <= 1 => *q.get_ref(),
+                Some(q) => return Err(at.error(q.span(), "qos must be 0 or 1")),
+            };
+            let client_id = match &raw.client_id {
+                Some(c) if c.get_ref().is_empty() => {
+                    return Err(at.error(c.span(), "client_id cannot be empty"))
+                }
+                Some(c) => c.get_ref().clone(),
+                // Two sluice instances with one client id would keep disconnecting each other.
+                None => format!("sluice-{name}-{}", std::process::id()),
+            };
+            Ok(BrokerKind::Mqtt { url, client_id, qos })
+        }
+        other => Err(at.error(
+            raw.kind.span(),
+            format!("unknown broker type {other:?}: expected \"mqtt\", \"nats\" or \"memory\""),
+        )),
+    }
+}
+
+fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Route, ConfigError> {
+    let path = PathTemplate::parse(raw.path.get_ref()).map_err(|e| at.error(raw.path.span(), e))?;
+    let Some(broker) = brokers.iter().position(|b| b.name == *raw.broker.get_ref()) else {
+        let known: Vec<&str> = brokers.iter().map(|b| b.name.as_str()).collect();
+        return Err(at.error(
+            raw.broker.span(),
+            format!("no broker named {:?} (defined: {})", raw.broker.get_ref(), if known.is_empty() { "none".to_owned() } else { known.join(", ") }),
+        ));
+    };
+    let syntax = brokers[broker].kind.syntax();
+    let params: Vec<&str> = path.params().collect();
+    let topic = TopicTemplate::parse(raw.topic.get_ref(), syntax, &params)
+        .map_err(|e| at.error(raw.topic.span(), e))?;
+    let event = match &raw.event {
+        None => None,
+        Some(e) => Some(event_name(e.get_ref()).map_err(|msg| at.error(e.span(), msg))?),
+    };
+    let buffer = match &raw.buffer {
+        None => DEFAULT_BUFFER,
+        Some(b) if (1..=MAX_BUFFER).contains(b.get_ref()) => *b.get_ref(),
+        Some(b) => return Err(at.error(b.span(), format!("buffer must be between 1 and {MAX_BUFFER} events"))),
+    };
+    let overflow = match raw.overflow.as_ref().map(|o| (o.get_ref().as_str(), o.span())) {
+        None | Some(("disconnect", _)) => Overflow::Disconnect,
+        Some(("drop-oldest", _)) => Overflow::DropOldest,
+        Some((other, span)) => {
+            return Err(at.error(span, format!("unknown overflow policy {other:?}: expected \"disconnect\" or \"drop-oldest\"")))
+        }
+    };
+    let publish = raw.publish.unwrap_or(false);
+    if publish && syntax.has_wildcards(&topic.fill(&[])) {
+        return Err(at.error(raw.topic.span(), "publish = true needs a topic without wildcards"));
+    }
+    Ok(Route {
+        path,
+        broker,
+        syntax,
+        topic,
+        event,
+        buffer,
+        overflow,
+        publish,
+    })
+}
+
+fn event_name(text: &str) -> Result<EventName, String> {
+    if text.is_empty() {
+        return Err("event cannot be empty (leave it out for the default \"message\")".into());
+    }
+    if text.chars().any(char::is_control) {
+        return Err("event cannot contain control characters".into());
+    }
+    let pieces = parse_template(text)?;
+    if let Some(Piece::Param(p)) = pieces.iter().find(|p| matches!(p, Piece::Param(n) if n != "topic")) {
+        return Err(format!("event can only insert {{topic}}, not {{{p}}}"));
+    }
+    Ok(EventName { pieces })
+}

@@ -1,0 +1,47 @@
+//! The gateway's error type, and the one mapping from errors to HTTP statuses.
+
+use sluice_bridge::BridgeError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed (allowed: {0})")]
+    MethodNotAllowed(&'static str),
+    #[error("bad request: {0}")]
+    BadParameter(String),
+    #[error("payload too large: the limit is {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("broker: {0}")]
+    Bridge(BridgeError),
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+    #[error("building a response: {0}")]
+    Http(pingora::BError),
+    #[error("reading the request: {0}")]
+    Read(pingora::BError),
+    #[error("writing the response: {0}")]
+    Write(pingora::BError),
+}
+
+impl Error {
+    /// The HTTP status that answers this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::NotFound => 404,
+            Error::MethodNotAllowed(_) => 405,
+            Error::BadParameter(_) => 400,
+            Error::PayloadTooLarge(_) => 413,
+            Error::Bridge(BridgeError::InvalidTopic { .. }) => 400,
+            Error::Bridge(BridgeError::Unavailable(_)) => 503,
+            Error::Bridge(BridgeError::Broker(_)) => 502,
+            Error::Read(_) => 400,
+            Error::Internal(_) | Error::Http(_) | Error::Write(_) => 500,
+        }
+    }
+
+    /// False when the connection itself failed, so no response can be written.
+    pub fn is_response(&self) -> bool {
+        !matches!(self, Error::Write(_))
+    }
+}

@@ -1,0 +1,226 @@
+//! The topic registry: one shared broker subscription per concrete topic, and encode-once fan-out of
+//! each message to the queue of every stream on that topic.
+//!
+//! A message is encoded into its SSE frame once per distinct event name among the topic's streams
+//! (almost always once) and the same `Bytes` is queued for every stream: a refcount bump, no copy.
+//! When the last stream on a topic leaves, the broker subscription is dropped at once.
+
+use crate::config::EventName;
+use crate::sse;
+use crate::stream::{OverflowStats, StreamQueue};
+use bytes::Bytes;
+use sluice_bridge::{Bridge, BridgeError, Message, Sink, Subscription};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+/// A topic is identified by its broker (index into the configured brokers) and its filter.
+type TopicKey = (usize, String);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here leaves its data consistent, so poisoning carries no meaning.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The registry shared by every connection.
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    bridges: Vec<Arc<dyn Bridge>>,
+    topics: Mutex<HashMap<TopicKey, Arc<Topic>>>,
+    stats: Arc<OverflowStats>,
+}
+
+struct Topic {
+    key: TopicKey,
+    members: Mutex<Members>,
+    subscription: Mutex<Option<Subscription>>,
+    /// Set once the topic has left the registry; a subscription that arrives later is dropped.
+    retired: AtomicBool,
+    stats: Arc<OverflowStats>,
+}
+
+#[derive(Default)]
+struct Members {
+    next_id: u64,
+    by_id: HashMap<u64, Member>,
+}
+
+struct Member {
+    queue: Arc<StreamQueue>,
+    event: Option<EventName>,
+}
+
+/// A stream's place on a topic; dropping it leaves the topic.
+pub struct Membership {
+    hub: Arc<HubInner>,
+    topic: Arc<Topic>,
+    id: u64,
+}
+
+impl Hub {
+    pub fn new(bridges: Vec<Arc<dyn Bridge>>) -> Self {
+        Self {
+            inner: Arc::new(HubInner {
+                bridges,
+                topics: Mutex::new(HashMap::new()),
+                stats: Arc::new(OverflowStats::default()),
+            }),
+        }
+    }
+
+    pub fn bridge(&self, broker: usize) -> Option<&Arc<dyn Bridge>> {
+        self.inner.bridges.get(broker)
+    }
+
+    pub fn stats(&self) -> &OverflowStats {
+        &self.inner.stats
+    }
+
+    /// How many topics have a live broker subscription (or one being set up).
+    pub fn topic_count(&self) -> usize {
+        lock(&self.inner.topics).len()
+    }
+
+    /// Adds `queue` to the topic `filter` of `broker`, subscribing on the broker if it is the first.
+    pub async fn join(
+        &self,
+        broker: usize,
+        filter: String,
+        event: Option<EventName>,
+        queue: Arc<StreamQueue>,
+    ) -> Result<Membership, BridgeError> {
+        let bridge = self
+            .inner
+            .bridges
+            .get(broker)
+            .ok_or_else(|| BridgeError::Broker(format!("no broker #{broker}")))?
+            .clone();
+        let key = (broker, filter);
+        let (topic, id, created) = {
+            let mut topics = lock(&self.inner.topics);
+            let (topic, created) = match topics.get(&key) {
+                Some(topic) => (topic.clone(), false),
+                None => {
+                    let topic = Arc::new(Topic {
+                        key: key.clone(),
+                        members: Mutex::new(Members::default()),
+                        subscription: Mutex::new(None),
+                        retired: AtomicBool::new(false),
+                        stats: self.inner.stats.clone(),
+                    });
+                    topics.insert(key.clone(), topic.clone());
+                    (topic, true)
+                }
+            };
+            let mut members = lock(&topic.members);
+            members.next_id += 1;
+            let id = members.next_id;
+            members.by_id.insert(id, Member { queue, event });
+            drop(members);
+            (topic, id, created)
+        };
+        let membership = Membership {
+            hub: self.inner.clone(),
+            topic: topic.clone(),
+            id,
+        };
+        if created {
+            let weak = Arc::downgrade(&topic);
+            let sink: Sink = Arc::new(move |message: Message| {
+                if let Some(topic) = Weak::upgrade(&weak) {
+                    topic.fan_out(&message);
+                }
+            });
+            // On error the membership is dropped, which retires the fresh topic.
+            let subscription = bridge.subscribe(&key.1, sink).await?;
+            tracing::debug!(broker, filter = %key.1, "broker subscription opened");
+            *lock(&topic.subscription) = Some(subscription);
+            if topic.retired.load(Ordering::Acquire) {
+                // Every stream left while the subscription was being made.
+                lock(&topic.subscription).take();
+            }
+        }
+        Ok(membership)
+    }
+}
+
+impl Topic {
+    fn fan_out(&self, message: &Message) {
+        let members = lock(&self.members);
+        // One frame per distinct event name; nearly always a single entry.
+        let mut frames: Vec<(Option<&EventName>, Bytes)> = Vec::with_capacity(1);
+        for member in members.by_id.values() {
+            let key = member.event.as_ref();
+            let frame = match frames.iter().find(|(e, _)| *e == key) {
+                Some((_, frame)) => frame.clone(),
+                None => {
+                    let name = key.map(|e| e.render(&message.topic));
+                    let frame = sse::encode_event(name.as_deref(), &message.payload);
+                    frames.push((key, frame.clone()));
+                    frame
+                }
+            };
+            member.queue.push(frame, &self.stats);
+        }
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let retired = {
+            let mut topics = lock(&self.hub.topics);
+            let mut members = lock(&self.topic.members);
+            members.by_id.remove(&self.id);
+            if !members.by_id.is_empty() {
+                return;
+            }
+            drop(members);
+            if topics
+                .get(&self.topic.key)
+                .is_some_and(|t| Arc::ptr_eq(t, &self.topic))
+            {
+                topics.remove(&self.topic.key);
+            }
+            self.topic.retired.store(true, Ordering::Release);
+            lock(&self.topic.subscription).take()
+        };
+        if retired.is_some() {
+            tracing::debug!(broker = self.topic.key.0, filter = %self.topic.key.1, "broker subscription closed");
+        }
+        // `retired` (the broker subscription) is dropped here, outside every lock.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overflow;
+    use crate::stream::Next;
+    use sluice_memory::MemoryBridge;
+
+    #[tokio::test]
+    async fn shares_one_subscription_and_encodes_once() {
+        let memory = Arc::new(MemoryBridge::new());
+        let hub = Hub::new(vec![memory.clone()]);
+        let a = Arc::new(StreamQueue::new(8, Overflow::Disconnect));
+        let b = Arc::new(StreamQueue::new(8, Overflow::Disconnect));
+        let ma = hub.join(0, "t/1".into(), None, a.clone()).await.expect("join");
+        let mb = hub.join(0, "t/1".into(), None, b.clone()).await.expect("join");
+        assert_eq!(memory.subscription_count(), 1);
+        memory.publish("t/1", Bytes::from_static(b"hi")).await.expect("publish");
+        let (Next::Frames { frames: fa, .. }, Next::Frames { frames: fb, .. }) = (a.next().await, b.next().await) else {
+            panic!("expected frames");
+        };
+        assert_eq!(fa[0], Bytes::from_static(b"data: hi\n\n"));
+        // The same allocation is shared: encode once, no per-subscriber copy.
+        assert_eq!(fa[0].as_ptr(), fb[0].as_ptr());
+        drop(ma);
+        assert_eq!(memory.subscription_count(), 1);
+        drop(mb);
+        assert_eq!(memory.subscription_count(), 0);
+        assert_eq!(hub.topic_count(), 0);
+    }
+}

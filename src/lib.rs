@@ -1,0 +1,19 @@
+//! Sluice: an SSE gateway that streams broker topics (NATS, MQTT, in-memory) to browsers.
+//!
+//! The flow of one message, and the module that owns each step:
+//! - [`config`]: the TOML file, validated into runtime types (routes, brokers, server settings).
+//! - [`brokers`]: one bridge (crate `sluice-nats`, `sluice-mqtt`, `sluice-memory`) per broker.
+//! - [`hub`]: one shared broker subscription per concrete topic; encodes each message once ([`sse`])
+//!   and queues the same bytes for every stream on the topic.
+//! - [`stream`]: each stream's bounded queue and overflow policy (`disconnect` or `drop-oldest`).
+//! - [`service`]: the pingora app: HTTP/1.1, h2c and TLS h2; routing ([`route`]); writes each stream
+//!   with heartbeats, coalescing what queued up; maps [`error`]s to statuses.
+
+pub mod brokers;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod route;
+pub mod service;
+pub mod sse;
+pub mod stream;

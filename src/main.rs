@@ -1,0 +1,118 @@
+//! The `sluice` command: load and check the configuration, connect the brokers, serve until a signal.
+
+use anyhow::Context;
+use clap::Parser;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::TcpSocketOptions;
+use pingora::protocols::TcpKeepalive;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use sluice::config;
+use sluice::hub::Hub;
+use sluice::service::Gateway;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// An SSE gateway that streams NATS and MQTT topics to browsers.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, short, default_value = "config.toml")]
+    config: PathBuf,
+    /// Validate the configuration and exit: 0 when valid, 2 with `PATH:LINE:COLUMN: reason` when not.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::load(&cli.config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        println!("{}: ok", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    init_logging();
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // With its default `tracing-log` feature this also forwards pingora's `log` records into tracing.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+/// Socket options for every listener: bounded kernel send buffers, so a stalled HTTP/1.1 client
+/// cannot park megabytes; keepalive probes, so a peer that vanished without closing is found.
+fn socket_options() -> TcpSocketOptions {
+    let mut options = TcpSocketOptions::default();
+    options.tcp_snd_buf = Some(256 * 1024);
+    options.tcp_keepalive = Some(TcpKeepalive {
+        idle: Duration::from_secs(30),
+        interval: Duration::from_secs(10),
+        count: 3,
+        user_timeout: Duration::from_secs(60),
+    });
+    options
+}
+
+fn run(config: config::Config) -> anyhow::Result<()> {
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+
+    // The bridges live on a runtime of their own, beside pingora's per-service runtimes.
+    let bridge_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sluice-brokers")
+        .enable_all()
+        .build()
+        .context("starting the broker runtime")?;
+    let bridges = bridge_runtime
+        .block_on(sluice::brokers::connect_all(&config.brokers))
+        .context("connecting brokers")?;
+
+    let mut conf = ServerConf::default();
+    conf.threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // Streams end themselves on shutdown (after a randomised retry:), so little grace is needed.
+    conf.grace_period_seconds = Some(1);
+    conf.graceful_shutdown_timeout_seconds = Some(3);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let gateway = Gateway::new(config.clone(), Hub::new(bridges));
+    let mut service = Service::new("sluice".to_owned(), gateway);
+    for addr in &config.server.listen {
+        service.add_tcp_with_settings(&addr.to_string(), socket_options());
+        tracing::info!("listening on http://{addr} (HTTP/1.1 and h2c)");
+    }
+    if let Some(tls) = &config.server.tls {
+        let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
+        for addr in &tls.listen {
+            let mut settings = TlsSettings::intermediate(&cert, &key)
+                .map_err(|e| anyhow::anyhow!("TLS certificate {cert} or key {key}: {e}"))?;
+            settings.enable_h2();
+            service.add_tls_with_settings(&addr.to_string(), Some(socket_options()), settings);
+            tracing::info!("listening on https://{addr} (TLS: h2 and HTTP/1.1 by ALPN)");
+        }
+    }
+    server.add_service(service);
+    server.run(Default::default());
+    drop(bridge_runtime);
+    Ok(())
+}

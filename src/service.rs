@@ -1,0 +1,324 @@
+//! The pingora HTTP application: routes each request, streams SSE responses, accepts publishes, and
+//! is the one place where errors become HTTP statuses.
+
+use crate::config::{Config, Route};
+use crate::error::Error;
+use crate::hub::Hub;
+use crate::sse;
+use crate::stream::{Closed, Next, StreamQueue};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::Method;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// The gateway application shared by every listener.
+pub struct Gateway {
+    config: Config,
+    hub: Hub,
+    server_options: HttpServerOptions,
+}
+
+/// What to do with a request, decided before any body is read or anything is subscribed.
+enum Action<'a> {
+    Health,
+    Stream(&'a Route, String),
+    Publish(&'a Route, String),
+}
+
+impl Gateway {
+    pub fn new(config: Config, hub: Hub) -> Self {
+        let mut server_options = HttpServerOptions::default();
+        // Cleartext HTTP/2 with prior knowledge on the same port as HTTP/1.1 (pingora peeks the preface).
+        server_options.h2c = true;
+        Self {
+            config,
+            hub,
+            server_options,
+        }
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Matches method and path to an action, or to the error status that answers it.
+    fn route(&self, method: &Method, path: &str) -> Result<Action<'_>, Error> {
+        if path == "/healthz" {
+            return match *method {
+                Method::GET | Method::HEAD => Ok(Action::Health),
+                _ => Err(Error::MethodNotAllowed("GET, HEAD")),
+            };
+        }
+        for route in &self.config.routes {
+            let Some(matched) = route.path.matches(path, route.syntax) else {
+                continue;
+            };
+            let allowed = if route.publish { "GET, POST" } else { "GET" };
+            let is_publish = match *method {
+                Method::GET => false,
+                Method::POST if route.publish => true,
+                _ => return Err(Error::MethodNotAllowed(allowed)),
+            };
+            let params = matched.map_err(Error::BadParameter)?;
+            let topic = route.topic.fill(&params);
+            return Ok(if is_publish {
+                Action::Publish(route, topic)
+            } else {
+                Action::Stream(route, topic)
+            });
+        }
+        Err(Error::NotFound)
+    }
+
+    async fn handle(&self, session: &mut ServerSession, shutdown: &ShutdownWatch) -> Result<Reuse, Error> {
+        let header = session.req_header();
+        let method = header.method.clone();
+        let path = header.uri.path().to_owned();
+        match self.route(&method, &path)? {
+            Action::Health => {
+                respond(session, 200, "text/plain", Bytes::from_static(b"ok\n"), &[]).await?;
+                Ok(Reuse::Yes)
+            }
+            Action::Publish(route, topic) => {
+                let body = read_body(session, self.config.server.max_publish_bytes).await?;
+                let bridge = self.hub.bridge(route.broker).ok_or(Error::Internal("broker missing"))?;
+                bridge.publish(&topic, body).await.map_err(Error::Bridge)?;
+                respond(session, 202, "text/plain", Bytes::from_static(b"accepted\n"), &[]).await?;
+                Ok(Reuse::Yes)
+            }
+            Action::Stream(route, topic) => {
+                self.stream(session, route, topic, shutdown).await?;
+                Ok(Reuse::No)
+            }
+        }
+    }
+
+    /// Serves one SSE stream until the client leaves, its queue overflows, or the server shuts down.
+    async fn stream(
+        &self,
+        session: &mut ServerSession,
+        route: &Route,
+        topic: String,
+        shutdown: &ShutdownWatch,
+    ) -> Result<(), Error> {
+        let queue = Arc::new(StreamQueue::new(route.buffer, route.overflow));
+        // Subscribe before answering, so a broker error is still a status and nothing published after
+        // the headers are sent is missed.
+        let _membership = self
+            .hub
+            .join(route.broker, topic.clone(), route.event.clone(), queue.clone())
+            .await
+            .map_err(Error::Bridge)?;
+
+        let mut response = ResponseHeader::build(200, Some(5)).map_err(Error::Http)?;
+        for (name, value) in [
+            ("content-type", "text/event-stream"),
+            ("cache-control", "no-cache"),
+            ("x-accel-buffering", "no"),
+        ] {
+            response.insert_header(name, value).map_err(Error::Http)?;
+        }
+        if !session.is_http2() {
+            // Without it an HTTP/1.1 response is close-delimited; chunks are also flushed one by one.
+            response
+                .insert_header("transfer-encoding", "chunked")
+                .map_err(Error::Http)?;
+        }
+        session
+            .write_response_header(Box::new(response))
+            .await
+            .map_err(Error::Write)?;
+        session
+            .write_response_body(sse::preamble(self.config.server.retry), false)
+            .await
+            .map_err(Error::Write)?;
+
+        let heartbeat = self.config.server.heartbeat;
+        let idle = tokio::time::sleep(heartbeat);
+        tokio::pin!(idle);
+        let mut shutdown = shutdown.clone();
+        let mut dropped_total: u64 = 0;
+        let end = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break End::Shutdown,
+                _ = session.read_body_or_idle(true) => break End::ClientGone,
+                next = queue.next() => match next {
+                    Next::Frames { mut frames, dropped } => {
+                        if dropped > 0 {
+                            if dropped_total == 0 {
+                                tracing::debug!(%topic, "slow client: drop-oldest started discarding events");
+                            }
+                            dropped_total += dropped;
+                        }
+                        let data = sse::coalesce(&mut frames);
+                        if let Err(e) = session.write_response_body(data, false).await {
+                            break End::WriteFailed(e);
+                        }
+                    }
+                    Next::Closed(Closed::Overflow) => break End::Overflow,
+                },
+                _ = &mut idle => {
+                    if let Err(e) = session.write_response_body(sse::heartbeat(), false).await {
+                        break End::WriteFailed(e);
+                    }
+                }
+            }
+            idle.as_mut().reset(Instant::now() + heartbeat);
+        };
+        if dropped_total > 0 {
+            tracing::debug!(%topic, dropped = dropped_total, "stream ended after dropping events");
+        }
+        match end {
+            End::ClientGone => tracing::debug!(%topic, "client closed the stream"),
+            End::WriteFailed(e) => tracing::debug!(%topic, error = %e, "stream write failed"),
+            End::Overflow => {
+                tracing::debug!(%topic, buffer = route.buffer, "slow client: queue full, closing stream");
+                let _ = session.write_response_body(Bytes::new(), true).await;
+            }
+            End::Shutdown => {
+                // Spread the reconnects of every client over a few seconds.
+                let retry = sse::shutdown_retry(self.config.server.retry);
+                let _ = session.write_response_body(retry, false).await;
+                let _ = session.write_response_body(Bytes::new(), true).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+enum End {
+    Shutdown,
+    ClientGone,
+    Overflow,
+    WriteFailed(pingora::BError),
+}
+
+#[derive(PartialEq, Eq)]
+enum Reuse {
+    Yes,
+    No,
+}
+
+/// Reads a request body up to `limit` bytes.
+async fn read_body(session: &mut ServerSession, limit: usize) -> Result<Bytes, Error> {
+    if let Some(length) = session
+        .req_header()
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if length > limit {
+            return Err(Error::PayloadTooLarge(limit));
+        }
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = session.read_request_body().await.map_err(Error::Read)? {
+        if body.len() + chunk.len() > limit {
+            return Err(Error::PayloadTooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Writes a complete small response.
+async fn respond(
+    session: &mut ServerSession,
+    status: u16,
+    content_type: &str,
+    body: Bytes,
+    extra: &[(&'static str, String)],
+) -> Result<(), Error> {
+    let mut response = ResponseHeader::build(status, Some(3 + extra.len())).map_err(Error::Http)?;
+    response.insert_header("content-type", content_type).map_err(Error::Http)?;
+    response
+        .insert_header("content-length", body.len().to_string())
+        .map_err(Error::Http)?;
+    for (name, value) in extra {
+        response.insert_header(*name, value.as_str()).map_err(Error::Http)?;
+    }
+    let head_only = session.req_header().method == Method::HEAD;
+    session
+        .write_response_header(Box::new(response))
+        .await
+        .map_err(Error::Write)?;
+    let body = if head_only { Bytes::new() } else { body };
+    session.write_response_body(body, true).await.map_err(Error::Write)
+}
+
+#[async_trait]
+impl HttpServerApp for Gateway {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read a request");
+                return None;
+            }
+        }
+        session.set_write_timeout(Some(self.config.server.write_timeout));
+        let reuse = match self.handle(&mut session, shutdown).await {
+            Ok(reuse) => reuse,
+            Err(error) => {
+                if error.is_response() {
+                    let status = error.status();
+                    let body = Bytes::from(format!("{error}\n"));
+                    let extra: Vec<(&'static str, String)> = match &error {
+                        Error::MethodNotAllowed(allow) => vec![("allow", (*allow).to_owned())],
+                        _ => Vec::new(),
+                    };
+                    if status >= 500 {
+                        tracing::warn!(request = %session.request_summary(), %error, "request failed");
+                    } else {
+                        tracing::debug!(request = %session.request_summary(), %error, "request refused");
+                    }
+                    if respond(&mut session, status, "text/plain; charset=utf-8", body, &extra)
+                        .await
+                        .is_err()
+                    {
+                        return None;
+                    }
+                    // A refused body may not have been read: do not reuse the connection then.
+                    if matches!(error, Error::PayloadTooLarge(_)) {
+                        return None;
+                    }
+                    Reuse::Yes
+                } else {
+                    tracing::debug!(%error, "connection ended");
+                    return None;
+                }
+            }
+        };
+        if reuse == Reuse::No {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            _ => None,
+        }
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        let mut options = default_h2_options();
+        options.max_concurrent_streams(self.config.server.max_streams_per_connection);
+        Some(options)
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.server_options)
+    }
+}

@@ -1,0 +1,218 @@
+//! The `text/event-stream` wire format: encodes broker messages into SSE frames, once per message.
+//!
+//! A payload can never forge or break an event: `data:` is split on CR, LF and CRLF, so each line of
+//! the payload becomes its own `data:` line and a blank line inside the payload stays inside the event.
+//! A payload that is not valid UTF-8 is sent base64-encoded under the event type `<name>.base64`, so the
+//! stream never carries invalid UTF-8 and a client can always tell binary from text.
+
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+use std::time::Duration;
+
+/// The event type of a message without a configured name (what `EventSource.onmessage` receives).
+pub const DEFAULT_EVENT: &str = "message";
+/// Appended to the event type of a binary (non-UTF-8) payload, which is sent base64-encoded.
+pub const BASE64_SUFFIX: &str = ".base64";
+
+/// The frame written first on every stream: the reconnection delay, then a comment so the response
+/// headers and first bytes are flushed at once.
+pub fn preamble(retry: Duration) -> Bytes {
+    Bytes::from(format!("retry: {}\n: sluice\n\n", retry.as_millis()))
+}
+
+/// The heartbeat comment sent on an idle stream, so proxies and clients see the connection alive.
+pub fn heartbeat() -> Bytes {
+    Bytes::from_static(b":\n\n")
+}
+
+/// The frame written to every stream when the server shuts down: a `retry:` between the configured
+/// delay and three times it, so clients do not all reconnect in the same instant.
+pub fn shutdown_retry(retry: Duration) -> Bytes {
+    let base = retry.as_millis() as u64;
+    let jitter = random_u64() % (2 * base.max(1));
+    Bytes::from(format!("retry: {}\n\n", base + jitter))
+}
+
+/// A random number from the standard library's per-process random hash keys (no extra dependency;
+/// quality is irrelevant for spreading reconnects).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    hasher.finish()
+}
+
+/// Encodes one event. `event` is the event type (`None` or `"message"` omits the field).
+pub fn encode_event(event: Option<&str>, data: &[u8]) -> Bytes {
+    match std::str::from_utf8(data) {
+        Ok(text) => encode_text(event, text),
+        Err(_) => {
+            let name = format!("{}{BASE64_SUFFIX}", event.unwrap_or(DEFAULT_EVENT));
+            let encoded = base64::engine::general_purpose::STANDARD.encode(data);
+            encode_text(Some(&name), &encoded)
+        }
+    }
+}
+
+fn encode_text(event: Option<&str>, text: &str) -> Bytes {
+    // Worst case every byte is a line break: each adds a "data: " prefix and a newline.
+    let mut out = BytesMut::with_capacity(text.len() + 16 + event.map_or(0, |e| e.len() + 8));
+    if let Some(name) = event.filter(|e| *e != DEFAULT_EVENT) {
+        out.put_slice(b"event: ");
+        put_field_value(&mut out, name);
+        out.put_u8(b'\n');
+    }
+    for line in split_lines(text) {
+        out.put_slice(b"data: ");
+        out.put_slice(line.as_bytes());
+        out.put_u8(b'\n');
+    }
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
+/// Writes a single-line field value; CR, LF and NUL (which would end or corrupt the field) become
+/// U+FFFD. Used for names that can come from a broker, such as a topic inserted into the event type.
+fn put_field_value(out: &mut BytesMut, value: &str) {
+    if !value.contains(['\r', '\n', '\0']) {
+        out.put_slice(value.as_bytes());
+        return;
+    }
+    for c in value.chars() {
+        let c = if matches!(c, '\r' | '\n' | '\0') { '\u{FFFD}' } else { c };
+        let mut buf = [0u8; 4];
+        out.put_slice(c.encode_utf8(&mut buf).as_bytes());
+    }
+}
+
+/// Splits on CRLF, CR and LF, the three line endings an SSE parser recognises.
+fn split_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.find(['\r', '\n']) {
+            None => {
+                rest = None;
+                Some(current)
+            }
+            Some(at) => {
+                let skip = if current[at..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&current[at + skip..]);
+                Some(&current[..at])
+            }
+        }
+    })
+}
+
+/// Joins queued frames into one buffer so a client that fell behind gets one write, not one per event.
+pub fn coalesce(frames: &mut Vec<Bytes>) -> Bytes {
+    match frames.len() {
+        0 => Bytes::new(),
+        1 => frames.pop().unwrap_or_default(),
+        _ => {
+            let len = frames.iter().map(Bytes::len).sum();
+            let mut out = BytesMut::with_capacity(len);
+            for frame in frames.drain(..) {
+                out.put_slice(&frame);
+            }
+            out.freeze()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(b: Bytes) -> String {
+        String::from_utf8(b.to_vec()).expect("utf-8")
+    }
+
+    /// A minimal reading of the WHATWG parsing rules, enough to check what a browser would dispatch.
+    fn parse(stream: &str) -> Vec<(String, String)> {
+        let mut events = Vec::new();
+        let (mut event, mut data) = (String::new(), String::new());
+        for line in split_lines(stream) {
+            if line.is_empty() {
+                if !data.is_empty() {
+                    data.pop();
+                    let name = if event.is_empty() { "message".into() } else { event.clone() };
+                    events.push((name, data.clone()));
+                }
+                event.clear();
+                data.clear();
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => event = value.into(),
+                "data" => {
+                    data.push_str(value);
+                    data.push('\n');
+                }
+                _ => {}
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn single_line() {
+        assert_eq!(text(encode_event(None, b"hello")), "data: hello\n\n");
+        assert_eq!(
+            text(encode_event(Some("reading"), b"21.5")),
+            "event: reading\ndata: 21.5\n\n"
+        );
+        assert_eq!(text(encode_event(Some("message"), b"x")), "data: x\n\n");
+    }
+
+    #[test]
+    fn every_line_ending_splits_and_round_trips() {
+        let payload = "a\nb\r\nc\rd\n\ne";
+        let frame = text(encode_event(None, payload.as_bytes()));
+        assert_eq!(frame, "data: a\ndata: b\ndata: c\ndata: d\ndata: \ndata: e\n\n");
+        assert_eq!(parse(&frame), vec![("message".into(), "a\nb\nc\nd\n\ne".into())]);
+    }
+
+    #[test]
+    fn payload_cannot_forge_fields_or_events() {
+        let payload = "x\n\nevent: admin\ndata: forged\nid: 99\nretry: 1\n";
+        let frame = text(encode_event(Some("reading"), payload.as_bytes()));
+        let events = parse(&frame);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].0, "reading");
+        assert_eq!(events[0].1, "x\n\nevent: admin\ndata: forged\nid: 99\nretry: 1\n");
+    }
+
+    #[test]
+    fn empty_payload_is_still_an_event() {
+        assert_eq!(parse(&text(encode_event(None, b""))), vec![("message".into(), "".into())]);
+    }
+
+    #[test]
+    fn binary_is_base64_under_a_suffixed_type() {
+        let frame = text(encode_event(Some("blob"), &[0xff, 0x00, 0x80]));
+        assert_eq!(frame, "event: blob.base64\ndata: /wCA\n\n");
+        let frame = text(encode_event(None, &[0xc3]));
+        assert_eq!(frame, "event: message.base64\ndata: ww==\n\n");
+    }
+
+    #[test]
+    fn event_names_cannot_break_lines() {
+        let frame = text(encode_event(Some("a\nb\rc\0"), b"x"));
+        assert_eq!(frame, "event: a\u{FFFD}b\u{FFFD}c\u{FFFD}\ndata: x\n\n");
+    }
+
+    #[test]
+    fn leading_spaces_survive() {
+        assert_eq!(parse(&text(encode_event(None, b"  two"))), vec![("message".into(), "  two".into())]);
+    }
+
+    #[test]
+    fn coalescing_concatenates_in_order() {
+        let mut frames = vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")];
+        assert_eq!(coalesce(&mut frames), Bytes::from_static(b"ab"));
+        assert!(frames.is_empty());
+    }
+}

@@ -1,0 +1,203 @@
+//! One client stream's bounded queue: the hub pushes frames without ever waiting, the client's task
+//! takes everything queued at once, and a full queue meets the route's overflow policy.
+
+use crate::config::Overflow;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use tokio::sync::Notify;
+
+/// Process-wide counts of what the overflow policies did.
+#[derive(Debug, Default)]
+pub struct OverflowStats {
+    /// Streams closed by the `disconnect` policy.
+    pub disconnects: AtomicU64,
+    /// Events discarded by the `drop-oldest` policy.
+    pub dropped_events: AtomicU64,
+}
+
+/// Why a stream's queue stopped delivering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// The queue was full under the `disconnect` policy.
+    Overflow,
+}
+
+/// What the client task gets from [`StreamQueue::next`].
+#[derive(Debug)]
+pub enum Next {
+    /// Every frame that was queued, oldest first, and how many were dropped before them since the
+    /// last call (drop-oldest policy).
+    Frames { frames: Vec<Bytes>, dropped: u64 },
+    Closed(Closed),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    dropped: u64,
+    closed: Option<Closed>,
+}
+
+/// A bounded, single-consumer queue of encoded SSE frames.
+#[derive(Debug)]
+pub struct StreamQueue {
+    state: Mutex<State>,
+    ready: Notify,
+    capacity: usize,
+    overflow: Overflow,
+}
+
+impl StreamQueue {
+    pub fn new(capacity: usize, overflow: Overflow) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            capacity: capacity.max(1),
+            overflow,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every update below leaves the state consistent, so a poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues a frame without waiting. Returns what the overflow policy did, if anything, so the
+    /// caller can count it.
+    pub fn push(&self, frame: Bytes, stats: &OverflowStats) {
+        let mut state = self.state();
+        if state.closed.is_some() {
+            return;
+        }
+        if state.frames.len() >= self.capacity {
+            match self.overflow {
+                Overflow::Disconnect => {
+                    state.closed = Some(Closed::Overflow);
+                    state.frames.clear();
+                    stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                    drop(state);
+                    self.ready.notify_one();
+                    return;
+                }
+                Overflow::DropOldest => {
+                    state.frames.pop_front();
+                    state.dropped += 1;
+                    stats.dropped_events.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let was_empty = state.frames.is_empty();
+        state.frames.push_back(frame);
+        drop(state);
+        // Only the first frame needs a wake-up: the consumer takes everything queued at once.
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Waits until something is queued (or the queue is closed) and takes all of it.
+    pub async fn next(&self) -> Next {
+        loop {
+            {
+                let mut state = self.state();
+                if let Some(reason) = state.closed {
+                    return Next::Closed(reason);
+                }
+                if !state.frames.is_empty() {
+                    let frames = state.frames.drain(..).collect();
+                    let dropped = std::mem::take(&mut state.dropped);
+                    // Release the ring's memory if it grew while the client was behind.
+                    if state.frames.capacity() > 64 {
+                        state.frames.shrink_to(16);
+                    }
+                    return Next::Frames { frames, dropped };
+                }
+            }
+            // notify_one stores a permit when nobody waits, so a push between the check above and
+            // this await is not lost.
+            self.ready.notified().await;
+        }
+    }
+
+    /// How many frames are waiting (for tests and diagnostics).
+    pub fn len(&self) -> usize {
+        self.state().frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: u8) -> Bytes {
+        Bytes::from(vec![n])
+    }
+
+    #[tokio::test]
+    async fn takes_everything_queued_in_order() {
+        let q = StreamQueue::new(4, Overflow::Disconnect);
+        let stats = OverflowStats::default();
+        q.push(frame(1), &stats);
+        q.push(frame(2), &stats);
+        match q.next().await {
+            Next::Frames { frames, dropped } => {
+                assert_eq!(frames, vec![frame(1), frame(2)]);
+                assert_eq!(dropped, 0);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn disconnect_policy_closes_when_full() {
+        let q = StreamQueue::new(2, Overflow::Disconnect);
+        let stats = OverflowStats::default();
+        for n in 0..3 {
+            q.push(frame(n), &stats);
+        }
+        assert!(matches!(q.next().await, Next::Closed(Closed::Overflow)));
+        assert_eq!(stats.disconnects.load(Ordering::Relaxed), 1);
+        q.push(frame(9), &stats);
+        assert!(matches!(q.next().await, Next::Closed(Closed::Overflow)));
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_keeps_the_newest_and_counts() {
+        let q = StreamQueue::new(2, Overflow::DropOldest);
+        let stats = OverflowStats::default();
+        for n in 0..5 {
+            q.push(frame(n), &stats);
+        }
+        match q.next().await {
+            Next::Frames { frames, dropped } => {
+                assert_eq!(frames, vec![frame(3), frame(4)]);
+                assert_eq!(dropped, 3);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(stats.dropped_events.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_consumer_is_woken() {
+        let q = std::sync::Arc::new(StreamQueue::new(4, Overflow::Disconnect));
+        let consumer = tokio::spawn({
+            let q = q.clone();
+            async move { q.next().await }
+        });
+        tokio::task::yield_now().await;
+        q.push(frame(7), &OverflowStats::default());
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), consumer)
+            .await
+            .expect("woken")
+            .expect("joined");
+        assert!(matches!(next, Next::Frames { .. }));
+    }
+}
