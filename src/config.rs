@@ -33,7 +33,7 @@ struct RawConfig {
     #[serde(default)]
     brokers: BTreeMap<String, RawBroker>,
     #[serde(default)]
-    routes: Vec<Spanned<RawRoute>>,
+    routes: Vec<RawRoute>,
 }
 
 #[derive(Deserialize)]
@@ -246,8 +246,8 @@ pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigErro
 
     let mut routes: Vec<Route> = Vec::new();
     for route in raw.routes {
-        let span = route.span();
-        let route = validate_route(&at, route.into_inner(), &brokers)?;
+        let span = route.path.span();
+        let route = validate_route(&at, route, &brokers)?;
         if routes.iter().any(|r| r.path.as_str() == route.path.as_str()) {
             return Err(at.error(span, format!("duplicate route path {:?}", route.path.as_str())));
         }

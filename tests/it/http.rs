@@ -1,0 +1,150 @@
+//! HTTP behaviour on a memory broker: statuses, headers, the stream preamble, publishing, payloads.
+
+use crate::support::*;
+use bytes::Bytes;
+use http::StatusCode;
+
+const MEMORY: &str = r#"
+heartbeat = "300ms"
+max_publish_bytes = 1024
+
+[brokers.mem]
+type = "memory"
+
+[[routes]]
+path = "/rooms/{room}"
+broker = "mem"
+topic = "rooms/{room}"
+publish = true
+
+[[routes]]
+path = "/readonly/{room}"
+broker = "mem"
+topic = "rooms/{room}"
+event = "reading"
+
+[[routes]]
+path = "/all"
+broker = "mem"
+topic = "rooms/+"
+event = "{topic}"
+"#;
+
+#[tokio::test]
+async fn stream_headers_preamble_and_events() {
+    let sluice = Sluice::start(MEMORY).await;
+    let mut stream = h1_stream(sluice.addr, "/rooms/lobby").await;
+    assert_eq!(stream.status, StatusCode::OK);
+    assert_eq!(stream.header("content-type"), Some("text/event-stream"));
+    assert_eq!(stream.header("cache-control"), Some("no-cache"));
+    assert_eq!(stream.header("x-accel-buffering"), Some("no"));
+    stream.opened().await;
+    assert_eq!(stream.retry, Some(2000), "the configured default retry is sent first");
+    assert!(stream.raw.starts_with(b"retry: 2000\n"));
+
+    publish(sluice.addr, "/rooms/lobby", "hello").await;
+    let event = stream.next_event().await;
+    assert_eq!((event.event.as_str(), event.data.as_str()), ("message", "hello"));
+}
+
+#[tokio::test]
+async fn event_names_fixed_and_from_topic() {
+    let sluice = Sluice::start(MEMORY).await;
+    let mut named = h1_stream(sluice.addr, "/readonly/a").await;
+    let mut all = h1_stream(sluice.addr, "/all").await;
+    named.opened().await;
+    all.opened().await;
+    publish(sluice.addr, "/rooms/a", "1").await;
+    publish(sluice.addr, "/rooms/b", "2").await;
+    assert_eq!(named.next_event().await.event, "reading");
+    let first = all.next_event().await;
+    let second = all.next_event().await;
+    assert_eq!((first.event.as_str(), first.data.as_str()), ("rooms/a", "1"));
+    assert_eq!((second.event.as_str(), second.data.as_str()), ("rooms/b", "2"));
+}
+
+#[tokio::test]
+async fn multi_line_and_binary_payloads_cannot_forge_events() {
+    let sluice = Sluice::start(MEMORY).await;
+    let mut stream = h1_stream(sluice.addr, "/rooms/p").await;
+    stream.opened().await;
+    publish(sluice.addr, "/rooms/p", "line1\r\nline2\rline3\n\nevent: forged\ndata: x").await;
+    publish(sluice.addr, "/rooms/p", Bytes::from_static(&[0xff, 0xfe, b'\n', 0x00])).await;
+    publish(sluice.addr, "/rooms/p", "after").await;
+    let text = stream.next_event().await;
+    assert_eq!(text.event, "message");
+    assert_eq!(text.data, "line1\nline2\nline3\n\nevent: forged\ndata: x");
+    let binary = stream.next_event().await;
+    assert_eq!(binary.event, "message.base64");
+    assert_eq!(binary.data, "//4KAA==");
+    assert_eq!(stream.next_event().await.data, "after");
+    assert!(std::str::from_utf8(&stream.raw).is_ok());
+}
+
+#[tokio::test]
+async fn heartbeats_on_an_idle_stream() {
+    let sluice = Sluice::start(MEMORY).await;
+    let mut stream = h1_stream(sluice.addr, "/rooms/quiet").await;
+    // The preamble comment, then at least two heartbeats (300 ms apart).
+    stream.comments_at_least(3).await;
+}
+
+#[tokio::test]
+async fn statuses_for_bad_requests() {
+    let sluice = Sluice::start(MEMORY).await;
+    let addr = sluice.addr;
+
+    let health = get(addr, "/healthz").await.expect("healthz");
+    assert_eq!(health.status, StatusCode::OK);
+
+    let missing = get(addr, "/nowhere").await.expect("404");
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    let wrong = request(addr, "DELETE", "/rooms/a", Bytes::new()).await.expect("405");
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong.header("allow"), Some("GET, POST"));
+
+    let readonly = request(addr, "POST", "/readonly/a", Bytes::from_static(b"x")).await.expect("405");
+    assert_eq!(readonly.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(readonly.header("allow"), Some("GET"));
+
+    for bad in ["/rooms/%2B", "/rooms/+", "/rooms/%23", "/rooms/a%2Fb", "/rooms/%00", "/rooms/%0A", "/rooms/", "/rooms/%FF"] {
+        let resp = get(addr, bad).await.expect("400");
+        assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{bad}: {}", resp.text());
+        assert!(resp.header("content-type").is_some_and(|c| c.starts_with("text/plain")));
+        assert!(resp.text().contains("room"), "the reason names the parameter: {}", resp.text());
+    }
+}
+
+#[tokio::test]
+async fn publish_size_limit() {
+    let sluice = Sluice::start(MEMORY).await;
+    let mut stream = h1_stream(sluice.addr, "/rooms/big").await;
+    stream.opened().await;
+    let too_big = request(sluice.addr, "POST", "/rooms/big", Bytes::from(vec![b'x'; 1025]))
+        .await
+        .expect("413");
+    assert_eq!(too_big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    publish(sluice.addr, "/rooms/big", vec![b'y'; 1024]).await;
+    // The refused body never reached the stream; the accepted one did.
+    assert_eq!(stream.next_event().await.data.len(), 1024);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_ends_streams_with_a_retry() {
+    let mut sluice = Sluice::start(MEMORY).await;
+    let mut stream = h1_stream(sluice.addr, "/rooms/bye").await;
+    stream.opened().await;
+    let status = sluice.terminate().await;
+    assert!(status.success(), "exit status {status}");
+    stream.until_end().await;
+    let text = String::from_utf8(stream.raw.clone()).expect("utf-8");
+    let last_retry: u64 = text
+        .rsplit("retry: ")
+        .next()
+        .and_then(|r| r.lines().next())
+        .and_then(|v| v.parse().ok())
+        .expect("a retry field at shutdown");
+    assert!(text.matches("retry: ").count() == 2, "{text:?}");
+    assert!((2000..6000).contains(&last_retry), "jittered retry {last_retry}");
+}

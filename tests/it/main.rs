@@ -1,0 +1,9 @@
+//! Black-box tests: the real sluice binary, real brokers on free ports, real HTTP clients.
+
+mod backpressure;
+mod check;
+mod http;
+mod mqtt;
+mod nats;
+mod protocols;
+mod support;

@@ -1,0 +1,477 @@
+//! Test support: a sluice process on a free port, real HTTP clients (HTTP/1.1, h2c, TLS h2) and an
+//! SSE reader that follows the WHATWG parsing rules.
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Awaits `f` or fails the test after [`DEADLINE`].
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(DEADLINE, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {DEADLINE:?}: {what}"),
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if start.elapsed() > DEADLINE {
+            panic!("condition not met within {DEADLINE:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sluice-it-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running sluice binary, killed (by its PID) on drop.
+pub struct Sluice {
+    child: Child,
+    pub addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    pub dir: TempDir,
+}
+
+pub fn sluice_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sluice")
+}
+
+impl Sluice {
+    /// Starts sluice with `[server] listen` on a free port; `body` follows the `listen` line, so it may
+    /// add more `[server]` keys before its own tables.
+    pub async fn start(body: &str) -> Self {
+        Self::start_with(body, false).await
+    }
+
+    /// Like [`Self::start`], plus a TLS listener with a fresh self-signed certificate for `localhost`.
+    pub async fn start_tls(body: &str) -> Self {
+        Self::start_with(body, true).await
+    }
+
+    async fn start_with(body: &str, tls: bool) -> Self {
+        let dir = TempDir::new("sluice");
+        let port = sluice_testkit::free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let mut config = format!("[server]\nlisten = [\"{addr}\"]\n{body}\n");
+        let mut tls_addr = None;
+        if tls {
+            let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+                .expect("self-signed cert");
+            std::fs::write(dir.0.join("cert.pem"), cert.cert.pem()).expect("write cert");
+            std::fs::write(dir.0.join("key.pem"), cert.key_pair.serialize_pem()).expect("write key");
+            let tport = sluice_testkit::free_port();
+            let taddr: SocketAddr = format!("127.0.0.1:{tport}").parse().expect("addr");
+            config.push_str(&format!(
+                "\n[server.tls]\nlisten = [\"{taddr}\"]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+            ));
+            tls_addr = Some(taddr);
+        }
+        let path = dir.0.join("config.toml");
+        std::fs::write(&path, &config).expect("write config");
+        let child = Command::new(sluice_bin())
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start sluice");
+        let mut sluice = Self {
+            child,
+            addr,
+            tls_addr,
+            dir,
+        };
+        sluice.wait_ready().await;
+        sluice
+    }
+
+    async fn wait_ready(&mut self) {
+        let addr = self.addr;
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("sluice exited during start-up: {status}");
+            }
+            if let Ok(resp) = get(addr, "/healthz").await {
+                if resp.status == StatusCode::OK {
+                    break;
+                }
+            }
+            assert!(start.elapsed() < DEADLINE, "sluice did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends SIGTERM (graceful shutdown) and waits for the process to exit.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(start.elapsed() < DEADLINE, "sluice did not exit after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A complete (non-streaming) response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Bytes,
+) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
+    let io = TokioIo::new(TcpStream::connect(addr).await?);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .body(Full::new(body))?;
+    let resp = sender.send_request(req).await?;
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Response {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
+    request(addr, "GET", path, Bytes::new()).await
+}
+
+/// POSTs `body` and expects `202 Accepted`.
+pub async fn publish(addr: SocketAddr, path: &str, body: impl Into<Bytes>) {
+    let resp = within("publish", request(addr, "POST", path, body.into()))
+        .await
+        .expect("publish request");
+    assert_eq!(resp.status, StatusCode::ACCEPTED, "publish to {path}: {}", resp.text());
+}
+
+/// One server-sent event as a browser would dispatch it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub event: String,
+    pub data: String,
+    pub id: Option<String>,
+}
+
+/// A streaming SSE response, read and parsed incrementally.
+pub struct SseStream {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    body: Incoming,
+    /// Bytes received but not yet parsed into complete lines.
+    pending: Vec<u8>,
+    /// Every byte received, for assertions on the wire format.
+    pub raw: Vec<u8>,
+    events: VecDeque<Event>,
+    event_type: String,
+    data: String,
+    data_seen: bool,
+    pub retry: Option<u64>,
+    pub comments: usize,
+    pub ended: bool,
+}
+
+impl SseStream {
+    pub fn new(resp: hyper::Response<Incoming>) -> Self {
+        let (parts, body) = resp.into_parts();
+        Self {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            pending: Vec::new(),
+            raw: Vec::new(),
+            events: VecDeque::new(),
+            event_type: String::new(),
+            data: String::new(),
+            data_seen: false,
+            retry: None,
+            comments: 0,
+            ended: false,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Reads one more chunk from the network. False when the stream ended.
+    async fn read_more(&mut self) -> bool {
+        loop {
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.raw.extend_from_slice(&data);
+                        self.pending.extend_from_slice(&data);
+                        self.parse();
+                        return true;
+                    }
+                }
+                Some(Err(_)) | None => {
+                    self.ended = true;
+                    return false;
+                }
+            }
+        }
+    }
+
+    fn parse(&mut self) {
+        while let Some(end) = self.pending.iter().position(|b| *b == b'\n' || *b == b'\r') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            if line.ends_with(b"\r") && self.pending.first() == Some(&b'\n') {
+                self.pending.remove(0);
+            }
+            let line = String::from_utf8(line[..line.len() - 1].to_vec()).expect("stream is UTF-8");
+            self.line(&line);
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        if line.is_empty() {
+            if self.data_seen {
+                let mut data = std::mem::take(&mut self.data);
+                data.pop();
+                let event = if self.event_type.is_empty() { "message".to_owned() } else { std::mem::take(&mut self.event_type) };
+                self.events.push_back(Event { event, data, id: None });
+            }
+            self.event_type.clear();
+            self.data_seen = false;
+            return;
+        }
+        if let Some(comment) = line.strip_prefix(':') {
+            let _ = comment;
+            self.comments += 1;
+            return;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => self.event_type = value.to_owned(),
+            "data" => {
+                self.data.push_str(value);
+                self.data.push('\n');
+                self.data_seen = true;
+            }
+            "retry" => self.retry = value.parse().ok(),
+            _ => {}
+        }
+    }
+
+    /// The next event; fails the test after [`DEADLINE`] or if the stream ends first.
+    pub async fn next_event(&mut self) -> Event {
+        within("next SSE event", async {
+            loop {
+                if let Some(event) = self.events.pop_front() {
+                    return event;
+                }
+                if !self.read_more().await {
+                    panic!("stream ended while waiting for an event");
+                }
+            }
+        })
+        .await
+    }
+
+    /// Reads until the preamble (`retry:` and the first comment) has arrived.
+    pub async fn opened(&mut self) {
+        within("stream preamble", async {
+            while self.comments == 0 {
+                assert!(self.read_more().await, "stream ended before its preamble");
+            }
+        })
+        .await;
+    }
+
+    /// Reads until the server ends the stream; returns the events that came before the end.
+    pub async fn until_end(&mut self) -> Vec<Event> {
+        within("end of stream", async {
+            while self.read_more().await {}
+        })
+        .await;
+        self.events.drain(..).collect()
+    }
+
+    /// Waits until `n` comment lines (the preamble's included) have arrived.
+    pub async fn comments_at_least(&mut self, n: usize) {
+        within("heartbeat comments", async {
+            while self.comments < n {
+                assert!(self.read_more().await, "stream ended");
+            }
+        })
+        .await;
+    }
+}
+
+/// Opens an SSE stream over HTTP/1.1 on its own connection.
+pub async fn h1_stream(addr: SocketAddr, path: &str) -> SseStream {
+    within("open HTTP/1.1 stream", async {
+        let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", addr.to_string())
+            .header("accept", "text/event-stream")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        SseStream::new(sender.send_request(req).await.expect("response"))
+    })
+    .await
+}
+
+/// An HTTP/2 connection on which many streams can be opened.
+#[derive(Clone)]
+pub struct H2 {
+    sender: hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+    authority: String,
+    scheme: &'static str,
+}
+
+impl H2 {
+    /// Cleartext HTTP/2 with prior knowledge.
+    pub async fn h2c(addr: SocketAddr) -> Self {
+        within("h2c handshake", async {
+            let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .expect("h2c handshake");
+            tokio::spawn(conn);
+            Self {
+                sender,
+                authority: addr.to_string(),
+                scheme: "http",
+            }
+        })
+        .await
+    }
+
+    /// HTTP/2 over TLS, negotiated by ALPN, trusting the certificate in `cert_pem`.
+    pub async fn tls(addr: SocketAddr, cert_pem: &std::path::Path) -> Self {
+        let pem = std::fs::read(cert_pem).expect("read cert");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile_certs(&pem) {
+            roots.add(cert).expect("add root");
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        within("TLS h2 handshake", async {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN chose h2");
+            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .expect("h2 handshake");
+            tokio::spawn(conn);
+            Self {
+                sender,
+                authority: format!("localhost:{}", addr.port()),
+                scheme: "https",
+            }
+        })
+        .await
+    }
+
+    /// Opens one more stream on this connection.
+    pub async fn stream(&self, path: &str) -> SseStream {
+        let mut sender = self.sender.clone();
+        let req = Request::get(format!("{}://{}{path}", self.scheme, self.authority))
+            .header("accept", "text/event-stream")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        within("open h2 stream", async {
+            sender.ready().await.expect("connection ready");
+            SseStream::new(sender.send_request(req).await.expect("h2 response"))
+        })
+        .await
+    }
+}
+
+/// Parses the certificates of a PEM file (the few lines of base64 between the markers).
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.expect("valid PEM certificate"))
+        .collect()
+}
