@@ -15,7 +15,11 @@ pub async fn connect_all(brokers: &[Broker]) -> Result<Vec<Arc<dyn Bridge>>, Bri
         let bridge: Arc<dyn Bridge> = match &broker.kind {
             BrokerKind::Memory => Arc::new(MemoryBridge::new()),
             BrokerKind::Nats { url } => Arc::new(NatsBridge::connect(&broker.name, url).await?),
-            BrokerKind::Mqtt { url, client_id, qos } => Arc::new(MqttBridge::connect(
+            BrokerKind::Mqtt {
+                url,
+                client_id,
+                qos,
+            } => Arc::new(MqttBridge::connect(
                 &broker.name,
                 &MqttSettings {
                     url: url.clone(),

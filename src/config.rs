@@ -128,8 +128,14 @@ pub struct Broker {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BrokerKind {
     Memory,
-    Nats { url: String },
-    Mqtt { url: String, client_id: String, qos: u8 },
+    Nats {
+        url: String,
+    },
+    Mqtt {
+        url: String,
+        client_id: String,
+        qos: u8,
+    },
 }
 
 impl BrokerKind {
@@ -248,8 +254,14 @@ pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigErro
     for route in raw.routes {
         let span = route.path.span();
         let route = validate_route(&at, route, &brokers)?;
-        if routes.iter().any(|r| r.path.as_str() == route.path.as_str()) {
-            return Err(at.error(span, format!("duplicate route path {:?}", route.path.as_str())));
+        if routes
+            .iter()
+            .any(|r| r.path.as_str() == route.path.as_str())
+        {
+            return Err(at.error(
+                span,
+                format!("duplicate route path {:?}", route.path.as_str()),
+            ));
         }
         routes.push(route);
     }
@@ -263,12 +275,23 @@ pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigErro
     })
 }
 
-fn duration(at: &Locator, value: Option<Spanned<String>>, default: Duration) -> Result<Duration, ConfigError> {
+fn duration(
+    at: &Locator,
+    value: Option<Spanned<String>>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
     let Some(value) = value else {
         return Ok(default);
     };
-    let parsed = humantime::parse_duration(value.get_ref())
-        .map_err(|e| at.error(value.span(), format!("invalid duration {:?}: {e} (e.g. \"15s\", \"500ms\")", value.get_ref())))?;
+    let parsed = humantime::parse_duration(value.get_ref()).map_err(|e| {
+        at.error(
+            value.span(),
+            format!(
+                "invalid duration {:?}: {e} (e.g. \"15s\", \"500ms\")",
+                value.get_ref()
+            ),
+        )
+    })?;
     if parsed.is_zero() {
         return Err(at.error(value.span(), "the duration must be greater than zero"));
     }
@@ -287,7 +310,12 @@ fn addresses(at: &Locator, value: Spanned<OneOrMany>) -> Result<Vec<SocketAddr>,
     list.iter()
         .map(|a| {
             a.parse::<SocketAddr>().map_err(|_| {
-                at.error(span.clone(), format!("invalid listen address {a:?}: expected IP:PORT, e.g. \"127.0.0.1:8080\""))
+                at.error(
+                    span.clone(),
+                    format!(
+                        "invalid listen address {a:?}: expected IP:PORT, e.g. \"127.0.0.1:8080\""
+                    ),
+                )
             })
         })
         .collect()
@@ -296,7 +324,9 @@ fn addresses(at: &Locator, value: Spanned<OneOrMany>) -> Result<Vec<SocketAddr>,
 fn validate_server(at: &Locator, raw: RawServer, base: &Path) -> Result<Server, ConfigError> {
     let listen = match raw.listen {
         Some(l) => addresses(at, l)?,
-        None => vec![DEFAULT_LISTEN.parse().map_err(|_| at.error(0..0, "bad default"))?],
+        None => vec![DEFAULT_LISTEN
+            .parse()
+            .map_err(|_| at.error(0..0, "bad default"))?],
     };
     let tls = match raw.tls {
         None => None,
@@ -340,10 +370,16 @@ fn validate_server(at: &Locator, raw: RawServer, base: &Path) -> Result<Server, 
 fn validate_broker(at: &Locator, name: &str, raw: RawBroker) -> Result<BrokerKind, ConfigError> {
     let url = |scheme: &str| -> Result<String, ConfigError> {
         let Some(url) = &raw.url else {
-            return Err(at.error(raw.kind.span(), format!("broker {name:?} needs a url, e.g. \"{scheme}://127.0.0.1\"")));
+            return Err(at.error(
+                raw.kind.span(),
+                format!("broker {name:?} needs a url, e.g. \"{scheme}://127.0.0.1\""),
+            ));
         };
         if !url.get_ref().starts_with(&format!("{scheme}://")) {
-            return Err(at.error(url.span(), format!("a {} url must start with {scheme}://", raw.kind.get_ref())));
+            return Err(at.error(
+                url.span(),
+                format!("a {} url must start with {scheme}://", raw.kind.get_ref()),
+            ));
         }
         Ok(url.get_ref().clone())
     };
@@ -383,7 +419,11 @@ fn validate_broker(at: &Locator, name: &str, raw: RawBroker) -> Result<BrokerKin
                 // Two sluice instances with one client id would keep disconnecting each other.
                 None => format!("sluice-{name}-{}", std::process::id()),
             };
-            Ok(BrokerKind::Mqtt { url, client_id, qos })
+            Ok(BrokerKind::Mqtt {
+                url,
+                client_id,
+                qos,
+            })
         }
         other => Err(at.error(
             raw.kind.span(),
@@ -398,7 +438,15 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
         let known: Vec<&str> = brokers.iter().map(|b| b.name.as_str()).collect();
         return Err(at.error(
             raw.broker.span(),
-            format!("no broker named {:?} (defined: {})", raw.broker.get_ref(), if known.is_empty() { "none".to_owned() } else { known.join(", ") }),
+            format!(
+                "no broker named {:?} (defined: {})",
+                raw.broker.get_ref(),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
         ));
     };
     let syntax = brokers[broker].kind.syntax();
@@ -412,18 +460,34 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
     let buffer = match &raw.buffer {
         None => DEFAULT_BUFFER,
         Some(b) if (1..=MAX_BUFFER).contains(b.get_ref()) => *b.get_ref(),
-        Some(b) => return Err(at.error(b.span(), format!("buffer must be between 1 and {MAX_BUFFER} events"))),
-    };
-    let overflow = match raw.overflow.as_ref().map(|o| (o.get_ref().as_str(), o.span())) {
-        None | Some(("disconnect", _)) => Overflow::Disconnect,
-        Some(("drop-oldest", _)) => Overflow::DropOldest,
-        Some((other, span)) => {
-            return Err(at.error(span, format!("unknown overflow policy {other:?}: expected \"disconnect\" or \"drop-oldest\"")))
+        Some(b) => {
+            return Err(at.error(
+                b.span(),
+                format!("buffer must be between 1 and {MAX_BUFFER} events"),
+            ))
         }
     };
+    let overflow =
+        match raw
+            .overflow
+            .as_ref()
+            .map(|o| (o.get_ref().as_str(), o.span()))
+        {
+            None | Some(("disconnect", _)) => Overflow::Disconnect,
+            Some(("drop-oldest", _)) => Overflow::DropOldest,
+            Some((other, span)) => return Err(at.error(
+                span,
+                format!(
+                    "unknown overflow policy {other:?}: expected \"disconnect\" or \"drop-oldest\""
+                ),
+            )),
+        };
     let publish = raw.publish.unwrap_or(false);
     if publish && syntax.has_wildcards(&topic.fill(&[])) {
-        return Err(at.error(raw.topic.span(), "publish = true needs a topic without wildcards"));
+        return Err(at.error(
+            raw.topic.span(),
+            "publish = true needs a topic without wildcards",
+        ));
     }
     Ok(Route {
         path,
@@ -445,7 +509,10 @@ fn event_name(text: &str) -> Result<EventName, String> {
         return Err("event cannot contain control characters".into());
     }
     let pieces = parse_template(text)?;
-    if let Some(Piece::Param(p)) = pieces.iter().find(|p| matches!(p, Piece::Param(n) if n != "topic")) {
+    if let Some(Piece::Param(p)) = pieces
+        .iter()
+        .find(|p| matches!(p, Piece::Param(n) if n != "topic"))
+    {
         return Err(format!("event can only insert {{topic}}, not {{{p}}}"));
     }
     Ok(EventName { pieces })

@@ -207,11 +207,22 @@ mod tests {
         let hub = Hub::new(vec![memory.clone()]);
         let a = Arc::new(StreamQueue::new(8, Overflow::Disconnect));
         let b = Arc::new(StreamQueue::new(8, Overflow::Disconnect));
-        let ma = hub.join(0, "t/1".into(), None, a.clone()).await.expect("join");
-        let mb = hub.join(0, "t/1".into(), None, b.clone()).await.expect("join");
+        let ma = hub
+            .join(0, "t/1".into(), None, a.clone())
+            .await
+            .expect("join");
+        let mb = hub
+            .join(0, "t/1".into(), None, b.clone())
+            .await
+            .expect("join");
         assert_eq!(memory.subscription_count(), 1);
-        memory.publish("t/1", Bytes::from_static(b"hi")).await.expect("publish");
-        let (Next::Frames { frames: fa, .. }, Next::Frames { frames: fb, .. }) = (a.next().await, b.next().await) else {
+        memory
+            .publish("t/1", Bytes::from_static(b"hi"))
+            .await
+            .expect("publish");
+        let (Next::Frames { frames: fa, .. }, Next::Frames { frames: fb, .. }) =
+            (a.next().await, b.next().await)
+        else {
             panic!("expected frames");
         };
         assert_eq!(fa[0], Bytes::from_static(b"data: hi\n\n"));

@@ -87,11 +87,13 @@ fn run(config: config::Config) -> anyhow::Result<()> {
         .block_on(sluice::brokers::connect_all(&config.brokers))
         .context("connecting brokers")?;
 
-    let mut conf = ServerConf::default();
-    conf.threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    // Streams end themselves on shutdown (after a randomised retry:), so little grace is needed.
-    conf.grace_period_seconds = Some(1);
-    conf.graceful_shutdown_timeout_seconds = Some(3);
+    let conf = ServerConf {
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        // Streams end themselves on shutdown (after a randomised retry:), so little grace is needed.
+        grace_period_seconds: Some(1),
+        graceful_shutdown_timeout_seconds: Some(3),
+        ..Default::default()
+    };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 

@@ -168,7 +168,9 @@ impl TopicTemplate {
         for piece in &pieces {
             if let Piece::Param(p) = piece {
                 if !path_params.contains(&p.as_str()) {
-                    return Err(format!("topic uses {{{p}}}, which the route path does not define"));
+                    return Err(format!(
+                        "topic uses {{{p}}}, which the route path does not define"
+                    ));
                 }
             }
         }
@@ -230,11 +232,17 @@ mod tests {
     fn matching_extracts_decoded_params() {
         let t = path("/sensors/{site}/{sensor}");
         let params = t.matches("/sensors/plant%201/temp", Nats);
-        assert!(params.is_some_and(|p| p.is_err()), "space is whitespace for NATS");
+        assert!(
+            params.is_some_and(|p| p.is_err()),
+            "space is whitespace for NATS"
+        );
         let params = t.matches("/sensors/plant%201/temp", Mqtt);
         assert_eq!(
             params,
-            Some(Ok(vec![("site".into(), "plant 1".into()), ("sensor".into(), "temp".into())]))
+            Some(Ok(vec![
+                ("site".into(), "plant 1".into()),
+                ("sensor".into(), "temp".into())
+            ]))
         );
         assert_eq!(t.matches("/sensors/a", Mqtt), None);
         assert_eq!(t.matches("/sensors/a/b/c", Mqtt), None);

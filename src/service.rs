@@ -76,7 +76,11 @@ impl Gateway {
         Err(Error::NotFound)
     }
 
-    async fn handle(&self, session: &mut ServerSession, shutdown: &ShutdownWatch) -> Result<Reuse, Error> {
+    async fn handle(
+        &self,
+        session: &mut ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Result<Reuse, Error> {
         let header = session.req_header();
         let method = header.method.clone();
         let path = header.uri.path().to_owned();
@@ -87,9 +91,19 @@ impl Gateway {
             }
             Action::Publish(route, topic) => {
                 let body = read_body(session, self.config.server.max_publish_bytes).await?;
-                let bridge = self.hub.bridge(route.broker).ok_or(Error::Internal("broker missing"))?;
+                let bridge = self
+                    .hub
+                    .bridge(route.broker)
+                    .ok_or(Error::Internal("broker missing"))?;
                 bridge.publish(&topic, body).await.map_err(Error::Bridge)?;
-                respond(session, 202, "text/plain", Bytes::from_static(b"accepted\n"), &[]).await?;
+                respond(
+                    session,
+                    202,
+                    "text/plain",
+                    Bytes::from_static(b"accepted\n"),
+                    &[],
+                )
+                .await?;
                 Ok(Reuse::Yes)
             }
             Action::Stream(route, topic) => {
@@ -112,7 +126,12 @@ impl Gateway {
         // the headers are sent is missed.
         let _membership = self
             .hub
-            .join(route.broker, topic.clone(), route.event.clone(), queue.clone())
+            .join(
+                route.broker,
+                topic.clone(),
+                route.event.clone(),
+                queue.clone(),
+            )
             .await
             .map_err(Error::Bridge)?;
 
@@ -238,12 +257,16 @@ async fn respond(
     extra: &[(&'static str, String)],
 ) -> Result<(), Error> {
     let mut response = ResponseHeader::build(status, Some(3 + extra.len())).map_err(Error::Http)?;
-    response.insert_header("content-type", content_type).map_err(Error::Http)?;
+    response
+        .insert_header("content-type", content_type)
+        .map_err(Error::Http)?;
     response
         .insert_header("content-length", body.len().to_string())
         .map_err(Error::Http)?;
     for (name, value) in extra {
-        response.insert_header(*name, value.as_str()).map_err(Error::Http)?;
+        response
+            .insert_header(*name, value.as_str())
+            .map_err(Error::Http)?;
     }
     let head_only = session.req_header().method == Method::HEAD;
     session
@@ -251,7 +274,10 @@ async fn respond(
         .await
         .map_err(Error::Write)?;
     let body = if head_only { Bytes::new() } else { body };
-    session.write_response_body(body, true).await.map_err(Error::Write)
+    session
+        .write_response_body(body, true)
+        .await
+        .map_err(Error::Write)
 }
 
 #[async_trait]
@@ -285,9 +311,15 @@ impl HttpServerApp for Gateway {
                     } else {
                         tracing::debug!(request = %session.request_summary(), %error, "request refused");
                     }
-                    if respond(&mut session, status, "text/plain; charset=utf-8", body, &extra)
-                        .await
-                        .is_err()
+                    if respond(
+                        &mut session,
+                        status,
+                        "text/plain; charset=utf-8",
+                        body,
+                        &extra,
+                    )
+                    .await
+                    .is_err()
                     {
                         return None;
                     }

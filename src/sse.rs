@@ -79,7 +79,11 @@ fn put_field_value(out: &mut BytesMut, value: &str) {
         return;
     }
     for c in value.chars() {
-        let c = if matches!(c, '\r' | '\n' | '\0') { '\u{FFFD}' } else { c };
+        let c = if matches!(c, '\r' | '\n' | '\0') {
+            '\u{FFFD}'
+        } else {
+            c
+        };
         let mut buf = [0u8; 4];
         out.put_slice(c.encode_utf8(&mut buf).as_bytes());
     }
@@ -96,7 +100,11 @@ fn split_lines(text: &str) -> impl Iterator<Item = &str> {
                 Some(current)
             }
             Some(at) => {
-                let skip = if current[at..].starts_with("\r\n") { 2 } else { 1 };
+                let skip = if current[at..].starts_with("\r\n") {
+                    2
+                } else {
+                    1
+                };
                 rest = Some(&current[at + skip..]);
                 Some(&current[..at])
             }
@@ -136,7 +144,11 @@ mod tests {
             if line.is_empty() {
                 if !data.is_empty() {
                     data.pop();
-                    let name = if event.is_empty() { "message".into() } else { event.clone() };
+                    let name = if event.is_empty() {
+                        "message".into()
+                    } else {
+                        event.clone()
+                    };
                     events.push((name, data.clone()));
                 }
                 event.clear();
@@ -171,8 +183,14 @@ mod tests {
     fn every_line_ending_splits_and_round_trips() {
         let payload = "a\nb\r\nc\rd\n\ne";
         let frame = text(encode_event(None, payload.as_bytes()));
-        assert_eq!(frame, "data: a\ndata: b\ndata: c\ndata: d\ndata: \ndata: e\n\n");
-        assert_eq!(parse(&frame), vec![("message".into(), "a\nb\nc\nd\n\ne".into())]);
+        assert_eq!(
+            frame,
+            "data: a\ndata: b\ndata: c\ndata: d\ndata: \ndata: e\n\n"
+        );
+        assert_eq!(
+            parse(&frame),
+            vec![("message".into(), "a\nb\nc\nd\n\ne".into())]
+        );
     }
 
     #[test]
@@ -182,12 +200,18 @@ mod tests {
         let events = parse(&frame);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].0, "reading");
-        assert_eq!(events[0].1, "x\n\nevent: admin\ndata: forged\nid: 99\nretry: 1\n");
+        assert_eq!(
+            events[0].1,
+            "x\n\nevent: admin\ndata: forged\nid: 99\nretry: 1\n"
+        );
     }
 
     #[test]
     fn empty_payload_is_still_an_event() {
-        assert_eq!(parse(&text(encode_event(None, b""))), vec![("message".into(), "".into())]);
+        assert_eq!(
+            parse(&text(encode_event(None, b""))),
+            vec![("message".into(), "".into())]
+        );
     }
 
     #[test]
@@ -206,7 +230,10 @@ mod tests {
 
     #[test]
     fn leading_spaces_survive() {
-        assert_eq!(parse(&text(encode_event(None, b"  two"))), vec![("message".into(), "  two".into())]);
+        assert_eq!(
+            parse(&text(encode_event(None, b"  two"))),
+            vec![("message".into(), "  two".into())]
+        );
     }
 
     #[test]

@@ -29,7 +29,10 @@ pub enum Closed {
 pub enum Next {
     /// Every frame that was queued, oldest first, and how many were dropped before them since the
     /// last call (drop-oldest policy).
-    Frames { frames: Vec<Bytes>, dropped: u64 },
+    Frames {
+        frames: Vec<Bytes>,
+        dropped: u64,
+    },
     Closed(Closed),
 }
 

@@ -54,7 +54,11 @@ async fn a_stalled_reader_does_not_slow_fifty_others() {
             tokio::spawn(async move {
                 for n in 0..MESSAGES {
                     let event = s.next_event().await;
-                    assert!(event.data.starts_with(&format!("{n}:")), "in order: got {:.10} for {n}", event.data);
+                    assert!(
+                        event.data.starts_with(&format!("{n}:")),
+                        "in order: got {:.10} for {n}",
+                        event.data
+                    );
                 }
             })
         })
@@ -63,13 +67,24 @@ async fn a_stalled_reader_does_not_slow_fifty_others() {
         publish(sluice.addr, "/strict/feed", format!("{n}:{payload}")).await;
     }
     for c in consumers {
-        within("reader finished", c).await.expect("reader saw every message in order");
+        within("reader finished", c)
+            .await
+            .expect("reader saw every message in order");
     }
     // The stalled client was disconnected by its full queue: reading what reached it ends in EOF
     // well before all 1.5 MB arrived.
     let mut received = Vec::new();
-    within("stalled client sees the close", stalled.read_to_end(&mut received)).await.expect("read");
-    assert!(received.len() < MESSAGES * payload.len(), "got {} bytes", received.len());
+    within(
+        "stalled client sees the close",
+        stalled.read_to_end(&mut received),
+    )
+    .await
+    .expect("read");
+    assert!(
+        received.len() < MESSAGES * payload.len(),
+        "got {} bytes",
+        received.len()
+    );
 }
 
 #[tokio::test]
@@ -91,7 +106,9 @@ async fn drop_oldest_keeps_the_stream_open_with_the_newest() {
     let mut text = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     within("stalled client catches up to the newest event", async {
-        while !text.ends_with(b"data: last\n\n") && !text.windows(12).any(|w| w == b"data: last\n\n") {
+        while !text.ends_with(b"data: last\n\n")
+            && !text.windows(12).any(|w| w == b"data: last\n\n")
+        {
             let n = stalled.read(&mut buf).await.expect("read");
             assert!(n > 0, "drop-oldest must not close the stream");
             text.extend_from_slice(&buf[..n]);
@@ -103,6 +120,13 @@ async fn drop_oldest_keeps_the_stream_open_with_the_newest() {
         .split("data: ")
         .filter_map(|d| d.split(':').next()?.parse().ok())
         .collect();
-    assert!(seen.len() < MESSAGES, "some events were dropped ({} seen)", seen.len());
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "what arrives stays in order");
+    assert!(
+        seen.len() < MESSAGES,
+        "some events were dropped ({} seen)",
+        seen.len()
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "what arrives stays in order"
+    );
 }

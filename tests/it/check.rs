@@ -38,7 +38,11 @@ fn shipped_config_is_valid() {
         .args(["--config", config, "--check"])
         .output()
         .expect("run sluice --check");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -146,7 +150,10 @@ fn errors_name_line_and_column() {
     for (name, text, expected) in cases {
         let (code, stderr) = check(text);
         assert_eq!(code, 2, "{name}: exit code (stderr: {stderr})");
-        assert!(stderr.starts_with(expected), "{name}: expected {expected:?}, got {stderr:?}");
+        assert!(
+            stderr.starts_with(expected),
+            "{name}: expected {expected:?}, got {stderr:?}"
+        );
     }
 }
 
@@ -158,5 +165,8 @@ fn missing_file_is_a_clear_error() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("/nonexistent/sluice.toml") && stderr.contains("cannot read"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/sluice.toml") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
 }

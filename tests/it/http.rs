@@ -39,12 +39,19 @@ async fn stream_headers_preamble_and_events() {
     assert_eq!(stream.header("cache-control"), Some("no-cache"));
     assert_eq!(stream.header("x-accel-buffering"), Some("no"));
     stream.opened().await;
-    assert_eq!(stream.retry, Some(2000), "the configured default retry is sent first");
+    assert_eq!(
+        stream.retry,
+        Some(2000),
+        "the configured default retry is sent first"
+    );
     assert!(stream.raw.starts_with(b"retry: 2000\n"));
 
     publish(sluice.addr, "/rooms/lobby", "hello").await;
     let event = stream.next_event().await;
-    assert_eq!((event.event.as_str(), event.data.as_str()), ("message", "hello"));
+    assert_eq!(
+        (event.event.as_str(), event.data.as_str()),
+        ("message", "hello")
+    );
 }
 
 #[tokio::test]
@@ -59,8 +66,14 @@ async fn event_names_fixed_and_from_topic() {
     assert_eq!(named.next_event().await.event, "reading");
     let first = all.next_event().await;
     let second = all.next_event().await;
-    assert_eq!((first.event.as_str(), first.data.as_str()), ("rooms/a", "1"));
-    assert_eq!((second.event.as_str(), second.data.as_str()), ("rooms/b", "2"));
+    assert_eq!(
+        (first.event.as_str(), first.data.as_str()),
+        ("rooms/a", "1")
+    );
+    assert_eq!(
+        (second.event.as_str(), second.data.as_str()),
+        ("rooms/b", "2")
+    );
 }
 
 #[tokio::test]
@@ -68,8 +81,18 @@ async fn multi_line_and_binary_payloads_cannot_forge_events() {
     let sluice = Sluice::start(MEMORY).await;
     let mut stream = h1_stream(sluice.addr, "/rooms/p").await;
     stream.opened().await;
-    publish(sluice.addr, "/rooms/p", "line1\r\nline2\rline3\n\nevent: forged\ndata: x").await;
-    publish(sluice.addr, "/rooms/p", Bytes::from_static(&[0xff, 0xfe, b'\n', 0x00])).await;
+    publish(
+        sluice.addr,
+        "/rooms/p",
+        "line1\r\nline2\rline3\n\nevent: forged\ndata: x",
+    )
+    .await;
+    publish(
+        sluice.addr,
+        "/rooms/p",
+        Bytes::from_static(&[0xff, 0xfe, b'\n', 0x00]),
+    )
+    .await;
     publish(sluice.addr, "/rooms/p", "after").await;
     let text = stream.next_event().await;
     assert_eq!(text.event, "message");
@@ -100,19 +123,43 @@ async fn statuses_for_bad_requests() {
     let missing = get(addr, "/nowhere").await.expect("404");
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 
-    let wrong = request(addr, "DELETE", "/rooms/a", Bytes::new()).await.expect("405");
+    let wrong = request(addr, "DELETE", "/rooms/a", Bytes::new())
+        .await
+        .expect("405");
     assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(wrong.header("allow"), Some("GET, POST"));
 
-    let readonly = request(addr, "POST", "/readonly/a", Bytes::from_static(b"x")).await.expect("405");
+    let readonly = request(addr, "POST", "/readonly/a", Bytes::from_static(b"x"))
+        .await
+        .expect("405");
     assert_eq!(readonly.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(readonly.header("allow"), Some("GET"));
 
-    for bad in ["/rooms/%2B", "/rooms/+", "/rooms/%23", "/rooms/a%2Fb", "/rooms/%00", "/rooms/%0A", "/rooms/", "/rooms/%FF"] {
+    for bad in [
+        "/rooms/%2B",
+        "/rooms/+",
+        "/rooms/%23",
+        "/rooms/a%2Fb",
+        "/rooms/%00",
+        "/rooms/%0A",
+        "/rooms/",
+        "/rooms/%FF",
+    ] {
         let resp = get(addr, bad).await.expect("400");
-        assert_eq!(resp.status, StatusCode::BAD_REQUEST, "{bad}: {}", resp.text());
-        assert!(resp.header("content-type").is_some_and(|c| c.starts_with("text/plain")));
-        assert!(resp.text().contains("room"), "the reason names the parameter: {}", resp.text());
+        assert_eq!(
+            resp.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}: {}",
+            resp.text()
+        );
+        assert!(resp
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain")));
+        assert!(
+            resp.text().contains("room"),
+            "the reason names the parameter: {}",
+            resp.text()
+        );
     }
 }
 
@@ -121,9 +168,14 @@ async fn publish_size_limit() {
     let sluice = Sluice::start(MEMORY).await;
     let mut stream = h1_stream(sluice.addr, "/rooms/big").await;
     stream.opened().await;
-    let too_big = request(sluice.addr, "POST", "/rooms/big", Bytes::from(vec![b'x'; 1025]))
-        .await
-        .expect("413");
+    let too_big = request(
+        sluice.addr,
+        "POST",
+        "/rooms/big",
+        Bytes::from(vec![b'x'; 1025]),
+    )
+    .await
+    .expect("413");
     assert_eq!(too_big.status, StatusCode::PAYLOAD_TOO_LARGE);
     publish(sluice.addr, "/rooms/big", vec![b'y'; 1024]).await;
     // The refused body never reached the stream; the accepted one did.
@@ -146,5 +198,8 @@ async fn graceful_shutdown_ends_streams_with_a_retry() {
         .and_then(|v| v.parse().ok())
         .expect("a retry field at shutdown");
     assert!(text.matches("retry: ").count() == 2, "{text:?}");
-    assert!((2000..6000).contains(&last_retry), "jittered retry {last_retry}");
+    assert!(
+        (2000..6000).contains(&last_retry),
+        "jittered retry {last_retry}"
+    );
 }

@@ -21,7 +21,11 @@ async fn h2c_prior_knowledge_shares_the_http1_port() {
     let mut stream = h2.stream("/t/a").await;
     assert_eq!(stream.status, StatusCode::OK);
     assert_eq!(stream.header("content-type"), Some("text/event-stream"));
-    assert_eq!(stream.header("transfer-encoding"), None, "no connection-specific header on h2");
+    assert_eq!(
+        stream.header("transfer-encoding"),
+        None,
+        "no connection-specific header on h2"
+    );
     stream.opened().await;
     publish(sluice.addr, "/t/a", "over h2c").await;
     assert_eq!(stream.next_event().await.data, "over h2c");
@@ -57,7 +61,11 @@ async fn a_hundred_streams_on_one_h2_connection() {
     for (i, stream) in streams.iter_mut().enumerate() {
         let kind = if i % 2 == 0 { "even" } else { "odd" };
         for n in 0..5 {
-            assert_eq!(stream.next_event().await.data, format!("{kind} {n}"), "stream {i}");
+            assert_eq!(
+                stream.next_event().await.data,
+                format!("{kind} {n}"),
+                "stream {i}"
+            );
         }
     }
     // Closing one stream (RST_STREAM) leaves its siblings on the connection working.

@@ -97,7 +97,8 @@ impl Sluice {
             let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
                 .expect("self-signed cert");
             std::fs::write(dir.0.join("cert.pem"), cert.cert.pem()).expect("write cert");
-            std::fs::write(dir.0.join("key.pem"), cert.key_pair.serialize_pem()).expect("write key");
+            std::fs::write(dir.0.join("key.pem"), cert.key_pair.serialize_pem())
+                .expect("write key");
             let tport = sluice_testkit::free_port();
             let taddr: SocketAddr = format!("127.0.0.1:{tport}").parse().expect("addr");
             config.push_str(&format!(
@@ -110,7 +111,10 @@ impl Sluice {
         let child = Command::new(sluice_bin())
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .expect("start sluice");
@@ -153,7 +157,10 @@ impl Sluice {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            assert!(start.elapsed() < DEADLINE, "sluice did not exit after SIGTERM");
+            assert!(
+                start.elapsed() < DEADLINE,
+                "sluice did not exit after SIGTERM"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -209,7 +216,10 @@ pub async fn request(
     })
 }
 
-pub async fn get(addr: SocketAddr, path: &str) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
     request(addr, "GET", path, Bytes::new()).await
 }
 
@@ -218,7 +228,12 @@ pub async fn publish(addr: SocketAddr, path: &str, body: impl Into<Bytes>) {
     let resp = within("publish", request(addr, "POST", path, body.into()))
         .await
         .expect("publish request");
-    assert_eq!(resp.status, StatusCode::ACCEPTED, "publish to {path}: {}", resp.text());
+    assert_eq!(
+        resp.status,
+        StatusCode::ACCEPTED,
+        "publish to {path}: {}",
+        resp.text()
+    );
 }
 
 /// One server-sent event as a browser would dispatch it.
@@ -306,8 +321,16 @@ impl SseStream {
             if self.data_seen {
                 let mut data = std::mem::take(&mut self.data);
                 data.pop();
-                let event = if self.event_type.is_empty() { "message".to_owned() } else { std::mem::take(&mut self.event_type) };
-                self.events.push_back(Event { event, data, id: None });
+                let event = if self.event_type.is_empty() {
+                    "message".to_owned()
+                } else {
+                    std::mem::take(&mut self.event_type)
+                };
+                self.events.push_back(Event {
+                    event,
+                    data,
+                    id: None,
+                });
             }
             self.event_type.clear();
             self.data_seen = false;
@@ -347,6 +370,54 @@ impl SseStream {
         .await
     }
 
+    /// The next event if one arrives within `wait`.
+    pub async fn try_next_event(&mut self, wait: Duration) -> Option<Event> {
+        tokio::time::timeout(wait, async {
+            loop {
+                if let Some(event) = self.events.pop_front() {
+                    return Some(event);
+                }
+                if !self.read_more().await {
+                    return None;
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// Publishes `prefix-N` with `publish` (N counting up) until the stream receives one, and returns
+    /// the events up to and including it. For a subscription that is still being set up, or a broker
+    /// that is coming back: what a broker does not deliver while it is away cannot be waited for.
+    pub async fn publish_until_received<F, Fut>(
+        &mut self,
+        prefix: &str,
+        mut publish: F,
+    ) -> Vec<Event>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        for n in 0.. {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no {prefix}-N event arrived within {DEADLINE:?}"
+            );
+            publish(format!("{prefix}-{n}")).await;
+            while let Some(event) = self.try_next_event(Duration::from_millis(100)).await {
+                let done = event.data.starts_with(&format!("{prefix}-"));
+                seen.push(event);
+                if done {
+                    return seen;
+                }
+            }
+        }
+        unreachable!()
+    }
+
     /// Reads until the preamble (`retry:` and the first comment) has arrived.
     pub async fn opened(&mut self) {
         within("stream preamble", async {
@@ -359,10 +430,7 @@ impl SseStream {
 
     /// Reads until the server ends the stream; returns the events that came before the end.
     pub async fn until_end(&mut self) -> Vec<Event> {
-        within("end of stream", async {
-            while self.read_more().await {}
-        })
-        .await;
+        within("end of stream", async { while self.read_more().await {} }).await;
         self.events.drain(..).collect()
     }
 
@@ -381,7 +449,9 @@ impl SseStream {
 pub async fn h1_stream(addr: SocketAddr, path: &str) -> SseStream {
     within("open HTTP/1.1 stream", async {
         let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.expect("handshake");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("handshake");
         tokio::spawn(conn);
         let req = Request::get(path)
             .header("host", addr.to_string())
@@ -439,10 +509,15 @@ impl H2 {
             let tcp = TcpStream::connect(addr).await.expect("connect");
             let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
             let tls = connector.connect(name, tcp).await.expect("TLS handshake");
-            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN chose h2");
-            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .expect("h2 handshake");
+            assert_eq!(
+                tls.get_ref().1.alpn_protocol(),
+                Some(&b"h2"[..]),
+                "ALPN chose h2"
+            );
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .expect("h2 handshake");
             tokio::spawn(conn);
             Self {
                 sender,

@@ -34,7 +34,9 @@ struct Unsubscribe {
 
 impl Drop for Unsubscribe {
     fn drop(&mut self) {
-        self.registry.subscriptions().retain(|(id, _, _)| *id != self.id);
+        self.registry
+            .subscriptions()
+            .retain(|(id, _, _)| *id != self.id);
     }
 }
 
@@ -63,11 +65,17 @@ impl Bridge for MemoryBridge {
                 reason,
             })?;
         let id = {
-            let mut next = self.inner.next_id.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut next = self
+                .inner
+                .next_id
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             *next += 1;
             *next
         };
-        self.inner.subscriptions().push((id, filter.to_owned(), sink));
+        self.inner
+            .subscriptions()
+            .push((id, filter.to_owned(), sink));
         Ok(Subscription::new(Unsubscribe {
             registry: self.inner.clone(),
             id,
@@ -111,10 +119,19 @@ mod tests {
         let log = seen.clone();
         let sink: Sink = Arc::new(move |m: Message| log.lock().expect("lock").push(m.topic));
         let sub = bridge.subscribe("a/+", sink).await.expect("subscribe");
-        bridge.publish("a/b", Bytes::from_static(b"x")).await.expect("publish");
-        bridge.publish("c/d", Bytes::from_static(b"x")).await.expect("publish");
+        bridge
+            .publish("a/b", Bytes::from_static(b"x"))
+            .await
+            .expect("publish");
+        bridge
+            .publish("c/d", Bytes::from_static(b"x"))
+            .await
+            .expect("publish");
         drop(sub);
-        bridge.publish("a/c", Bytes::from_static(b"x")).await.expect("publish");
+        bridge
+            .publish("a/c", Bytes::from_static(b"x"))
+            .await
+            .expect("publish");
         assert_eq!(*seen.lock().expect("lock"), vec![Arc::from("a/b")]);
         assert_eq!(bridge.subscription_count(), 0);
     }

@@ -61,7 +61,10 @@ fn parse_url(url: &str) -> Result<(String, u16), BridgeError> {
         return Err(bad("the scheme must be mqtt://"));
     }
     let host = parsed.host_str().ok_or_else(|| bad("no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     Ok((host, parsed.port().unwrap_or(1883)))
 }
 
@@ -282,8 +285,14 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_url("mqtt://127.0.0.1:1884").ok(), Some(("127.0.0.1".into(), 1884)));
-        assert_eq!(parse_url("mqtt://localhost").ok(), Some(("localhost".into(), 1883)));
+        assert_eq!(
+            parse_url("mqtt://127.0.0.1:1884").ok(),
+            Some(("127.0.0.1".into(), 1884))
+        );
+        assert_eq!(
+            parse_url("mqtt://localhost").ok(),
+            Some(("localhost".into(), 1883))
+        );
         assert!(parse_url("http://x").is_err());
         assert!(parse_url("nonsense").is_err());
     }

@@ -4,13 +4,18 @@
 //! so this bridge only maps subjects to sinks. Core NATS has no history: what is published while sluice
 //! is disconnected from the server is lost, as for any core NATS subscriber.
 
+use async_nats::connection::State;
 use async_nats::{ConnectOptions, Event};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use sluice_bridge::{Bridge, BridgeError, Message, Sink, Subscription, TopicSyntax};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinHandle;
+
+/// The longest a new subscription waits for the server's acknowledgement.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// A NATS connection shared by every route that names this broker.
 pub struct NatsBridge {
@@ -54,7 +59,8 @@ fn log_event(broker: &str, event: Event) {
         Event::SlowConsumer(sid) => {
             tracing::warn!(broker, sid, "nats dropped messages for a slow subscription")
         }
-        Event::ClientError(e) => tracing::warn!(broker, error = %e, "nats client error"),
+        // Every failed reconnect attempt reports one; the disconnect itself was already a warning.
+        Event::ClientError(e) => tracing::debug!(broker, error = %e, "nats client error"),
         Event::ServerError(e) => tracing::warn!(broker, error = %e, "nats server error"),
         other => tracing::debug!(broker, event = %other, "nats event"),
     }
@@ -78,6 +84,11 @@ impl Bridge for NatsBridge {
             .subscribe(filter.to_owned())
             .await
             .map_err(|e| BridgeError::Broker(e.to_string()))?;
+        // When connected, wait (briefly) for the server to have the SUB, so a stream that opens gets
+        // every message published after it opened. While disconnected the SUB is sent on reconnect.
+        if self.client.connection_state() == State::Connected {
+            let _ = tokio::time::timeout(FLUSH_WAIT, self.client.flush()).await;
+        }
         let reader = tokio::spawn(async move {
             // Subjects repeat on every message of a plain subscription: reuse the last Arc.
             let mut last_topic: Arc<str> = Arc::from("");

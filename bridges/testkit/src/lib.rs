@@ -76,6 +76,15 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server on free ports (the server picks them: `-p -1 -m -1`) and waits until it listens.
     pub fn start() -> Self {
+        Self::start_on_port("-1")
+    }
+
+    /// Starts a server on a given client port (for a client that was configured before it started).
+    pub fn start_on(port: u16) -> Self {
+        Self::start_on_port(&port.to_string())
+    }
+
+    fn start_on_port(port: &str) -> Self {
         let dir = scratch_dir("nats");
         let mut server = Self {
             child: None,
@@ -83,7 +92,7 @@ impl NatsServer {
             monitor_port: 0,
             dir,
         };
-        server.launch("-1", "-1");
+        server.launch(port, "-1");
         server
     }
 
@@ -214,7 +223,21 @@ impl Mosquitto {
             std::thread::sleep(Duration::from_millis(20));
         }
         kill(&mut child);
-        panic!("mosquitto did not listen on port {} within {START_DEADLINE:?}", self.port);
+        panic!(
+            "mosquitto did not listen on port {} within {START_DEADLINE:?}",
+            self.port
+        );
+    }
+
+    /// Starts mosquitto on a given port (for a client that was configured before it started).
+    pub fn start_on(port: u16) -> Self {
+        let mut broker = Self {
+            child: None,
+            port,
+            dir: scratch_dir("mosquitto"),
+        };
+        assert!(broker.launch(), "mosquitto could not bind port {port}");
+        broker
     }
 
     pub fn port(&self) -> u16 {
@@ -234,7 +257,11 @@ impl Mosquitto {
     /// Starts mosquitto again on the same port.
     pub fn restart(&mut self) {
         self.stop();
-        assert!(self.launch(), "mosquitto failed to restart on port {}", self.port);
+        assert!(
+            self.launch(),
+            "mosquitto failed to restart on port {}",
+            self.port
+        );
     }
 }
 
