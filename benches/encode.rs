@@ -16,7 +16,9 @@ fn encoding(c: &mut Criterion) {
     for size in [32usize, 1024, 8192] {
         let single = vec![b'a'; size];
         // One line break every 64 bytes.
-        let multi: Vec<u8> = (0..size).map(|i| if i % 64 == 63 { b'\n' } else { b'a' }).collect();
+        let multi: Vec<u8> = (0..size)
+            .map(|i| if i % 64 == 63 { b'\n' } else { b'a' })
+            .collect();
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::new("single-line", size), &single, |b, p| {
             b.iter(|| encode_event(Some("reading"), p))

@@ -467,21 +467,22 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
             ))
         }
     };
-    let overflow =
-        match raw
-            .overflow
-            .as_ref()
-            .map(|o| (o.get_ref().as_str(), o.span()))
-        {
-            None | Some(("disconnect", _)) => Overflow::Disconnect,
-            Some(("drop-oldest", _)) => Overflow::DropOldest,
-            Some((other, span)) => return Err(at.error(
+    let overflow = match raw
+        .overflow
+        .as_ref()
+        .map(|o| (o.get_ref().as_str(), o.span()))
+    {
+        None | Some(("disconnect", _)) => Overflow::Disconnect,
+        Some(("drop-oldest", _)) => Overflow::DropOldest,
+        Some((other, span)) => {
+            return Err(at.error(
                 span,
                 format!(
                     "unknown overflow policy {other:?}: expected \"disconnect\" or \"drop-oldest\""
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let publish = raw.publish.unwrap_or(false);
     if publish && syntax.has_wildcards(&topic.fill(&[])) {
         return Err(at.error(
