@@ -332,10 +332,11 @@ fn validate_server(at: &Locator, raw: RawServer, base: &Path) -> Result<Server, 
         None => None,
         Some(tls) => {
             let resolve = |p: &Spanned<String>| -> Result<PathBuf, ConfigError> {
-                if p.get_ref().is_empty() {
-                    return Err(at.error(p.span(), "empty file path"));
+                let path = base.join(p.get_ref());
+                if p.get_ref().is_empty() || !path.is_file() {
+                    return Err(at.error(p.span(), format!("no such file: {}", path.display())));
                 }
-                Ok(base.join(p.get_ref()))
+                Ok(path)
             };
             Some(Tls {
                 cert: resolve(&tls.cert)?,

@@ -11,6 +11,7 @@ use pingora::services::listening::Service;
 use sluice::config;
 use sluice::hub::Hub;
 use sluice::service::Gateway;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -71,6 +72,26 @@ fn socket_options() -> TcpSocketOptions {
     options
 }
 
+/// Binds and releases `addr` (with SO_REUSEADDR, as pingora binds) to report a busy port up front.
+fn ensure_bindable(addr: SocketAddr) -> anyhow::Result<()> {
+    let socket = match addr {
+        SocketAddr::V4(_) => {
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        }
+        SocketAddr::V6(_) => {
+            socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+        }
+    }
+    .context("creating a socket")?;
+    socket
+        .set_reuse_address(true)
+        .context("setting SO_REUSEADDR")?;
+    socket
+        .bind(&addr.into())
+        .and_then(|()| socket.listen(1))
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
 fn run(config: config::Config) -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
@@ -96,6 +117,12 @@ fn run(config: config::Config) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+
+    // pingora retries a busy port forever; fail fast with a clear message instead.
+    let tls_listen = config.server.tls.iter().flat_map(|t| t.listen.iter());
+    for addr in config.server.listen.iter().chain(tls_listen) {
+        ensure_bindable(*addr)?;
+    }
 
     let gateway = Gateway::new(config.clone(), Hub::new(bridges));
     let mut service = Service::new("sluice".to_owned(), gateway);

@@ -14,8 +14,13 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
+use sluice_bridge::BridgeError;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
+
+/// How long a `POST` may wait for its broker before it is answered `503`.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The gateway application shared by every listener.
 pub struct Gateway {
@@ -95,7 +100,13 @@ impl Gateway {
                     .hub
                     .bridge(route.broker)
                     .ok_or(Error::Internal("broker missing"))?;
-                bridge.publish(&topic, body).await.map_err(Error::Bridge)?;
+                // A broker that is away can leave a publish waiting for room in its client's queue.
+                tokio::time::timeout(PUBLISH_TIMEOUT, bridge.publish(&topic, body))
+                    .await
+                    .map_err(|_| {
+                        Error::Bridge(BridgeError::Unavailable("publish timed out".into()))
+                    })?
+                    .map_err(Error::Bridge)?;
                 respond(
                     session,
                     202,

@@ -67,8 +67,7 @@ impl StreamQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues a frame without waiting. Returns what the overflow policy did, if anything, so the
-    /// caller can count it.
+    /// Queues a frame without waiting; a full queue meets the overflow policy, counted in `stats`.
     pub fn push(&self, frame: Bytes, stats: &OverflowStats) {
         let mut state = self.state();
         if state.closed.is_some() {

@@ -144,6 +144,11 @@ fn errors_name_line_and_column() {
             "[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a\"\nbroker = \"m\"\ntopic = \"a\"\nbuffer = 0\n",
             "FILE:7:10: buffer must be between 1 and",
         ),
+        (
+            "missing certificate",
+            "[server.tls]\nlisten = \"127.0.0.1:1\"\ncert = \"missing.pem\"\nkey = \"missing.key\"\n",
+            "FILE:3:8: no such file",
+        ),
         ("no routes", "[brokers.m]\ntype = \"memory\"\n", "FILE:1:1: no [[routes]]"),
         ("not toml", "[server\n", "FILE:1:8:"),
     ];

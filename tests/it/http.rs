@@ -203,3 +203,21 @@ async fn graceful_shutdown_ends_streams_with_a_retry() {
         "jittered retry {last_retry}"
     );
 }
+
+#[tokio::test]
+async fn a_busy_port_is_a_clear_start_up_error() {
+    let sluice = Sluice::start(MEMORY).await;
+    let config = sluice.dir.0.join("config.toml");
+    let out = std::process::Command::new(sluice_bin())
+        .arg("--config")
+        .arg(&config)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run a second sluice");
+    assert!(!out.status.success());
+    let log = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains(&format!("cannot listen on {}", sluice.addr)),
+        "{log}"
+    );
+}
