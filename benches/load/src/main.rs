@@ -1,0 +1,561 @@
+//! The end-to-end load harness: starts each server under test, connects N SSE subscribers over
+//! HTTP/1.1 or HTTP/2, publishes timestamped messages, and prints one table of delivered events/s,
+//! latency, loss, CPU per million events and memory per idle subscriber.
+//!
+//! Run it through `benches/load.sh`, which builds in release mode and installs the peers.
+
+mod procfs;
+mod publish;
+mod servers;
+mod sse;
+mod stats;
+mod subscribers;
+
+use clap::Parser;
+use publish::{payload, Publisher};
+use servers::{Kind, Running};
+use stats::Stats;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+#[derive(Parser)]
+#[command(about = "sluice vs nginx+Nchan vs an ideal fan-out server, on 127.0.0.1")]
+struct Cli {
+    /// A short smoke run: 200 subscribers, short phases.
+    #[arg(long)]
+    quick: bool,
+    /// Servers to run: ideal, sluice-memory, sluice-nats, sluice-mqtt, nchan-1w, nchan-2w.
+    #[arg(long, value_delimiter = ',')]
+    servers: Option<Vec<String>>,
+    /// HTTP/1.1 subscriber counts.
+    #[arg(long, value_delimiter = ',')]
+    subscribers: Option<Vec<usize>>,
+    /// Seconds of publishing at 100 msg/s per run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// HTTP/2 shapes (sluice only), CONNECTIONSxSTREAMS.
+    #[arg(long, value_delimiter = ',', default_value = "1000x100,1000x200")]
+    h2: Vec<String>,
+    /// Skip the saturation ramp.
+    #[arg(long)]
+    no_saturation: bool,
+    /// Skip the stalled-subscriber (overload) runs.
+    #[arg(long)]
+    no_overload: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Proto {
+    H1,
+    H2 { connections: usize, streams: usize },
+}
+
+impl Proto {
+    fn label(self) -> String {
+        match self {
+            Proto::H1 => "h1".into(),
+            Proto::H2 {
+                connections,
+                streams,
+            } => format!("h2 {connections}x{streams}"),
+        }
+    }
+}
+
+/// One line of the result table.
+#[derive(Clone, Default)]
+struct Row {
+    test: String,
+    server: String,
+    proto: String,
+    subscribers: usize,
+    rate: String,
+    delivered_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    lost: i64,
+    out_of_order: u64,
+    cpu_per_million: f64,
+    rss_per_sub_kib: f64,
+    note: String,
+}
+
+/// Each run connects from its own 127.x.y.0/24 source addresses, so TIME_WAIT sockets of one run
+/// never exhaust the ephemeral ports of the next.
+fn source_ip(run: u8, index: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 10 + run, (index / 20_000) as u8, 2))
+}
+
+static RUN: AtomicU8 = AtomicU8::new(0);
+
+fn parse_kind(name: &str) -> Option<Kind> {
+    Some(match name {
+        "ideal" => Kind::Ideal,
+        "sluice-memory" => Kind::SluiceMemory,
+        "sluice-nats" => Kind::SluiceNats,
+        "sluice-mqtt" => Kind::SluiceMqtt,
+        "nchan-1w" => Kind::Nchan { workers: 1 },
+        "nchan-2w" => Kind::Nchan { workers: 2 },
+        _ => return None,
+    })
+}
+
+async fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > deadline {
+            eprintln!("  (gave up waiting: {what})");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Publishes `count` messages of `epoch` at `rate` per second; returns how many were sent.
+async fn publish_at_rate(publisher: &mut Publisher, epoch: u64, rate: f64, count: u64) -> u64 {
+    let start = Instant::now();
+    let mut sent = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    while sent < count {
+        tick.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(count);
+        while sent < due {
+            sent += 1;
+            if let Err(e) = publisher.send(payload(epoch, sent)).await {
+                eprintln!("  publish failed: {e}");
+                return sent - 1;
+            }
+        }
+    }
+    sent
+}
+
+/// Waits until `expected` events arrived or nothing arrived for two seconds; returns the time of
+/// the last progress.
+async fn drain(stats: &Stats, expected: u64) -> Instant {
+    let mut last = stats.received.load(Ordering::Relaxed);
+    let mut last_progress = Instant::now();
+    loop {
+        let now = stats.received.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            last_progress = Instant::now();
+        }
+        if now >= expected || last_progress.elapsed() > Duration::from_secs(2) {
+            return last_progress;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn latency_ms(stats: &Stats) -> (f64, f64, f64) {
+    match stats.latency.lock() {
+        Ok(h) if !h.is_empty() => (
+            h.value_at_quantile(0.5) as f64 / 1000.0,
+            h.value_at_quantile(0.99) as f64 / 1000.0,
+            h.max() as f64 / 1000.0,
+        ),
+        _ => (f64::NAN, f64::NAN, f64::NAN),
+    }
+}
+
+struct Phases {
+    /// Messages of the 1 msg/s latency phase.
+    latency_messages: u64,
+    /// Seconds of the 100 msg/s throughput phase (0: skip it).
+    rate_seconds: u64,
+    /// Fraction of subscribers that never read.
+    stalled_fraction: f64,
+}
+
+/// Connects `n` subscribers to a fresh server and runs the phases; returns up to two rows.
+async fn fan_out(kind: Kind, proto: Proto, n: usize, phases: &Phases) -> anyhow::Result<Vec<Row>> {
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let mut server = Running::start(kind).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pids = server.pids();
+    let rss_before = procfs::rss_kib(&pids);
+    let stats = Arc::new(Stats::new());
+    let mut tasks = JoinSet::new();
+    let stalled = (n as f64 * phases.stalled_fraction) as usize;
+    match proto {
+        Proto::H1 => {
+            for i in 0..n {
+                tasks.spawn(subscribers::h1(
+                    i,
+                    source_ip(run, i),
+                    server.addr,
+                    server.sub_path.clone(),
+                    stats.clone(),
+                    i < stalled,
+                ));
+                if i % 500 == 499 {
+                    let target = (i + 1) as u64;
+                    wait_until("subscribers connect", Duration::from_secs(30), || {
+                        stats.ready.load(Ordering::Relaxed) >= target
+                    })
+                    .await;
+                }
+            }
+        }
+        Proto::H2 {
+            connections,
+            streams,
+        } => {
+            for c in 0..connections {
+                tasks.spawn(subscribers::h2(
+                    c,
+                    source_ip(run, c),
+                    server.addr,
+                    server.sub_path.clone(),
+                    streams,
+                    stats.clone(),
+                ));
+                if c % 20 == 19 {
+                    let target = ((c + 1) * streams) as u64;
+                    wait_until("h2 streams open", Duration::from_secs(60), || {
+                        stats.ready.load(Ordering::Relaxed) >= target
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+    let n_ready = wait_until("all subscribers ready", Duration::from_secs(120), || {
+        stats.ready.load(Ordering::Relaxed) >= n as u64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = procfs::rss_kib(&pids);
+    let rss_per_sub = (rss_idle.saturating_sub(rss_before)) as f64 / n as f64;
+    let mut publisher = server.publisher().await?;
+    let readers = (n - stalled) as u64;
+
+    // Warm-up: until every reading subscriber has seen an event (all broker subscriptions are live).
+    let warm_start = Instant::now();
+    let mut warm_seq = 0;
+    while stats.warm.load(Ordering::Relaxed) < readers
+        && warm_start.elapsed() < Duration::from_secs(60)
+    {
+        warm_seq += 1;
+        publisher.send(payload(0, warm_seq)).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let base = Row {
+        server: kind.label(),
+        proto: proto.label(),
+        subscribers: n,
+        rss_per_sub_kib: rss_per_sub,
+        note: if n_ready {
+            String::new()
+        } else {
+            format!("only {} ready", stats.ready.load(Ordering::Relaxed))
+        },
+        ..Row::default()
+    };
+    let mut rows = Vec::new();
+
+    if phases.latency_messages > 0 {
+        stats.begin(1);
+        let cpu0 = procfs::cpu_seconds(&pids);
+        let t0 = Instant::now();
+        let sent = publish_at_rate(&mut publisher, 1, 1.0, phases.latency_messages).await;
+        let end = drain(&stats, sent * readers).await;
+        let received = stats.received.load(Ordering::Relaxed);
+        let (p50, p99, max) = latency_ms(&stats);
+        rows.push(Row {
+            test: "latency".into(),
+            rate: "1/s".into(),
+            delivered_per_s: received as f64 / end.duration_since(t0).as_secs_f64(),
+            p50_ms: p50,
+            p99_ms: p99,
+            max_ms: max,
+            lost: (sent * readers) as i64 - received as i64,
+            out_of_order: stats.out_of_order.load(Ordering::Relaxed),
+            cpu_per_million: (procfs::cpu_seconds(&pids) - cpu0) / (received as f64 / 1e6),
+            ..base.clone()
+        });
+    }
+    if phases.rate_seconds > 0 {
+        stats.begin(2);
+        let cpu0 = procfs::cpu_seconds(&pids);
+        let t0 = Instant::now();
+        let mut rss_max = 0;
+        let sent = publish_at_rate(&mut publisher, 2, 100.0, 100 * phases.rate_seconds).await;
+        rss_max = rss_max.max(procfs::rss_kib(&pids));
+        let end = drain(&stats, sent * readers).await;
+        rss_max = rss_max.max(procfs::rss_kib(&pids));
+        let received = stats.received.load(Ordering::Relaxed);
+        let (p50, p99, max) = latency_ms(&stats);
+        let mut note = base.note.clone();
+        if stalled > 0 {
+            note = format!("{stalled} stalled; peak RSS {} MiB", rss_max / 1024);
+        }
+        rows.push(Row {
+            test: if stalled > 0 {
+                "overload".into()
+            } else {
+                "fan-out".into()
+            },
+            rate: "100/s".into(),
+            delivered_per_s: received as f64 / end.duration_since(t0).as_secs_f64(),
+            p50_ms: p50,
+            p99_ms: p99,
+            max_ms: max,
+            lost: (sent * readers) as i64 - received as i64,
+            out_of_order: stats.out_of_order.load(Ordering::Relaxed),
+            cpu_per_million: (procfs::cpu_seconds(&pids) - cpu0) / (received as f64 / 1e6),
+            note,
+            ..base.clone()
+        });
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    server.stop();
+    Ok(rows)
+}
+
+/// Raises the publish rate at 1,000 subscribers until delivered events/s stops growing.
+async fn saturation(kind: Kind, n: usize, step_seconds: u64) -> anyhow::Result<Row> {
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let mut server = Running::start(kind).await?;
+    let pids = server.pids();
+    let stats = Arc::new(Stats::new());
+    let mut tasks = JoinSet::new();
+    for i in 0..n {
+        tasks.spawn(subscribers::h1(
+            i,
+            source_ip(run, i),
+            server.addr,
+            server.sub_path.clone(),
+            stats.clone(),
+            false,
+        ));
+    }
+    wait_until("subscribers ready", Duration::from_secs(60), || {
+        stats.ready.load(Ordering::Relaxed) >= n as u64
+    })
+    .await;
+    let mut publisher = server.publisher().await?;
+    let warm_start = Instant::now();
+    let mut seq = 0;
+    while stats.warm.load(Ordering::Relaxed) < n as u64
+        && warm_start.elapsed() < Duration::from_secs(60)
+    {
+        seq += 1;
+        publisher.send(payload(0, seq)).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut best = Row {
+        test: "saturation".into(),
+        server: kind.label(),
+        proto: "h1".into(),
+        subscribers: n,
+        ..Row::default()
+    };
+    let mut rate = 500.0;
+    for epoch in 10.. {
+        stats.begin(epoch);
+        let cpu0 = procfs::cpu_seconds(&pids);
+        let t0 = Instant::now();
+        let sent = publish_at_rate(
+            &mut publisher,
+            epoch,
+            rate,
+            (rate * step_seconds as f64) as u64,
+        )
+        .await;
+        let publish_time = t0.elapsed().as_secs_f64();
+        let end = drain(&stats, sent * n as u64).await;
+        let received = stats.received.load(Ordering::Relaxed);
+        let delivered = received as f64 / end.duration_since(t0).as_secs_f64();
+        let lost = (sent * n as u64) as i64 - received as i64;
+        eprintln!(
+            "  {} rate {rate}/s (achieved {:.0}/s): {delivered:.0} events/s, lost {lost}",
+            kind.label(),
+            sent as f64 / publish_time
+        );
+        let improved = delivered > best.delivered_per_s * 1.05;
+        if delivered > best.delivered_per_s {
+            let (p50, p99, max) = latency_ms(&stats);
+            best = Row {
+                rate: format!("{:.0}/s", sent as f64 / publish_time),
+                delivered_per_s: delivered,
+                p50_ms: p50,
+                p99_ms: p99,
+                max_ms: max,
+                lost,
+                out_of_order: stats.out_of_order.load(Ordering::Relaxed),
+                cpu_per_million: (procfs::cpu_seconds(&pids) - cpu0) / (received as f64 / 1e6),
+                ..best
+            };
+        }
+        if !improved || lost > (sent * n as u64 / 100) as i64 || rate >= 64_000.0 {
+            break;
+        }
+        rate *= 2.0;
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    server.stop();
+    Ok(best)
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "| test | server | proto | subs | rate | delivered ev/s | p50 ms | p99 ms | max ms | lost | ooo | CPU s/M ev | RSS KiB/idle sub | vs nchan 1w | vs ideal | note |"
+    );
+    println!("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for row in rows {
+        let peer = |server: &str| {
+            rows.iter()
+                .find(|r| {
+                    r.server == server
+                        && r.test == row.test
+                        && r.proto == row.proto
+                        && r.subscribers == row.subscribers
+                })
+                .map(|r| r.delivered_per_s)
+        };
+        let ratio = |other: Option<f64>| match other {
+            Some(o) if o > 0.0 && row.server != "nchan 1w" && row.server != "ideal" => {
+                format!("{:.2}x", row.delivered_per_s / o)
+            }
+            _ => "".into(),
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {:.2} | {} | {} | {} |",
+            row.test,
+            row.server,
+            row.proto,
+            row.subscribers,
+            row.rate,
+            row.delivered_per_s,
+            row.p50_ms,
+            row.p99_ms,
+            row.max_ms,
+            row.lost,
+            row.out_of_order,
+            row.cpu_per_million,
+            row.rss_per_sub_kib,
+            ratio(peer("nchan 1w")),
+            ratio(peer("ideal")),
+            row.note
+        );
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let (soft, hard) = rlimit::increase_nofile_limit(u64::MAX)
+        .map(|l| (l, l))
+        .unwrap_or((0, 0));
+    eprintln!("open files limit: {soft} (hard {hard})");
+    let kinds: Vec<Kind> = match &cli.servers {
+        Some(names) => names.iter().filter_map(|n| parse_kind(n)).collect(),
+        None => vec![
+            Kind::Ideal,
+            Kind::SluiceMemory,
+            Kind::SluiceNats,
+            Kind::SluiceMqtt,
+            Kind::Nchan { workers: 1 },
+            Kind::Nchan { workers: 2 },
+        ],
+    };
+    let counts = cli.subscribers.clone().unwrap_or(if cli.quick {
+        vec![200]
+    } else {
+        vec![1000, 10_000, 15_000]
+    });
+    let phases = Phases {
+        latency_messages: if cli.quick { 3 } else { 10 },
+        rate_seconds: if cli.quick { 2 } else { cli.seconds },
+        stalled_fraction: 0.0,
+    };
+    let mut rows = Vec::new();
+    for &n in &counts {
+        for &kind in &kinds {
+            eprintln!("fan-out: {} h1 x {n}", kind.label());
+            match fan_out(kind, Proto::H1, n, &phases).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => eprintln!("  failed: {e:#}"),
+            }
+        }
+    }
+    if !cli.no_overload {
+        for &kind in kinds
+            .iter()
+            .filter(|k| matches!(k, Kind::SluiceMemory | Kind::Ideal))
+        {
+            let n = if cli.quick { 200 } else { 1000 };
+            eprintln!("overload: {} h1 x {n}, 10% stalled", kind.label());
+            let stalled = Phases {
+                latency_messages: 0,
+                stalled_fraction: 0.1,
+                ..phases
+            };
+            match fan_out(kind, Proto::H1, n, &stalled).await {
+                Ok(r) => rows.extend(r),
+                Err(e) => eprintln!("  failed: {e:#}"),
+            }
+        }
+    }
+    if !cli.no_saturation {
+        for &kind in &kinds {
+            eprintln!("saturation: {} h1 x 1000", kind.label());
+            match saturation(
+                kind,
+                if cli.quick { 200 } else { 1000 },
+                if cli.quick { 1 } else { 3 },
+            )
+            .await
+            {
+                Ok(r) => rows.push(r),
+                Err(e) => eprintln!("  failed: {e:#}"),
+            }
+        }
+    }
+    for shape in &cli.h2 {
+        let Some((c, s)) = shape
+            .split_once('x')
+            .and_then(|(c, s)| Some((c.parse::<usize>().ok()?, s.parse::<usize>().ok()?)))
+        else {
+            eprintln!("bad h2 shape {shape:?}: expected CONNECTIONSxSTREAMS");
+            continue;
+        };
+        let (c, s): (usize, usize) = if cli.quick { (c.min(10), s) } else { (c, s) };
+        for &kind in kinds
+            .iter()
+            .filter(|k| k.supports_h2() && **k == Kind::SluiceMemory)
+        {
+            eprintln!("h2: {} {c}x{s}", kind.label());
+            let h2_phases = Phases {
+                latency_messages: if cli.quick { 2 } else { 5 },
+                rate_seconds: 0,
+                stalled_fraction: 0.0,
+            };
+            match fan_out(
+                kind,
+                Proto::H2 {
+                    connections: c,
+                    streams: s,
+                },
+                c * s,
+                &h2_phases,
+            )
+            .await
+            {
+                Ok(r) => rows.extend(r),
+                Err(e) => eprintln!("  failed: {e:#}"),
+            }
+        }
+    }
+    print_table(&rows);
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! CPU time and resident memory of server processes, from /proc.
+
+use std::path::Path;
+
+/// Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// The PID and every descendant of it (nginx's workers are children of its master).
+pub fn family(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let parent = all[i];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(child) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if parent_of(child) == Some(parent) && !all.contains(&child) {
+                    all.push(child);
+                }
+            }
+        }
+        i += 1;
+    }
+    all
+}
+
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat =
+        std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: split after the last ')'.
+    let after = &stat[stat.rfind(')')? + 2..];
+    Some(after.split(' ').map(str::to_owned).collect())
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    stat_fields(pid)?.get(1)?.parse().ok()
+}
+
+/// User + system CPU seconds of the processes.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|pid| {
+            let f = stat_fields(*pid)?;
+            // After the command: state(0) ppid(1) ... utime(11) stime(12).
+            let utime: f64 = f.get(11)?.parse().ok()?;
+            let stime: f64 = f.get(12)?.parse().ok()?;
+            Some((utime + stime) / TICKS_PER_SECOND)
+        })
+        .sum()
+}
+
+/// Resident set size in KiB, summed over the processes.
+pub fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
