@@ -3,7 +3,9 @@
 use anyhow::Context;
 use clap::Parser;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::TcpSocketOptions;
+use pingora::listeners::{
+    L4BufferSettings, ListenerConfig, TcpSocketOptions, DEFAULT_L4_WRITE_BUFFER_SIZE,
+};
 use pingora::protocols::TcpKeepalive;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -92,6 +94,14 @@ fn ensure_bindable(addr: SocketAddr) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
+/// Per-connection buffers of the cleartext listeners. pingora's 64 KiB read buffer pays off for TLS
+/// records and proxied bodies; an SSE connection reads one small request (into pingora's own header
+/// buffer; h2 has its codec's buffer) and then idles for hours. Without it an idle HTTP/1.1 stream
+/// costs about 9 KiB less (measured with the load harness at 2,000 streams).
+fn cleartext_buffers() -> L4BufferSettings {
+    L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE)
+}
+
 fn run(config: config::Config) -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
@@ -127,7 +137,11 @@ fn run(config: config::Config) -> anyhow::Result<()> {
     let gateway = Gateway::new(config.clone(), Hub::new(bridges));
     let mut service = Service::new("sluice".to_owned(), gateway);
     for addr in &config.server.listen {
-        service.add_tcp_with_settings(&addr.to_string(), socket_options());
+        service.add_listener(
+            ListenerConfig::tcp(addr.to_string())
+                .tcp_socket_options(socket_options())
+                .l4_buffer(cleartext_buffers()),
+        );
         tracing::info!("listening on http://{addr} (HTTP/1.1 and h2c)");
     }
     if let Some(tls) = &config.server.tls {
@@ -136,7 +150,11 @@ fn run(config: config::Config) -> anyhow::Result<()> {
             let mut settings = TlsSettings::intermediate(&cert, &key)
                 .map_err(|e| anyhow::anyhow!("TLS certificate {cert} or key {key}: {e}"))?;
             settings.enable_h2();
-            service.add_tls_with_settings(&addr.to_string(), Some(socket_options()), settings);
+            service.add_listener(
+                ListenerConfig::tcp(addr.to_string())
+                    .tcp_socket_options(socket_options())
+                    .tls(settings),
+            );
             tracing::info!("listening on https://{addr} (TLS: h2 and HTTP/1.1 by ALPN)");
         }
     }
