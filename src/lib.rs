@@ -13,6 +13,7 @@ pub mod brokers;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod pump;
 pub mod route;
 pub mod service;
 pub mod sse;

@@ -4,8 +4,10 @@
 use crate::config::{Config, Route};
 use crate::error::Error;
 use crate::hub::Hub;
+use crate::hub::Membership;
+use crate::pump::{pump, PumpSettings, RawH1Wire, SessionWire};
 use crate::sse;
-use crate::stream::{Closed, Next, StreamQueue};
+use crate::stream::StreamQueue;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::Method;
@@ -17,7 +19,6 @@ use pingora::server::ShutdownWatch;
 use sluice_bridge::BridgeError;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// How long a `POST` may wait for its broker before it is answered `503`.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -81,11 +82,7 @@ impl Gateway {
         Err(Error::NotFound)
     }
 
-    async fn handle(
-        &self,
-        session: &mut ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Result<Reuse, Error> {
+    async fn handle(&self, session: &mut ServerSession) -> Result<Reuse, Error> {
         let header = session.req_header();
         let method = header.method.clone();
         let path = header.uri.path().to_owned();
@@ -117,25 +114,52 @@ impl Gateway {
                 .await?;
                 Ok(Reuse::Yes)
             }
-            Action::Stream(route, topic) => {
-                self.stream(session, route, topic, shutdown).await?;
-                Ok(Reuse::No)
+            Action::Stream(route, topic) => Ok(Reuse::Stream(Box::new(
+                self.open_stream(session, route, topic).await?,
+            ))),
+        }
+    }
+
+    /// Pumps an opened stream. HTTP/1.1 leaves pingora's session for a small task of its own on the
+    /// raw connection (see [`crate::pump`]); HTTP/2 streams stay in their session.
+    async fn serve_stream(
+        &self,
+        session: ServerSession,
+        subscribed: Subscribed,
+        shutdown: &ShutdownWatch,
+    ) {
+        let Subscribed {
+            queue,
+            membership,
+            settings,
+        } = subscribed;
+        match session {
+            ServerSession::H1(h1) => {
+                let mut wire = RawH1Wire::new(h1.into_inner(), self.config.server.write_timeout);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    pump(&mut wire, &queue, &settings, &shutdown).await;
+                    drop(membership);
+                });
+            }
+            mut session => {
+                pump(&mut SessionWire(&mut session), &queue, &settings, shutdown).await;
+                drop(membership);
             }
         }
     }
 
-    /// Serves one SSE stream until the client leaves, its queue overflows, or the server shuts down.
-    async fn stream(
+    /// Subscribes and answers the head of an SSE stream; the caller then pumps it ([`pump`]).
+    async fn open_stream(
         &self,
         session: &mut ServerSession,
         route: &Route,
         topic: String,
-        shutdown: &ShutdownWatch,
-    ) -> Result<(), Error> {
+    ) -> Result<Subscribed, Error> {
         let queue = Arc::new(StreamQueue::new(route.buffer, route.overflow));
         // Subscribe before answering, so a broker error is still a status and nothing published after
         // the headers are sent is missed.
-        let _membership = self
+        let membership = self
             .hub
             .join(
                 route.broker,
@@ -169,71 +193,32 @@ impl Gateway {
             .await
             .map_err(Error::Write)?;
 
-        let heartbeat = self.config.server.heartbeat;
-        let idle = tokio::time::sleep(heartbeat);
-        tokio::pin!(idle);
-        let mut shutdown = shutdown.clone();
-        let mut dropped_total: u64 = 0;
-        let end = loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => break End::Shutdown,
-                _ = session.read_body_or_idle(true) => break End::ClientGone,
-                next = queue.next() => match next {
-                    Next::Frames { mut frames, dropped } => {
-                        if dropped > 0 {
-                            if dropped_total == 0 {
-                                tracing::debug!(%topic, "slow client: drop-oldest started discarding events");
-                            }
-                            dropped_total += dropped;
-                        }
-                        let data = sse::coalesce(&mut frames);
-                        if let Err(e) = session.write_response_body(data, false).await {
-                            break End::WriteFailed(e);
-                        }
-                    }
-                    Next::Closed(Closed::Overflow) => break End::Overflow,
-                },
-                _ = &mut idle => {
-                    if let Err(e) = session.write_response_body(sse::heartbeat(), false).await {
-                        break End::WriteFailed(e);
-                    }
-                }
-            }
-            idle.as_mut().reset(Instant::now() + heartbeat);
-        };
-        if dropped_total > 0 {
-            tracing::debug!(%topic, dropped = dropped_total, "stream ended after dropping events");
-        }
-        match end {
-            End::ClientGone => tracing::debug!(%topic, "client closed the stream"),
-            End::WriteFailed(e) => tracing::debug!(%topic, error = %e, "stream write failed"),
-            End::Overflow => {
-                tracing::debug!(%topic, buffer = route.buffer, "slow client: queue full, closing stream");
-                let _ = session.write_response_body(Bytes::new(), true).await;
-            }
-            End::Shutdown => {
-                // Spread the reconnects of every client over a few seconds.
-                let retry = sse::shutdown_retry(self.config.server.retry);
-                let _ = session.write_response_body(retry, false).await;
-                let _ = session.write_response_body(Bytes::new(), true).await;
-            }
-        }
-        Ok(())
+        Ok(Subscribed {
+            queue,
+            membership,
+            settings: PumpSettings {
+                heartbeat: self.config.server.heartbeat,
+                retry: self.config.server.retry,
+                topic,
+                buffer: route.buffer,
+            },
+        })
     }
 }
 
-enum End {
-    Shutdown,
-    ClientGone,
-    Overflow,
-    WriteFailed(pingora::BError),
+/// A stream whose subscription is live and whose response head and preamble are written.
+struct Subscribed {
+    queue: Arc<StreamQueue>,
+    membership: Membership,
+    settings: PumpSettings,
 }
 
-#[derive(PartialEq, Eq)]
+/// What happens to the connection after a request.
 enum Reuse {
+    /// Keep the connection for the next request.
     Yes,
-    No,
+    /// An SSE stream was opened: pump it, then close.
+    Stream(Box<Subscribed>),
 }
 
 /// Reads a request body up to `limit` bytes.
@@ -307,7 +292,7 @@ impl HttpServerApp for Gateway {
             }
         }
         session.set_write_timeout(Some(self.config.server.write_timeout));
-        let reuse = match self.handle(&mut session, shutdown).await {
+        let reuse = match self.handle(&mut session).await {
             Ok(reuse) => reuse,
             Err(error) => {
                 if error.is_response() {
@@ -345,7 +330,8 @@ impl HttpServerApp for Gateway {
                 }
             }
         };
-        if reuse == Reuse::No {
+        if let Reuse::Stream(subscribed) = reuse {
+            self.serve_stream(session, *subscribed, shutdown).await;
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);

@@ -420,6 +420,18 @@ async fn saturation(kind: Kind, n: usize, step_seconds: u64) -> anyhow::Result<R
     Ok(best)
 }
 
+/// Prints a finished row at once (to stderr), so an interrupted run still shows what it measured.
+fn report(rows: &mut Vec<Row>, new: Vec<Row>) {
+    for row in &new {
+        eprintln!(
+            "  => {} {} {} x{} {}: {:.0} ev/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, lost {}, {:.2} CPU s/M, {:.2} KiB/sub {}",
+            row.test, row.server, row.proto, row.subscribers, row.rate, row.delivered_per_s, row.p50_ms,
+            row.p99_ms, row.max_ms, row.lost, row.cpu_per_million, row.rss_per_sub_kib, row.note
+        );
+    }
+    rows.extend(new);
+}
+
 fn print_table(rows: &[Row]) {
     println!(
         "| test | server | proto | subs | rate | delivered ev/s | p50 ms | p99 ms | max ms | lost | ooo | CPU s/M ev | RSS KiB/idle sub | vs nchan 1w | vs ideal | note |"
@@ -467,6 +479,17 @@ fn print_table(rows: &[Row]) {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // On Ctrl-C the run is dropped, and with it every server it started (stopped by PID).
+    tokio::select! {
+        result = run(cli) => result,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: stopping the servers");
+            Ok(())
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let (soft, hard) = rlimit::increase_nofile_limit(u64::MAX)
         .map(|l| (l, l))
         .unwrap_or((0, 0));
@@ -497,7 +520,7 @@ async fn main() -> anyhow::Result<()> {
         for &kind in &kinds {
             eprintln!("fan-out: {} h1 x {n}", kind.label());
             match fan_out(kind, Proto::H1, n, &phases).await {
-                Ok(r) => rows.extend(r),
+                Ok(r) => report(&mut rows, r),
                 Err(e) => eprintln!("  failed: {e:#}"),
             }
         }
@@ -515,7 +538,7 @@ async fn main() -> anyhow::Result<()> {
                 ..phases
             };
             match fan_out(kind, Proto::H1, n, &stalled).await {
-                Ok(r) => rows.extend(r),
+                Ok(r) => report(&mut rows, r),
                 Err(e) => eprintln!("  failed: {e:#}"),
             }
         }
@@ -530,7 +553,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
             {
-                Ok(r) => rows.push(r),
+                Ok(r) => report(&mut rows, vec![r]),
                 Err(e) => eprintln!("  failed: {e:#}"),
             }
         }
@@ -565,7 +588,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
             {
-                Ok(r) => rows.extend(r),
+                Ok(r) => report(&mut rows, r),
                 Err(e) => eprintln!("  failed: {e:#}"),
             }
         }

@@ -30,22 +30,23 @@ async fn main() -> std::io::Result<()> {
 
 async fn serve(mut socket: TcpStream, frames: broadcast::Sender<Bytes>) -> std::io::Result<()> {
     socket.set_nodelay(true)?;
-    let mut buf = Vec::with_capacity(1024);
+    let mut buf = Vec::with_capacity(512);
     loop {
         // Read one request head.
         let head_end = loop {
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break end + 4;
             }
-            let mut chunk = [0u8; 4096];
-            let n = socket.read(&mut chunk).await?;
-            if n == 0 {
+            // Read straight into the heap buffer: no 4 KiB array inside every connection's task.
+            if socket.read_buf(&mut buf).await? == 0 {
                 return Ok(());
             }
-            buf.extend_from_slice(&chunk[..n]);
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
         if head.starts_with("get /sub") {
+            // A subscriber never sends again: give its request buffer back.
+            buf.clear();
+            buf.shrink_to_fit();
             let mut rx = frames.subscribe();
             socket
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n: ok\n\n")
@@ -64,12 +65,9 @@ async fn serve(mut socket: TcpStream, frames: broadcast::Sender<Bytes>) -> std::
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
         while buf.len() < head_end + length {
-            let mut chunk = [0u8; 4096];
-            let n = socket.read(&mut chunk).await?;
-            if n == 0 {
+            if socket.read_buf(&mut buf).await? == 0 {
                 return Ok(());
             }
-            buf.extend_from_slice(&chunk[..n]);
         }
         let body = &buf[head_end..head_end + length];
         let mut frame = Vec::with_capacity(body.len() + 8);

@@ -1,0 +1,189 @@
+//! Writes one stream's queue to its client until the client leaves, the queue overflows or the
+//! server shuts down: coalesced writes, heartbeats on idle, a jittered `retry:` at shutdown.
+//!
+//! Two wires carry it. HTTP/2 streams stay inside pingora's session ([`SessionWire`]). An HTTP/1.1
+//! stream, once its response head is sent, is taken out of pingora ([`RawH1Wire`]): the connection
+//! then costs one small task and the socket, instead of pingora's per-connection session, buffers and
+//! task, which matters with tens of thousands of idle streams.
+
+use crate::sse;
+use crate::stream::{Closed, Next, StreamQueue};
+use bytes::Bytes;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use std::future::Future;
+use std::io::IoSlice;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// How a stream ended.
+#[derive(Debug)]
+pub enum End {
+    Shutdown,
+    ClientGone,
+    Overflow,
+    WriteFailed(String),
+}
+
+/// The client side of one SSE stream.
+pub trait Wire: Send {
+    /// Resolves when the client has gone away.
+    fn closed(&mut self) -> impl Future<Output = ()> + Send;
+    /// Writes (and flushes) one piece of the event stream.
+    fn send(&mut self, data: Bytes) -> impl Future<Output = Result<(), String>> + Send;
+    /// Ends the response body.
+    fn finish(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// What one stream needs to know besides its wire.
+pub struct PumpSettings {
+    pub heartbeat: Duration,
+    pub retry: Duration,
+    pub topic: String,
+    pub buffer: usize,
+}
+
+/// Runs the stream to its end and reports how it ended (logged at debug level here).
+pub async fn pump(
+    wire: &mut impl Wire,
+    queue: &StreamQueue,
+    settings: &PumpSettings,
+    shutdown: &ShutdownWatch,
+) -> End {
+    let topic = settings.topic.as_str();
+    let idle = tokio::time::sleep(settings.heartbeat);
+    tokio::pin!(idle);
+    let mut shutdown = shutdown.clone();
+    let mut dropped_total: u64 = 0;
+    let end = loop {
+        let data = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break End::Shutdown,
+            () = wire.closed() => break End::ClientGone,
+            next = queue.next() => match next {
+                Next::Frames { mut frames, dropped } => {
+                    if dropped > 0 {
+                        if dropped_total == 0 {
+                            tracing::debug!(%topic, "slow client: drop-oldest started discarding events");
+                        }
+                        dropped_total += dropped;
+                    }
+                    sse::coalesce(&mut frames)
+                }
+                Next::Closed(Closed::Overflow) => break End::Overflow,
+            },
+            () = &mut idle => sse::heartbeat(),
+        };
+        if let Err(e) = wire.send(data).await {
+            break End::WriteFailed(e);
+        }
+        idle.as_mut().reset(Instant::now() + settings.heartbeat);
+    };
+    if dropped_total > 0 {
+        tracing::debug!(%topic, dropped = dropped_total, "stream ended after dropping events");
+    }
+    match &end {
+        End::ClientGone => tracing::debug!(%topic, "client closed the stream"),
+        End::WriteFailed(e) => tracing::debug!(%topic, error = %e, "stream write failed"),
+        End::Overflow => {
+            tracing::debug!(%topic, buffer = settings.buffer, "slow client: queue full, closing stream");
+            wire.finish().await;
+        }
+        End::Shutdown => {
+            // Spread the reconnects of every client over a few seconds.
+            let _ = wire.send(sse::shutdown_retry(settings.retry)).await;
+            wire.finish().await;
+        }
+    }
+    end
+}
+
+/// A stream inside pingora's session (HTTP/2; also usable for HTTP/1.1).
+pub struct SessionWire<'a>(pub &'a mut ServerSession);
+
+impl Wire for SessionWire<'_> {
+    async fn closed(&mut self) {
+        // Returns only on a client close or reset: no request body is expected on a stream.
+        let _ = self.0.read_body_or_idle(true).await;
+    }
+
+    async fn send(&mut self, data: Bytes) -> Result<(), String> {
+        self.0
+            .write_response_body(data, false)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.0.write_response_body(Bytes::new(), true).await;
+    }
+}
+
+/// An HTTP/1.1 stream on the raw connection, after pingora wrote the chunked response head.
+pub struct RawH1Wire {
+    io: Stream,
+    write_timeout: Duration,
+}
+
+impl RawH1Wire {
+    pub fn new(io: Stream, write_timeout: Duration) -> Self {
+        Self { io, write_timeout }
+    }
+
+    /// Writes one chunk of the chunked body with one `writev` (the listener has no write buffer, so
+    /// the shared frame goes to the kernel without being copied into a per-connection buffer).
+    async fn write_chunk(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let head = format!("{:x}\r\n", data.len());
+        let mut parts = [head.as_bytes(), data, b"\r\n"];
+        let mut first = 0;
+        while first < parts.len() {
+            let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
+            let mut written = self.io.write_vectored(&slices).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while first < parts.len() && written >= parts[first].len() {
+                written -= parts[first].len();
+                first += 1;
+            }
+            if first < parts.len() {
+                parts[first] = &parts[first][written..];
+            }
+        }
+        self.io.flush().await
+    }
+}
+
+impl Wire for RawH1Wire {
+    async fn closed(&mut self) {
+        // A client sends nothing after its request; a read returns only on close (0) or error.
+        // Anything else it sends (it should not) is read and ignored.
+        let mut probe = [0u8; 1];
+        loop {
+            match self.io.read(&mut probe).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    }
+
+    async fn send(&mut self, data: Bytes) -> Result<(), String> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.write_timeout, self.write_chunk(&data)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no progress writing for {:?}", self.write_timeout)),
+        }
+    }
+
+    async fn finish(&mut self) {
+        let last = async {
+            self.io.write_all(b"0\r\n\r\n").await?;
+            self.io.flush().await
+        };
+        let _ = tokio::time::timeout(self.write_timeout, last).await;
+    }
+}
