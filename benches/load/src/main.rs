@@ -439,18 +439,26 @@ fn print_table(rows: &[Row]) {
     println!("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     for row in rows {
         let peer = |server: &str| {
-            rows.iter()
-                .find(|r| {
-                    r.server == server
-                        && r.test == row.test
-                        && r.proto == row.proto
-                        && r.subscribers == row.subscribers
-                })
-                .map(|r| r.delivered_per_s)
+            rows.iter().find(|r| {
+                r.server == server
+                    && r.test == row.test
+                    && r.proto == row.proto
+                    && r.subscribers == row.subscribers
+            })
         };
-        let ratio = |other: Option<f64>| match other {
-            Some(o) if o > 0.0 && row.server != "nchan 1w" && row.server != "ideal" => {
-                format!("{:.2}x", row.delivered_per_s / o)
+        // Throughput rows compare delivered events/s (higher is better); latency rows compare p99
+        // (lower is better).
+        let metric = |r: &Row| {
+            if r.test == "latency" {
+                r.p99_ms
+            } else {
+                r.delivered_per_s
+            }
+        };
+        let ratio = |other: Option<&Row>| match other {
+            Some(o) if metric(o) > 0.0 && row.server != o.server => {
+                let prefix = if row.test == "latency" { "p99 " } else { "" };
+                format!("{prefix}{:.2}x", metric(row) / metric(o))
             }
             _ => "".into(),
         };

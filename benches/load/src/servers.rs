@@ -142,11 +142,13 @@ impl Running {
             }
             Kind::Nchan { workers } => {
                 let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../nchan/run-nchan.sh");
+                // The script's progress line goes to stderr with the harness's own, not into the table.
                 let status = Command::new("bash")
                     .arg(&script)
                     .arg(&dir)
                     .arg(port.to_string())
                     .arg(workers.to_string())
+                    .stdout(std::io::stderr())
                     .status()?;
                 anyhow::ensure!(status.success(), "starting nginx + nchan failed");
                 running.nchan_prefix = Some(dir.clone());
