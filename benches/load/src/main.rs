@@ -82,6 +82,25 @@ struct Row {
     cpu_per_million: f64,
     rss_per_sub_kib: f64,
     note: String,
+    /// Messages published in the phase, and for how long (not printed).
+    sent: u64,
+    publish_seconds: f64,
+}
+
+impl Row {
+    /// This row's measured columns with the identity columns (and memory) of `base`.
+    fn over(self, base: &Row) -> Row {
+        Row {
+            test: base.test.clone(),
+            server: base.server.clone(),
+            proto: base.proto.clone(),
+            subscribers: base.subscribers,
+            rate: base.rate.clone(),
+            rss_per_sub_kib: base.rss_per_sub_kib,
+            note: base.note.clone(),
+            ..self
+        }
+    }
 }
 
 /// Each run connects from its own 127.x.y.0/24 source addresses, so TIME_WAIT sockets of one run
@@ -165,6 +184,48 @@ fn latency_ms(stats: &Stats) -> (f64, f64, f64) {
         ),
         _ => (f64::NAN, f64::NAN, f64::NAN),
     }
+}
+
+/// Publishes `count` messages of `epoch` at `rate` per second, spread over `publishers`, waits for
+/// them to arrive at `readers` subscribers, and returns the measured columns and the RSS after.
+async fn measure(
+    stats: &Stats,
+    pids: &[u32],
+    publishers: &mut [Publisher],
+    epoch: u64,
+    rate: f64,
+    count: u64,
+    readers: u64,
+) -> (Row, u64) {
+    stats.begin(epoch);
+    let cpu0 = procfs::cpu_seconds(pids);
+    let t0 = Instant::now();
+    let shares = publishers.len().max(1) as u64;
+    let sent: u64 = futures::future::join_all(
+        publishers
+            .iter_mut()
+            .map(|p| publish_at_rate(p, epoch, rate / shares as f64, count / shares)),
+    )
+    .await
+    .into_iter()
+    .sum();
+    let publish_seconds = t0.elapsed().as_secs_f64();
+    let end = drain(stats, sent * readers).await;
+    let received = stats.received.load(Ordering::Relaxed);
+    let (p50_ms, p99_ms, max_ms) = latency_ms(stats);
+    let row = Row {
+        sent,
+        publish_seconds,
+        delivered_per_s: received as f64 / end.duration_since(t0).as_secs_f64(),
+        p50_ms,
+        p99_ms,
+        max_ms,
+        lost: (sent * readers) as i64 - received as i64,
+        out_of_order: stats.out_of_order.load(Ordering::Relaxed),
+        cpu_per_million: (procfs::cpu_seconds(pids) - cpu0) / (received as f64 / 1e6),
+        ..Row::default()
+    };
+    (row, procfs::rss_kib(pids))
 }
 
 struct Phases {
@@ -263,58 +324,48 @@ async fn fan_out(kind: Kind, proto: Proto, n: usize, phases: &Phases) -> anyhow:
     };
     let mut rows = Vec::new();
 
+    let mut publishers = [publisher];
     if phases.latency_messages > 0 {
-        stats.begin(1);
-        let cpu0 = procfs::cpu_seconds(&pids);
-        let t0 = Instant::now();
-        let sent = publish_at_rate(&mut publisher, 1, 1.0, phases.latency_messages).await;
-        let end = drain(&stats, sent * readers).await;
-        let received = stats.received.load(Ordering::Relaxed);
-        let (p50, p99, max) = latency_ms(&stats);
+        let (row, _) = measure(
+            &stats,
+            &pids,
+            &mut publishers,
+            1,
+            1.0,
+            phases.latency_messages,
+            readers,
+        )
+        .await;
         rows.push(Row {
             test: "latency".into(),
             rate: "1/s".into(),
-            delivered_per_s: received as f64 / end.duration_since(t0).as_secs_f64(),
-            p50_ms: p50,
-            p99_ms: p99,
-            max_ms: max,
-            lost: (sent * readers) as i64 - received as i64,
-            out_of_order: stats.out_of_order.load(Ordering::Relaxed),
-            cpu_per_million: (procfs::cpu_seconds(&pids) - cpu0) / (received as f64 / 1e6),
-            ..base.clone()
+            ..row.over(&base)
         });
     }
     if phases.rate_seconds > 0 {
-        stats.begin(2);
-        let cpu0 = procfs::cpu_seconds(&pids);
-        let t0 = Instant::now();
-        let mut rss_max = 0;
-        let sent = publish_at_rate(&mut publisher, 2, 100.0, 100 * phases.rate_seconds).await;
-        rss_max = rss_max.max(procfs::rss_kib(&pids));
-        let end = drain(&stats, sent * readers).await;
-        rss_max = rss_max.max(procfs::rss_kib(&pids));
-        let received = stats.received.load(Ordering::Relaxed);
-        let (p50, p99, max) = latency_ms(&stats);
-        let mut note = base.note.clone();
-        if stalled > 0 {
-            note = format!("{stalled} stalled; peak RSS {} MiB", rss_max / 1024);
-        }
+        let (row, rss_after) = measure(
+            &stats,
+            &pids,
+            &mut publishers,
+            2,
+            100.0,
+            100 * phases.rate_seconds,
+            readers,
+        )
+        .await;
+        let (test, note) = if stalled > 0 {
+            (
+                "overload",
+                format!("{stalled} stalled; RSS after {} MiB", rss_after / 1024),
+            )
+        } else {
+            ("fan-out", base.note.clone())
+        };
         rows.push(Row {
-            test: if stalled > 0 {
-                "overload".into()
-            } else {
-                "fan-out".into()
-            },
+            test: test.into(),
             rate: "100/s".into(),
-            delivered_per_s: received as f64 / end.duration_since(t0).as_secs_f64(),
-            p50_ms: p50,
-            p99_ms: p99,
-            max_ms: max,
-            lost: (sent * readers) as i64 - received as i64,
-            out_of_order: stats.out_of_order.load(Ordering::Relaxed),
-            cpu_per_million: (procfs::cpu_seconds(&pids) - cpu0) / (received as f64 / 1e6),
             note,
-            ..base.clone()
+            ..row.over(&base)
         });
     }
     tasks.abort_all();
@@ -370,43 +421,23 @@ async fn saturation(kind: Kind, n: usize, step_seconds: u64) -> anyhow::Result<R
     };
     let mut rate = 500.0;
     for epoch in 10.. {
-        stats.begin(epoch);
-        let cpu0 = procfs::cpu_seconds(&pids);
-        let t0 = Instant::now();
-        let per_publisher = (rate * step_seconds as f64) as u64 / SATURATION_PUBLISHERS as u64;
-        let share = rate / SATURATION_PUBLISHERS as f64;
-        let sent: u64 = futures::future::join_all(
-            publishers
-                .iter_mut()
-                .map(|p| publish_at_rate(p, epoch, share, per_publisher)),
-        )
-        .await
-        .into_iter()
-        .sum();
-        let publish_time = t0.elapsed().as_secs_f64();
-        let end = drain(&stats, sent * n as u64).await;
-        let received = stats.received.load(Ordering::Relaxed);
-        let delivered = received as f64 / end.duration_since(t0).as_secs_f64();
-        let lost = (sent * n as u64) as i64 - received as i64;
+        let count = (rate * step_seconds as f64) as u64;
+        let (row, _) = measure(&stats, &pids, &mut publishers, epoch, rate, count, n as u64).await;
+        let achieved = row.sent as f64 / row.publish_seconds;
         eprintln!(
-            "  {} rate {rate}/s (achieved {:.0}/s): {delivered:.0} events/s, lost {lost}",
+            "  {} rate {rate}/s (achieved {achieved:.0}/s): {:.0} events/s, lost {}",
             kind.label(),
-            sent as f64 / publish_time
+            row.delivered_per_s,
+            row.lost
         );
         // The ceiling is the best lossless step (at most 0.1% lost).
-        let lossless = lost <= (sent * n as u64 / 1000) as i64;
-        let improved = delivered > best.delivered_per_s * 1.05;
-        if lossless && delivered > best.delivered_per_s {
-            let (p50, p99, max) = latency_ms(&stats);
+        let lossless = row.lost <= (row.sent * n as u64 / 1000) as i64;
+        let improved = row.delivered_per_s > best.delivered_per_s * 1.05;
+        if lossless && row.delivered_per_s > best.delivered_per_s {
             best = Row {
-                rate: format!("{:.0}/s", sent as f64 / publish_time),
-                delivered_per_s: delivered,
-                p50_ms: p50,
-                p99_ms: p99,
-                max_ms: max,
-                lost,
-                cpu_per_million: (procfs::cpu_seconds(&pids) - cpu0) / (received as f64 / 1e6),
-                ..best
+                rate: format!("{achieved:.0}/s"),
+                out_of_order: 0,
+                ..row.over(&best)
             };
         }
         if !improved || !lossless || rate >= 128_000.0 {
