@@ -132,6 +132,14 @@ impl RawH1Wire {
         Self { io, write_timeout }
     }
 
+    /// Sends whatever pingora left buffered on the connection.
+    pub async fn flush(&mut self) -> Result<(), String> {
+        match tokio::time::timeout(self.write_timeout, self.io.flush()).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no progress writing for {:?}", self.write_timeout)),
+        }
+    }
+
     /// Writes one chunk of the chunked body with one `writev` (the listener has no write buffer, so
     /// the shared frame goes to the kernel without being copied into a per-connection buffer).
     async fn write_chunk(&mut self, data: &[u8]) -> std::io::Result<()> {

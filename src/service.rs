@@ -3,8 +3,7 @@
 
 use crate::config::{Config, Route};
 use crate::error::Error;
-use crate::hub::Hub;
-use crate::hub::Membership;
+use crate::hub::{Hub, Membership};
 use crate::pump::{pump, PumpSettings, RawH1Wire, SessionWire};
 use crate::sse;
 use crate::stream::StreamQueue;
@@ -47,10 +46,6 @@ impl Gateway {
             hub,
             server_options,
         }
-    }
-
-    pub fn hub(&self) -> &Hub {
-        &self.hub
     }
 
     /// Matches method and path to an action, or to the error status that answers it.
@@ -138,7 +133,10 @@ impl Gateway {
                 let mut wire = RawH1Wire::new(h1.into_inner(), self.config.server.write_timeout);
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    pump(&mut wire, &queue, &settings, &shutdown).await;
+                    // pingora may still hold the head and preamble in its write buffer (TLS).
+                    if wire.flush().await.is_ok() {
+                        pump(&mut wire, &queue, &settings, &shutdown).await;
+                    }
                     drop(membership);
                 });
             }

@@ -44,6 +44,18 @@ async fn tls_h2_by_alpn() {
 }
 
 #[tokio::test]
+async fn tls_http1_by_alpn() {
+    let sluice = Sluice::start_tls(MEMORY).await;
+    let tls_addr = sluice.tls_addr.expect("tls listener");
+    let mut stream = tls_h1_stream(tls_addr, &sluice.dir.0.join("cert.pem"), "/t/h1tls").await;
+    assert_eq!(stream.status, StatusCode::OK);
+    // The preamble arrives at once, before any event or heartbeat.
+    stream.opened().await;
+    publish(sluice.addr, "/t/h1tls", "over tls h1").await;
+    assert_eq!(stream.next_event().await.data, "over tls h1");
+}
+
+#[tokio::test]
 async fn a_hundred_streams_on_one_h2_connection() {
     let sluice = Sluice::start(MEMORY).await;
     let h2 = H2::h2c(sluice.addr).await;

@@ -491,29 +491,8 @@ impl H2 {
 
     /// HTTP/2 over TLS, negotiated by ALPN, trusting the certificate in `cert_pem`.
     pub async fn tls(addr: SocketAddr, cert_pem: &std::path::Path) -> Self {
-        let pem = std::fs::read(cert_pem).expect("read cert");
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile_certs(&pem) {
-            roots.add(cert).expect("add root");
-        }
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("tls versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         within("TLS h2 handshake", async {
-            let tcp = TcpStream::connect(addr).await.expect("connect");
-            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-            let tls = connector.connect(name, tcp).await.expect("TLS handshake");
-            assert_eq!(
-                tls.get_ref().1.alpn_protocol(),
-                Some(&b"h2"[..]),
-                "ALPN chose h2"
-            );
+            let tls = tls_connect(addr, cert_pem, b"h2").await;
             let (sender, conn) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
                     .await
@@ -541,6 +520,51 @@ impl H2 {
         })
         .await
     }
+}
+
+/// A TLS connection to `addr` as `localhost`, trusting `cert_pem`, that negotiated `alpn`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    cert_pem: &std::path::Path,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let pem = std::fs::read(cert_pem).expect("read cert");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(&pem) {
+        roots.add(cert).expect("add root");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("tls versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn), "ALPN outcome");
+    tls
+}
+
+/// Opens an SSE stream over HTTP/1.1 on a TLS connection (ALPN `http/1.1`).
+pub async fn tls_h1_stream(addr: SocketAddr, cert_pem: &std::path::Path, path: &str) -> SseStream {
+    within("open HTTP/1.1 stream over TLS", async {
+        let tls = tls_connect(addr, cert_pem, b"http/1.1").await;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", format!("localhost:{}", addr.port()))
+            .header("accept", "text/event-stream")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        SseStream::new(sender.send_request(req).await.expect("response"))
+    })
+    .await
 }
 
 /// Parses the certificates of a PEM file (the few lines of base64 between the markers).
