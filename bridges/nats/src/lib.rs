@@ -4,7 +4,6 @@
 //! so this bridge only maps subjects to sinks. Core NATS has no history: what is published while sluice
 //! is disconnected from the server is lost, as for any core NATS subscriber.
 
-use async_nats::connection::State;
 use async_nats::{ConnectOptions, Event};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -84,11 +83,11 @@ impl Bridge for NatsBridge {
             .subscribe(filter.to_owned())
             .await
             .map_err(|e| BridgeError::Broker(e.to_string()))?;
-        // When connected, wait (briefly) for the server to have the SUB, so a stream that opens gets
-        // every message published after it opened. While disconnected the SUB is sent on reconnect.
-        if self.client.connection_state() == State::Connected {
-            let _ = tokio::time::timeout(FLUSH_WAIT, self.client.flush()).await;
-        }
+        // Wait (briefly) for the server to confirm the SUB, so a stream that opens gets every message
+        // published after it opened. A PING queued behind the SUB is answered only once the server
+        // has it; while the server is unreachable this gives up after FLUSH_WAIT and the SUB goes
+        // out on reconnect.
+        let _ = tokio::time::timeout(FLUSH_WAIT, self.client.flush()).await;
         let reader = tokio::spawn(async move {
             // Subjects repeat on every message of a plain subscription: reuse the last Arc.
             let mut last_topic: Arc<str> = Arc::from("");
