@@ -57,13 +57,15 @@ pub async fn pump(
     tokio::pin!(idle);
     let mut shutdown = shutdown.clone();
     let mut dropped_total: u64 = 0;
+    // Reused for every batch, so taking frames from the queue allocates nothing.
+    let mut frames = Vec::new();
     let end = loop {
         let data = tokio::select! {
             biased;
             _ = shutdown.changed() => break End::Shutdown,
             () = wire.closed() => break End::ClientGone,
-            next = queue.next() => match next {
-                Next::Frames { mut frames, dropped } => {
+            next = queue.next(&mut frames) => match next {
+                Next::Frames { dropped } => {
                     if dropped > 0 {
                         if dropped_total == 0 {
                             tracing::debug!(%topic, "slow client: drop-oldest started discarding events");
@@ -80,6 +82,10 @@ pub async fn pump(
             break End::WriteFailed(e);
         }
         idle.as_mut().reset(Instant::now() + settings.heartbeat);
+        // Give back what a burst grew, so an idle stream stays small.
+        if frames.capacity() > 64 {
+            frames = Vec::new();
+        }
     };
     if dropped_total > 0 {
         tracing::debug!(%topic, dropped = dropped_total, "stream ended after dropping events");
@@ -143,11 +149,16 @@ impl RawH1Wire {
     /// Writes one chunk of the chunked body with one `writev` (the listener has no write buffer, so
     /// the shared frame goes to the kernel without being copied into a per-connection buffer).
     async fn write_chunk(&mut self, data: &[u8]) -> std::io::Result<()> {
-        let head = format!("{:x}\r\n", data.len());
-        let mut parts = [head.as_bytes(), data, b"\r\n"];
+        let mut head_buf = [0u8; 20];
+        let head = chunk_head(data.len(), &mut head_buf);
+        let mut parts = [head, data, b"\r\n"];
         let mut first = 0;
         while first < parts.len() {
-            let slices: Vec<IoSlice<'_>> = parts[first..].iter().map(|p| IoSlice::new(p)).collect();
+            let slices = [
+                IoSlice::new(parts[first]),
+                IoSlice::new(parts.get(first + 1).copied().unwrap_or_default()),
+                IoSlice::new(parts.get(first + 2).copied().unwrap_or_default()),
+            ];
             let mut written = self.io.write_vectored(&slices).await?;
             if written == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
@@ -162,6 +173,22 @@ impl RawH1Wire {
         }
         self.io.flush().await
     }
+}
+
+/// Formats `len` as a chunk-size line (`{len:x}\r\n`) into `buf`, without allocating.
+fn chunk_head(mut len: usize, buf: &mut [u8; 20]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut at = buf.len() - 2;
+    buf[at..].copy_from_slice(b"\r\n");
+    loop {
+        at -= 1;
+        buf[at] = HEX[len & 0xf];
+        len >>= 4;
+        if len == 0 {
+            break;
+        }
+    }
+    &buf[at..]
 }
 
 impl Wire for RawH1Wire {
@@ -193,5 +220,19 @@ impl Wire for RawH1Wire {
             self.io.flush().await
         };
         let _ = tokio::time::timeout(self.write_timeout, last).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_head;
+
+    #[test]
+    fn chunk_heads_are_hex_lines() {
+        let mut buf = [0u8; 20];
+        assert_eq!(chunk_head(0, &mut buf), b"0\r\n");
+        assert_eq!(chunk_head(10, &mut buf), b"a\r\n");
+        assert_eq!(chunk_head(0x1f3c, &mut buf), b"1f3c\r\n");
+        assert_eq!(chunk_head(usize::MAX, &mut buf), b"ffffffffffffffff\r\n");
     }
 }

@@ -27,10 +27,9 @@ pub enum Closed {
 /// What the client task gets from [`StreamQueue::next`].
 #[derive(Debug)]
 pub enum Next {
-    /// Every frame that was queued, oldest first, and how many were dropped before them since the
-    /// last call (drop-oldest policy).
+    /// Every queued frame was moved into the caller's buffer, oldest first; `dropped` frames were
+    /// discarded before them since the last call (drop-oldest policy).
     Frames {
-        frames: Vec<Bytes>,
         dropped: u64,
     },
     Closed(Closed),
@@ -99,8 +98,9 @@ impl StreamQueue {
         }
     }
 
-    /// Waits until something is queued (or the queue is closed) and takes all of it.
-    pub async fn next(&self) -> Next {
+    /// Waits until something is queued (or the queue is closed) and moves all of it into `into`,
+    /// a buffer the caller reuses, so taking frames allocates nothing.
+    pub async fn next(&self, into: &mut Vec<Bytes>) -> Next {
         loop {
             {
                 let mut state = self.state();
@@ -108,13 +108,13 @@ impl StreamQueue {
                     return Next::Closed(reason);
                 }
                 if !state.frames.is_empty() {
-                    let frames = state.frames.drain(..).collect();
+                    into.extend(state.frames.drain(..));
                     let dropped = std::mem::take(&mut state.dropped);
                     // Release the ring's memory if it grew while the client was behind.
                     if state.frames.capacity() > 64 {
                         state.frames.shrink_to(16);
                     }
-                    return Next::Frames { frames, dropped };
+                    return Next::Frames { dropped };
                 }
             }
             // notify_one stores a permit when nobody waits, so a push between the check above and
@@ -147,8 +147,9 @@ mod tests {
         let stats = OverflowStats::default();
         q.push(frame(1), &stats);
         q.push(frame(2), &stats);
-        match q.next().await {
-            Next::Frames { frames, dropped } => {
+        let mut frames = Vec::new();
+        match q.next(&mut frames).await {
+            Next::Frames { dropped } => {
                 assert_eq!(frames, vec![frame(1), frame(2)]);
                 assert_eq!(dropped, 0);
             }
@@ -164,10 +165,18 @@ mod tests {
         for n in 0..3 {
             q.push(frame(n), &stats);
         }
-        assert!(matches!(q.next().await, Next::Closed(Closed::Overflow)));
+        let mut frames = Vec::new();
+        assert!(matches!(
+            q.next(&mut frames).await,
+            Next::Closed(Closed::Overflow)
+        ));
         assert_eq!(stats.disconnects.load(Ordering::Relaxed), 1);
         q.push(frame(9), &stats);
-        assert!(matches!(q.next().await, Next::Closed(Closed::Overflow)));
+        assert!(matches!(
+            q.next(&mut frames).await,
+            Next::Closed(Closed::Overflow)
+        ));
+        assert!(frames.is_empty());
     }
 
     #[tokio::test]
@@ -177,8 +186,9 @@ mod tests {
         for n in 0..5 {
             q.push(frame(n), &stats);
         }
-        match q.next().await {
-            Next::Frames { frames, dropped } => {
+        let mut frames = Vec::new();
+        match q.next(&mut frames).await {
+            Next::Frames { dropped } => {
                 assert_eq!(frames, vec![frame(3), frame(4)]);
                 assert_eq!(dropped, 3);
             }
@@ -192,7 +202,7 @@ mod tests {
         let q = std::sync::Arc::new(StreamQueue::new(4, Overflow::Disconnect));
         let consumer = tokio::spawn({
             let q = q.clone();
-            async move { q.next().await }
+            async move { q.next(&mut Vec::new()).await }
         });
         tokio::task::yield_now().await;
         q.push(frame(7), &OverflowStats::default());
