@@ -7,7 +7,7 @@
 
 use crate::config::EventName;
 use crate::sse;
-use crate::stream::{OverflowStats, StreamQueue};
+use crate::stream::{Closed, OverflowStats, StreamQueue};
 use bytes::Bytes;
 use sluice_bridge::{Bridge, BridgeError, Message, Sink, Subscription};
 use std::collections::HashMap;
@@ -134,8 +134,13 @@ impl Hub {
                     topic.fan_out(&message);
                 }
             });
-            // On error the membership is dropped, which retires the fresh topic.
-            let subscription = bridge.subscribe(&key.1, sink).await?;
+            let subscription = match bridge.subscribe(&key.1, sink).await {
+                Ok(subscription) => subscription,
+                Err(e) => {
+                    self.abandon(&topic);
+                    return Err(e);
+                }
+            };
             tracing::debug!(broker, filter = %key.1, "broker subscription opened");
             *lock(&topic.subscription) = Some(subscription);
             if topic.retired.load(Ordering::Acquire) {
@@ -144,6 +149,25 @@ impl Hub {
             }
         }
         Ok(membership)
+    }
+}
+
+impl Hub {
+    /// A topic whose broker subscription failed: take it out of the registry, so the next stream
+    /// subscribes afresh, and close the streams that joined it meanwhile, so their clients reconnect
+    /// rather than wait on a subscription that does not exist.
+    fn abandon(&self, topic: &Arc<Topic>) {
+        let mut topics = lock(&self.inner.topics);
+        if topics
+            .get(&topic.key)
+            .is_some_and(|t| Arc::ptr_eq(t, topic))
+        {
+            topics.remove(&topic.key);
+        }
+        topic.retired.store(true, Ordering::Release);
+        for member in lock(&topic.members).by_id.values() {
+            member.queue.close(Closed::BrokerError);
+        }
     }
 }
 
@@ -231,5 +255,53 @@ mod tests {
         drop(mb);
         assert_eq!(memory.subscription_count(), 0);
         assert_eq!(hub.topic_count(), 0);
+    }
+
+    /// A broker whose subscriptions fail once `release` is notified.
+    struct FailingBridge {
+        release: Arc<tokio::sync::Notify>,
+    }
+
+    #[async_trait::async_trait]
+    impl Bridge for FailingBridge {
+        fn syntax(&self) -> sluice_bridge::TopicSyntax {
+            sluice_bridge::TopicSyntax::Mqtt
+        }
+
+        async fn subscribe(&self, _: &str, _: Sink) -> Result<Subscription, BridgeError> {
+            self.release.notified().await;
+            Err(BridgeError::Broker("refused".into()))
+        }
+
+        async fn publish(&self, _: &str, _: Bytes) -> Result<(), BridgeError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_subscription_closes_its_streams_and_is_forgotten() {
+        let release = Arc::new(tokio::sync::Notify::new());
+        let hub = Arc::new(Hub::new(vec![Arc::new(FailingBridge {
+            release: release.clone(),
+        })]));
+        let first = Arc::new(StreamQueue::new(8, Overflow::Disconnect));
+        let creator = tokio::spawn({
+            let (hub, first) = (hub.clone(), first.clone());
+            async move { hub.join(0, "t".into(), None, first).await.map(drop) }
+        });
+        // Wait until the creator is inside subscribe, then join the same topic.
+        while hub.topic_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let second = Arc::new(StreamQueue::new(8, Overflow::Disconnect));
+        let joined = hub.join(0, "t".into(), None, second.clone()).await;
+        assert!(joined.is_ok(), "a later stream joins the pending topic");
+        release.notify_one();
+        assert!(creator.await.expect("joined").is_err());
+        assert!(matches!(
+            second.next(&mut Vec::new()).await,
+            Next::Closed(Closed::BrokerError)
+        ));
+        assert_eq!(hub.topic_count(), 0, "the next stream subscribes afresh");
     }
 }

@@ -24,6 +24,7 @@ pub enum End {
     Shutdown,
     ClientGone,
     Overflow,
+    BrokerError,
     WriteFailed(String),
 }
 
@@ -75,6 +76,7 @@ pub async fn pump(
                     sse::coalesce(&mut frames)
                 }
                 Next::Closed(Closed::Overflow) => break End::Overflow,
+                Next::Closed(Closed::BrokerError) => break End::BrokerError,
             },
             () = &mut idle => sse::heartbeat(),
         };
@@ -95,6 +97,10 @@ pub async fn pump(
         End::WriteFailed(e) => tracing::debug!(%topic, error = %e, "stream write failed"),
         End::Overflow => {
             tracing::debug!(%topic, buffer = settings.buffer, "slow client: queue full, closing stream");
+            wire.finish().await;
+        }
+        End::BrokerError => {
+            tracing::debug!(%topic, "broker subscription failed, closing stream");
             wire.finish().await;
         }
         End::Shutdown => {

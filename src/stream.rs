@@ -22,6 +22,8 @@ pub struct OverflowStats {
 pub enum Closed {
     /// The queue was full under the `disconnect` policy.
     Overflow,
+    /// The broker subscription behind the stream could not be made.
+    BrokerError,
 }
 
 /// What the client task gets from [`StreamQueue::next`].
@@ -96,6 +98,17 @@ impl StreamQueue {
         if was_empty {
             self.ready.notify_one();
         }
+    }
+
+    /// Ends the stream: the consumer gets `reason` next, and later pushes are ignored.
+    pub fn close(&self, reason: Closed) {
+        let mut state = self.state();
+        if state.closed.is_none() {
+            state.closed = Some(reason);
+            state.frames.clear();
+        }
+        drop(state);
+        self.ready.notify_one();
     }
 
     /// Waits until something is queued (or the queue is closed) and moves all of it into `into`,
