@@ -240,6 +240,35 @@ struct Phases {
     stalled_fraction: f64,
 }
 
+/// Spawns `n` HTTP/1.1 subscribers (the first `stalled` never read), 500 at a time, each batch
+/// connected before the next so the server's accept backlog never overflows.
+async fn spawn_h1(
+    tasks: &mut JoinSet<()>,
+    server: &Running,
+    run: u8,
+    n: usize,
+    stalled: usize,
+    stats: &Arc<Stats>,
+) {
+    for i in 0..n {
+        tasks.spawn(subscribers::h1(
+            i,
+            source_ip(run, i),
+            server.addr,
+            server.sub_path.clone(),
+            stats.clone(),
+            i < stalled,
+        ));
+        if i % 500 == 499 {
+            let target = (i + 1) as u64;
+            wait_until("subscribers connect", Duration::from_secs(30), || {
+                stats.ready.load(Ordering::Relaxed) >= target
+            })
+            .await;
+        }
+    }
+}
+
 /// Connects `n` subscribers to a fresh server and runs the phases; returns up to two rows.
 async fn fan_out(kind: Kind, proto: Proto, n: usize, phases: &Phases) -> anyhow::Result<Vec<Row>> {
     let run = RUN.fetch_add(1, Ordering::Relaxed);
@@ -251,25 +280,7 @@ async fn fan_out(kind: Kind, proto: Proto, n: usize, phases: &Phases) -> anyhow:
     let mut tasks = JoinSet::new();
     let stalled = (n as f64 * phases.stalled_fraction) as usize;
     match proto {
-        Proto::H1 => {
-            for i in 0..n {
-                tasks.spawn(subscribers::h1(
-                    i,
-                    source_ip(run, i),
-                    server.addr,
-                    server.sub_path.clone(),
-                    stats.clone(),
-                    i < stalled,
-                ));
-                if i % 500 == 499 {
-                    let target = (i + 1) as u64;
-                    wait_until("subscribers connect", Duration::from_secs(30), || {
-                        stats.ready.load(Ordering::Relaxed) >= target
-                    })
-                    .await;
-                }
-            }
-        }
+        Proto::H1 => spawn_h1(&mut tasks, &server, run, n, stalled, &stats).await,
         Proto::H2 {
             connections,
             streams,
@@ -384,16 +395,7 @@ async fn saturation(kind: Kind, n: usize, step_seconds: u64) -> anyhow::Result<R
     let pids = server.pids();
     let stats = Arc::new(Stats::new());
     let mut tasks = JoinSet::new();
-    for i in 0..n {
-        tasks.spawn(subscribers::h1(
-            i,
-            source_ip(run, i),
-            server.addr,
-            server.sub_path.clone(),
-            stats.clone(),
-            false,
-        ));
-    }
+    spawn_h1(&mut tasks, &server, run, n, 0, &stats).await;
     wait_until("subscribers ready", Duration::from_secs(60), || {
         stats.ready.load(Ordering::Relaxed) >= n as u64
     })
