@@ -76,6 +76,12 @@ async fn subjects_stream_to_http1_and_h2c() {
     for s in [&mut h1, &mut h2s, &mut all] {
         s.opened().await;
     }
+    // Sluice waits up to 2 s for the server to confirm each subscription; on a loaded CI machine
+    // that can run out, so make sure the server has both before publishing.
+    eventually("both subscriptions on the server", || async {
+        (sluice_subscriptions(&nats).await == ["alerts.>", "alerts.plant-1"]).then_some(())
+    })
+    .await;
     publisher
         .publish("alerts.plant-1", Bytes::from_static(b"fire\ndrill"))
         .await
