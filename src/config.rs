@@ -191,7 +191,10 @@ pub struct Route {
 
 // ---- defaults: the one home of every default value --------------------------------------------
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    8080,
+));
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
 pub const DEFAULT_RETRY: Duration = Duration::from_secs(2);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -324,9 +327,7 @@ fn addresses(at: &Locator, value: Spanned<OneOrMany>) -> Result<Vec<SocketAddr>,
 fn validate_server(at: &Locator, raw: RawServer, base: &Path) -> Result<Server, ConfigError> {
     let listen = match raw.listen {
         Some(l) => addresses(at, l)?,
-        None => vec![DEFAULT_LISTEN
-            .parse()
-            .map_err(|_| at.error(0..0, "bad default"))?],
+        None => vec![DEFAULT_LISTEN],
     };
     let tls = match raw.tls {
         None => None,
