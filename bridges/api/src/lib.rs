@@ -54,6 +54,26 @@ pub enum BridgeError {
     Broker(String),
 }
 
+impl TopicSyntax {
+    /// [`TopicSyntax::check_filter`] as a bridge error, for a bridge's `subscribe`.
+    pub fn validate_filter(self, filter: &str) -> Result<(), BridgeError> {
+        self.check_filter(filter)
+            .map_err(|reason| BridgeError::InvalidTopic {
+                topic: filter.to_owned(),
+                reason,
+            })
+    }
+
+    /// [`TopicSyntax::check_topic`] as a bridge error, for a bridge's `publish`.
+    pub fn validate_topic(self, topic: &str) -> Result<(), BridgeError> {
+        self.check_topic(topic)
+            .map_err(|reason| BridgeError::InvalidTopic {
+                topic: topic.to_owned(),
+                reason,
+            })
+    }
+}
+
 /// One connected (or reconnecting) broker.
 ///
 /// A bridge that cannot reach its broker still accepts subscriptions: it keeps them and (re)subscribes

@@ -58,12 +58,7 @@ impl Bridge for MemoryBridge {
     }
 
     async fn subscribe(&self, filter: &str, sink: Sink) -> Result<Subscription, BridgeError> {
-        TopicSyntax::Mqtt
-            .check_filter(filter)
-            .map_err(|reason| BridgeError::InvalidTopic {
-                topic: filter.to_owned(),
-                reason,
-            })?;
+        TopicSyntax::Mqtt.validate_filter(filter)?;
         let id = {
             let mut next = self
                 .inner
@@ -83,12 +78,7 @@ impl Bridge for MemoryBridge {
     }
 
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BridgeError> {
-        TopicSyntax::Mqtt
-            .check_topic(topic)
-            .map_err(|reason| BridgeError::InvalidTopic {
-                topic: topic.to_owned(),
-                reason,
-            })?;
+        TopicSyntax::Mqtt.validate_topic(topic)?;
         let topic: Arc<str> = Arc::from(topic);
         // Collect the sinks first: a sink may subscribe or unsubscribe, which takes the lock.
         let sinks: Vec<Sink> = self

@@ -243,12 +243,7 @@ impl Bridge for MqttBridge {
     }
 
     async fn subscribe(&self, filter: &str, sink: Sink) -> Result<Subscription, BridgeError> {
-        TopicSyntax::Mqtt
-            .check_filter(filter)
-            .map_err(|reason| BridgeError::InvalidTopic {
-                topic: filter.to_owned(),
-                reason,
-            })?;
+        TopicSyntax::Mqtt.validate_filter(filter)?;
         let id = {
             let mut table = self.filters.table();
             // Subscription identifiers run from 1 to 268,435,455.
@@ -266,12 +261,7 @@ impl Bridge for MqttBridge {
     }
 
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BridgeError> {
-        TopicSyntax::Mqtt
-            .check_topic(topic)
-            .map_err(|reason| BridgeError::InvalidTopic {
-                topic: topic.to_owned(),
-                reason,
-            })?;
+        TopicSyntax::Mqtt.validate_topic(topic)?;
         self.client
             .publish_bytes(topic.to_owned(), self.qos, false, payload)
             .await

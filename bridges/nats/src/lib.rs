@@ -72,12 +72,7 @@ impl Bridge for NatsBridge {
     }
 
     async fn subscribe(&self, filter: &str, sink: Sink) -> Result<Subscription, BridgeError> {
-        TopicSyntax::Nats
-            .check_filter(filter)
-            .map_err(|reason| BridgeError::InvalidTopic {
-                topic: filter.to_owned(),
-                reason,
-            })?;
+        TopicSyntax::Nats.validate_filter(filter)?;
         let mut subscriber = self
             .client
             .subscribe(filter.to_owned())
@@ -105,12 +100,7 @@ impl Bridge for NatsBridge {
     }
 
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BridgeError> {
-        TopicSyntax::Nats
-            .check_topic(topic)
-            .map_err(|reason| BridgeError::InvalidTopic {
-                topic: topic.to_owned(),
-                reason,
-            })?;
+        TopicSyntax::Nats.validate_topic(topic)?;
         self.client
             .publish(topic.to_owned(), payload)
             .await
