@@ -146,10 +146,7 @@ impl RawH1Wire {
 
     /// Sends whatever pingora left buffered on the connection.
     pub async fn flush(&mut self) -> Result<(), String> {
-        match tokio::time::timeout(self.write_timeout, self.io.flush()).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no progress writing for {:?}", self.write_timeout)),
-        }
+        bounded(self.write_timeout, self.io.flush()).await
     }
 
     /// Writes one chunk of the chunked body with one `writev` (the listener has no write buffer, so
@@ -178,6 +175,17 @@ impl RawH1Wire {
             }
         }
         self.io.flush().await
+    }
+}
+
+/// Runs one write of the raw wire, failing it when it makes no progress for `limit`.
+async fn bounded(
+    limit: Duration,
+    write: impl Future<Output = std::io::Result<()>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no progress writing for {limit:?}")),
     }
 }
 
@@ -214,10 +222,7 @@ impl Wire for RawH1Wire {
         if data.is_empty() {
             return Ok(());
         }
-        match tokio::time::timeout(self.write_timeout, self.write_chunk(&data)).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no progress writing for {:?}", self.write_timeout)),
-        }
+        bounded(self.write_timeout, self.write_chunk(&data)).await
     }
 
     async fn finish(&mut self) {
