@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sluice::config::Overflow;
-use sluice::hub::Hub;
+use sluice::hub::{Hub, Join};
 use sluice::sse::encode_event;
 use sluice::stream::StreamQueue;
 use sluice_bridge::Bridge;
@@ -43,7 +43,7 @@ fn fan_out(c: &mut Criterion) {
             .map(|_| {
                 let queue = Arc::new(StreamQueue::new(8, Overflow::DropOldest));
                 runtime
-                    .block_on(hub.join(0, "bench/topic".into(), None, queue))
+                    .block_on(hub.join(Join::live(0, "bench/topic"), queue))
                     .expect("join")
             })
             .collect();

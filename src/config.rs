@@ -83,6 +83,10 @@ struct RawRoute {
     buffer: Option<Spanned<usize>>,
     overflow: Option<Spanned<String>>,
     publish: Option<bool>,
+    replay: Option<Spanned<usize>>,
+    linger: Option<Spanned<String>>,
+    jetstream: Option<Spanned<String>>,
+    retained: Option<Spanned<bool>>,
 }
 
 // ---- the runtime types -----------------------------------------------------------------------
@@ -176,6 +180,18 @@ impl EventName {
     }
 }
 
+/// How a route's topics keep history for streams that resume with `Last-Event-ID`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Retention {
+    /// Live only: events carry no id and a resume starts live.
+    Live,
+    /// The last `per_topic` events of each concrete topic stay in memory, and the topic (with its
+    /// broker subscription) outlives its last stream by `linger`.
+    Replay { per_topic: usize, linger: Duration },
+    /// The broker's JetStream stream holds the history; ids are its sequences.
+    JetStream { stream: String },
+}
+
 #[derive(Clone, Debug)]
 pub struct Route {
     pub path: PathTemplate,
@@ -187,6 +203,9 @@ pub struct Route {
     pub buffer: usize,
     pub overflow: Overflow,
     pub publish: bool,
+    pub retention: Retention,
+    /// MQTT: each stream starts with the current (retained) value of each topic, marked `.retained`.
+    pub retained: bool,
 }
 
 // ---- defaults: the one home of every default value --------------------------------------------
@@ -202,6 +221,8 @@ pub const DEFAULT_MAX_PUBLISH_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 pub const DEFAULT_BUFFER: usize = 256;
 pub const MAX_BUFFER: usize = 1_000_000;
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(60);
+pub const MAX_REPLAY: usize = 1_000_000;
 
 // ---- loading and validation ------------------------------------------------------------------
 
@@ -299,6 +320,18 @@ fn duration(
         return Err(at.error(value.span(), "the duration must be greater than zero"));
     }
     Ok(parsed)
+}
+
+/// A duration that may be zero ("0s" turns the feature off).
+fn optional_duration(
+    at: &Locator,
+    value: Option<Spanned<String>>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        Some(v) if v.get_ref().trim() == "0" || v.get_ref().trim() == "0s" => Ok(Duration::ZERO),
+        other => duration(at, other, default),
+    }
 }
 
 fn addresses(at: &Locator, value: Spanned<OneOrMany>) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -492,6 +525,14 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
             "publish = true needs a topic without wildcards",
         ));
     }
+    let retention = retention(at, &raw, &brokers[broker])?;
+    let retained = match &raw.retained {
+        Some(r) if *r.get_ref() && !matches!(brokers[broker].kind, BrokerKind::Mqtt { .. }) => {
+            return Err(at.error(r.span(), "retained = true is for mqtt brokers only"))
+        }
+        Some(r) => *r.get_ref(),
+        None => false,
+    };
     Ok(Route {
         path,
         broker,
@@ -501,6 +542,55 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
         buffer,
         overflow,
         publish,
+        retention,
+        retained,
+    })
+}
+
+fn retention(at: &Locator, raw: &RawRoute, broker: &Broker) -> Result<Retention, ConfigError> {
+    let replay = match &raw.replay {
+        Some(r) if *r.get_ref() > MAX_REPLAY => {
+            return Err(at.error(
+                r.span(),
+                format!("replay must be between 0 (off) and {MAX_REPLAY} events"),
+            ))
+        }
+        Some(r) => *r.get_ref(),
+        None => 0,
+    };
+    if let Some(stream) = &raw.jetstream {
+        if !matches!(broker.kind, BrokerKind::Nats { .. }) {
+            return Err(at.error(stream.span(), "jetstream is for nats brokers only"));
+        }
+        let name = stream.get_ref();
+        if name.is_empty() || name.contains(|c: char| c.is_whitespace() || ".*>/\\".contains(c)) {
+            return Err(at.error(
+                stream.span(),
+                "invalid JetStream stream name: it cannot be empty or contain spaces, '.', '*', '>', '/' or '\\'",
+            ));
+        }
+        if let Some(r) = raw.replay.as_ref().filter(|r| *r.get_ref() > 0) {
+            return Err(at.error(
+                r.span(),
+                "replay and jetstream cannot be combined: the JetStream stream holds the history",
+            ));
+        }
+        if let Some(l) = &raw.linger {
+            return Err(at.error(l.span(), "linger is for replay routes only"));
+        }
+        return Ok(Retention::JetStream {
+            stream: name.clone(),
+        });
+    }
+    if replay == 0 {
+        if let Some(l) = &raw.linger {
+            return Err(at.error(l.span(), "linger needs replay > 0"));
+        }
+        return Ok(Retention::Live);
+    }
+    Ok(Retention::Replay {
+        per_topic: replay,
+        linger: optional_duration(at, raw.linger.clone(), DEFAULT_LINGER)?,
     })
 }
 

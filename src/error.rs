@@ -35,6 +35,7 @@ impl Error {
             Error::Bridge(BridgeError::InvalidTopic { .. }) => 400,
             Error::Bridge(BridgeError::Unavailable(_)) => 503,
             Error::Bridge(BridgeError::Broker(_)) => 502,
+            Error::Bridge(BridgeError::Unsupported(_)) => 500,
             Error::Read(_) => 400,
             Error::Internal(_) | Error::Http(_) | Error::Write(_) => 500,
         }

@@ -5,6 +5,7 @@
 //! - [`brokers`]: one bridge (crate `sluice-nats`, `sluice-mqtt`, `sluice-memory`) per broker.
 //! - [`hub`]: one shared broker subscription per concrete topic; encodes each message once ([`sse`])
 //!   and queues the same bytes for every stream on the topic.
+//! - [`replay`]: event ids, `Last-Event-ID` parsing and the in-memory replay buffer of a topic.
 //! - [`stream`]: each stream's bounded queue and overflow policy (`disconnect` or `drop-oldest`).
 //! - [`service`]: the pingora app: HTTP/1.1, h2c and TLS h2; routing ([`route`]); writes each stream
 //!   with heartbeats, coalescing what queued up; maps [`error`]s to statuses.
@@ -14,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod hub;
 pub mod pump;
+pub mod replay;
 pub mod route;
 pub mod service;
 pub mod sse;

@@ -72,6 +72,8 @@ pub async fn pump(
                             tracing::debug!(%topic, "slow client: drop-oldest started discarding events");
                         }
                         dropped_total += dropped;
+                        // Tell the client, before the frames that follow what was discarded.
+                        frames.insert(0, sse::gap(sse::GapReason::Overflow, Some(dropped)));
                     }
                     sse::coalesce(&mut frames)
                 }

@@ -1,17 +1,18 @@
 //! The pingora HTTP application: routes each request, streams SSE responses, accepts publishes, and
 //! is the one place where errors become HTTP statuses.
 
-use crate::config::{Config, Route};
+use crate::config::{Config, Retention, Route};
 use crate::error::Error;
-use crate::hub::{Hub, Membership};
+use crate::hub::{Hub, Join, Membership};
 use crate::pump::{pump, PumpSettings, RawH1Wire, SessionWire};
 use crate::sse;
 use crate::stream::StreamQueue;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::Method;
+use percent_encoding::percent_decode_str;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
@@ -155,16 +156,23 @@ impl Gateway {
         topic: String,
     ) -> Result<Subscribed, Error> {
         let queue = Arc::new(StreamQueue::new(route.buffer, route.overflow));
+        let last_event_id = match route.retention {
+            Retention::Live => None,
+            _ => last_event_id(session.req_header()),
+        };
+        let join = Join {
+            broker: route.broker,
+            filter: topic.clone(),
+            event: route.event.clone(),
+            retention: route.retention.clone(),
+            retained: route.retained,
+            last_event_id,
+        };
         // Subscribe before answering, so a broker error is still a status and nothing published after
         // the headers are sent is missed.
         let membership = self
             .hub
-            .join(
-                route.broker,
-                topic.clone(),
-                route.event.clone(),
-                queue.clone(),
-            )
+            .join(join, queue.clone())
             .await
             .map_err(Error::Bridge)?;
 
@@ -217,6 +225,24 @@ enum Reuse {
     Yes,
     /// An SSE stream was opened: pump it, then close.
     Stream(Box<Subscribed>),
+}
+
+/// The position a client resumes from: the `Last-Event-ID` header a browser sends when it reconnects,
+/// or a `last-event-id` query parameter for clients that cannot set headers (the header wins).
+fn last_event_id(request: &RequestHeader) -> Option<String> {
+    if let Some(value) = request.headers.get("last-event-id") {
+        // A value that is not text is still a resume attempt, from an unknown position.
+        return Some(value.to_str().unwrap_or("?").to_owned());
+    }
+    let query = request.uri.query()?;
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (name == "last-event-id").then(|| {
+            percent_decode_str(&value.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
 }
 
 /// Reads a request body up to `limit` bytes.

@@ -14,10 +14,51 @@ pub const DEFAULT_EVENT: &str = "message";
 /// Appended to the event type of a binary (non-UTF-8) payload, which is sent base64-encoded.
 pub const BASE64_SUFFIX: &str = ".base64";
 
+/// Appended to the event type of an MQTT retained message (the topic's current value, sent first).
+pub const RETAINED_SUFFIX: &str = ".retained";
+/// The event type that tells a client it did not get every event (see [`gap`]).
+pub const GAP_EVENT: &str = "gap";
+
 /// The frame written first on every stream: the reconnection delay, then a comment so the response
-/// headers and first bytes are flushed at once.
+/// headers and first bytes are flushed at once. The delay is the configured one plus up to half of it
+/// at random, so clients that lose their connections together do not all come back in one instant.
 pub fn preamble(retry: Duration) -> Bytes {
-    Bytes::from(format!("retry: {}\n: sluice\n\n", retry.as_millis()))
+    let base = retry.as_millis() as u64;
+    let jitter = random_u64() % (base / 2).max(1);
+    Bytes::from(format!("retry: {}\n: sluice\n\n", base + jitter))
+}
+
+/// Why a client did not get every event; the `reason` of a [`gap`] event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GapReason {
+    /// The `Last-Event-ID` was not made by this process for this topic (a previous process, another
+    /// route, a malformed or a future id): nothing is known of what was missed.
+    UnknownId,
+    /// The events after the `Last-Event-ID` are no longer held (replay buffer, linger or the broker's
+    /// retention ran out).
+    Expired,
+    /// The stream's queue was full and the `drop-oldest` policy discarded events.
+    Overflow,
+}
+
+impl GapReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapReason::UnknownId => "unknown-id",
+            GapReason::Expired => "expired",
+            GapReason::Overflow => "overflow",
+        }
+    }
+}
+
+/// The `gap` event: `data` is `{"reason": "...", "lost": N}`, `lost` being `null` when unknown. It has
+/// no `id:`, so the client's last event id stays where it was.
+pub fn gap(reason: GapReason, lost: Option<u64>) -> Bytes {
+    let lost = lost.map_or_else(|| "null".to_owned(), |n| n.to_string());
+    Bytes::from(format!(
+        "event: {GAP_EVENT}\ndata: {{\"reason\":\"{}\",\"lost\":{lost}}}\n\n",
+        reason.as_str()
+    ))
 }
 
 /// The heartbeat comment sent on an idle stream, so proxies and clients see the connection alive.
@@ -44,22 +85,34 @@ fn random_u64() -> u64 {
 
 /// Encodes one event. `event` is the event type (`None` or `"message"` omits the field).
 pub fn encode_event(event: Option<&str>, data: &[u8]) -> Bytes {
+    encode_event_with_id(event, None, data)
+}
+
+/// Encodes one event with an `id:` (made by sluice, so free of CR, LF and NUL).
+pub fn encode_event_with_id(event: Option<&str>, id: Option<&str>, data: &[u8]) -> Bytes {
     match std::str::from_utf8(data) {
-        Ok(text) => encode_text(event, text),
+        Ok(text) => encode_text(event, id, text),
         Err(_) => {
             let name = format!("{}{BASE64_SUFFIX}", event.unwrap_or(DEFAULT_EVENT));
             let encoded = base64::engine::general_purpose::STANDARD.encode(data);
-            encode_text(Some(&name), &encoded)
+            encode_text(Some(&name), id, &encoded)
         }
     }
 }
 
-fn encode_text(event: Option<&str>, text: &str) -> Bytes {
+fn encode_text(event: Option<&str>, id: Option<&str>, text: &str) -> Bytes {
     // Worst case every byte is a line break: each adds a "data: " prefix and a newline.
-    let mut out = BytesMut::with_capacity(text.len() + 16 + event.map_or(0, |e| e.len() + 8));
+    let mut out = BytesMut::with_capacity(
+        text.len() + 16 + event.map_or(0, |e| e.len() + 8) + id.map_or(0, |i| i.len() + 5),
+    );
     if let Some(name) = event.filter(|e| *e != DEFAULT_EVENT) {
         out.put_slice(b"event: ");
         put_field_value(&mut out, name);
+        out.put_u8(b'\n');
+    }
+    if let Some(id) = id {
+        out.put_slice(b"id: ");
+        put_field_value(&mut out, id);
         out.put_u8(b'\n');
     }
     for line in split_lines(text) {
@@ -226,6 +279,44 @@ mod tests {
     fn event_names_cannot_break_lines() {
         let frame = text(encode_event(Some("a\nb\rc\0"), b"x"));
         assert_eq!(frame, "event: a\u{FFFD}b\u{FFFD}c\u{FFFD}\ndata: x\n\n");
+    }
+
+    #[test]
+    fn ids_follow_the_event_type() {
+        let frame = text(encode_event_with_id(Some("reading"), Some("7"), b"x"));
+        assert_eq!(frame, "event: reading\nid: 7\ndata: x\n\n");
+        assert_eq!(
+            text(encode_event_with_id(None, Some("a.b.1"), b"x")),
+            "id: a.b.1\ndata: x\n\n"
+        );
+    }
+
+    #[test]
+    fn gap_events_carry_json() {
+        assert_eq!(
+            text(gap(GapReason::Expired, Some(12))),
+            "event: gap\ndata: {\"reason\":\"expired\",\"lost\":12}\n\n"
+        );
+        assert_eq!(
+            parse(&text(gap(GapReason::UnknownId, None))),
+            vec![(
+                "gap".into(),
+                "{\"reason\":\"unknown-id\",\"lost\":null}".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn the_opening_retry_is_jittered_upwards() {
+        for _ in 0..50 {
+            let frame = text(preamble(Duration::from_millis(2000)));
+            let millis: u64 = frame
+                .strip_prefix("retry: ")
+                .and_then(|rest| rest.split('\n').next())
+                .and_then(|n| n.parse().ok())
+                .expect("a retry line");
+            assert!((2000..3000).contains(&millis), "{millis}");
+        }
     }
 
     #[test]

@@ -100,6 +100,30 @@ impl StreamQueue {
         }
     }
 
+    /// The most frames the queue holds before its overflow policy applies.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Queues a stream's backlog (a resume, the current values) before any live frame. It is not
+    /// bounded by the capacity: the client asked for it, the frames are shared with the replay buffer,
+    /// and the consumer takes all of it at its next read.
+    pub fn preload(&self, frames: Vec<Bytes>) {
+        if frames.is_empty() {
+            return;
+        }
+        let mut state = self.state();
+        if state.closed.is_some() {
+            return;
+        }
+        let was_empty = state.frames.is_empty();
+        state.frames.extend(frames);
+        drop(state);
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
     /// Ends the stream: the consumer gets `reason` next, and later pushes are ignored.
     pub fn close(&self, reason: Closed) {
         let mut state = self.state();

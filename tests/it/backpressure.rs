@@ -129,4 +129,15 @@ async fn drop_oldest_keeps_the_stream_open_with_the_newest() {
         seen.windows(2).all(|w| w[0] < w[1]),
         "what arrives stays in order"
     );
+    // The client is told: a `gap` event stands where events were dropped, with how many.
+    let lost: u64 = text
+        .split("event: gap\ndata: {\"reason\":\"overflow\",\"lost\":")
+        .skip(1)
+        .filter_map(|rest| rest.split('}').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(
+        lost as usize,
+        MESSAGES - seen.len(),
+        "the gap events count every dropped event"
+    );
 }

@@ -6,4 +6,5 @@ mod http;
 mod mqtt;
 mod nats;
 mod protocols;
+mod resume;
 mod support;

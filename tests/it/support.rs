@@ -257,6 +257,10 @@ pub struct SseStream {
     event_type: String,
     data: String,
     data_seen: bool,
+    /// The `id:` of the event being read, if it has one.
+    event_id: Option<String>,
+    /// The last event id, as a browser keeps it for its `Last-Event-ID` when it reconnects.
+    pub last_event_id: Option<String>,
     pub retry: Option<u64>,
     pub comments: usize,
     pub ended: bool,
@@ -275,6 +279,8 @@ impl SseStream {
             event_type: String::new(),
             data: String::new(),
             data_seen: false,
+            event_id: None,
+            last_event_id: None,
             retry: None,
             comments: 0,
             ended: false,
@@ -329,9 +335,10 @@ impl SseStream {
                 self.events.push_back(Event {
                     event,
                     data,
-                    id: None,
+                    id: self.event_id.take(),
                 });
             }
+            self.event_id = None;
             self.event_type.clear();
             self.data_seen = false;
             return;
@@ -351,6 +358,10 @@ impl SseStream {
                 self.data_seen = true;
             }
             "retry" => self.retry = value.parse().ok(),
+            "id" if !value.contains('\0') => {
+                self.event_id = Some(value.to_owned());
+                self.last_event_id = Some(value.to_owned());
+            }
             _ => {}
         }
     }
@@ -447,20 +458,60 @@ impl SseStream {
 
 /// Opens an SSE stream over HTTP/1.1 on its own connection.
 pub async fn h1_stream(addr: SocketAddr, path: &str) -> SseStream {
+    h1_stream_with(addr, path, &[]).await
+}
+
+/// Opens an SSE stream over HTTP/1.1 with extra request headers (e.g. `last-event-id`).
+pub async fn h1_stream_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseStream {
     within("open HTTP/1.1 stream", async {
         let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .expect("handshake");
         tokio::spawn(conn);
-        let req = Request::get(path)
+        let mut req = Request::get(path)
             .header("host", addr.to_string())
-            .header("accept", "text/event-stream")
-            .body(Empty::<Bytes>::new())
-            .expect("request");
+            .header("accept", "text/event-stream");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Empty::<Bytes>::new()).expect("request");
         SseStream::new(sender.send_request(req).await.expect("response"))
     })
     .await
+}
+
+/// Publishes over one kept-alive HTTP/1.1 connection (for bursts of thousands of events).
+pub struct Publisher {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+impl Publisher {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+        let (sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        Self {
+            sender,
+            authority: addr.to_string(),
+        }
+    }
+
+    /// POSTs `body` to `path` and expects `202 Accepted`.
+    pub async fn publish(&mut self, path: &str, body: impl Into<Bytes>) {
+        let req = Request::post(path)
+            .header("host", &self.authority)
+            .body(Full::new(body.into()))
+            .expect("request");
+        let resp = within("publish", self.sender.send_request(req))
+            .await
+            .expect("publish response");
+        assert_eq!(resp.status(), StatusCode::ACCEPTED, "publish to {path}");
+        let _ = resp.into_body().collect().await;
+    }
 }
 
 /// An HTTP/2 connection on which many streams can be opened.

@@ -18,6 +18,34 @@ pub struct Message {
     /// The concrete topic (NATS subject, MQTT topic) it was published on.
     pub topic: Arc<str>,
     pub payload: Bytes,
+    /// The broker's own position of the message, where it has one (the JetStream stream sequence).
+    pub seq: Option<u64>,
+    /// An MQTT retained message: the topic's last known value, sent by the broker on subscribe.
+    pub retained: bool,
+}
+
+impl Message {
+    /// A live message with no broker position.
+    pub fn new(topic: Arc<str>, payload: Bytes) -> Self {
+        Self {
+            topic,
+            payload,
+            seq: None,
+            retained: false,
+        }
+    }
+}
+
+/// Messages read back from a broker's history (JetStream), oldest first.
+#[derive(Debug, Default)]
+pub struct History {
+    /// Every message after the requested position, up to the end of the stream when it was read.
+    pub messages: Vec<Message>,
+    /// The oldest position the broker still holds (0 for an empty stream); a requested position below
+    /// `first_held - 1` means the messages in between are gone.
+    pub first_held: u64,
+    /// The newest position of the stream when it was read.
+    pub last: u64,
 }
 
 /// Where a bridge delivers the messages of one subscription. Must return quickly and never block.
@@ -52,6 +80,8 @@ pub enum BridgeError {
     Unavailable(String),
     #[error("broker error: {0}")]
     Broker(String),
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 impl TopicSyntax {
@@ -89,4 +119,33 @@ pub trait Bridge: Send + Sync + 'static {
 
     /// Publishes `payload` on the concrete `topic`.
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BridgeError>;
+
+    /// Subscribes to the messages stored from now on in the broker's persistent `stream` under `filter`,
+    /// each with its [`Message::seq`], in order. Brokers without persistent streams refuse.
+    async fn subscribe_stream(
+        &self,
+        stream: &str,
+        filter: &str,
+        sink: Sink,
+    ) -> Result<Subscription, BridgeError> {
+        let _ = (stream, filter, sink);
+        Err(BridgeError::Unsupported(
+            "this broker has no persistent streams",
+        ))
+    }
+
+    /// Reads back what `stream` holds under `filter` after position `after`, up to the stream's end
+    /// when the read starts, and at most `limit` messages.
+    async fn read_stream(
+        &self,
+        stream: &str,
+        filter: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<History, BridgeError> {
+        let _ = (stream, filter, after, limit);
+        Err(BridgeError::Unsupported(
+            "this broker has no persistent streams",
+        ))
+    }
 }

@@ -89,10 +89,7 @@ impl Bridge for MemoryBridge {
             .map(|(_, _, sink)| sink.clone())
             .collect();
         for sink in sinks {
-            sink(Message {
-                topic: topic.clone(),
-                payload: payload.clone(),
-            });
+            sink(Message::new(topic.clone(), payload.clone()));
         }
         Ok(())
     }

@@ -16,6 +16,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+/// How long the broker keeps a QoS 1 session (subscriptions and queued messages) after sluice
+/// disconnects: long enough for a broker or network blip, short enough not to pile up after sluice
+/// itself is gone.
+const SESSION_EXPIRY_SECS: u32 = 300;
+
 /// How the MQTT bridge connects.
 #[derive(Clone, Debug)]
 pub struct MqttSettings {
@@ -79,8 +84,16 @@ impl MqttBridge {
         let mut options = MqttOptions::new(settings.client_id.clone(), host, port);
         options
             .set_keep_alive(Duration::from_secs(20))
-            .set_clean_start(true)
             .set_max_packet_size(Some(1024 * 1024));
+        if qos == QoS::AtLeastOnce {
+            // A persistent session: the broker keeps the subscriptions and queues QoS 1 messages while
+            // sluice is briefly away, and delivers them when it reconnects.
+            options
+                .set_clean_start(false)
+                .set_session_expiry_interval(Some(SESSION_EXPIRY_SECS));
+        } else {
+            options.set_clean_start(true);
+        }
         let (client, event_loop) = AsyncClient::new(options, 1024);
         let filters = Arc::new(Filters::default());
         let event_loop = tokio::spawn(run_event_loop(
@@ -151,7 +164,8 @@ async fn run_event_loop(
                 connected = true;
                 warned = false;
                 backoff = MIN_BACKOFF;
-                // A clean session starts with no subscriptions: send every live filter again.
+                // A clean session starts with no subscriptions, and a persistent one may have been lost
+                // with a broker restart: send every live filter again.
                 let live: Vec<(usize, String)> = filters
                     .table()
                     .by_id
@@ -185,8 +199,8 @@ fn deliver(filters: &Filters, publish: rumqttc::v5::mqttbytes::v5::Publish) {
         return;
     };
     let message = Message {
-        topic: Arc::from(topic),
-        payload: publish.payload,
+        retained: publish.retain,
+        ..Message::new(Arc::from(topic), publish.payload)
     };
     let ids = publish
         .properties

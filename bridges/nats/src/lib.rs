@@ -3,22 +3,32 @@
 //! async-nats reconnects by itself (with backoff) and re-sends live subscriptions after a reconnect,
 //! so this bridge only maps subjects to sinks. Core NATS has no history: what is published while sluice
 //! is disconnected from the server is lost, as for any core NATS subscriber.
+//!
+//! JetStream routes read a stream through ordered consumers (ephemeral, in server memory, no acks):
+//! one shared consumer per route filter for live messages, and one short-lived consumer per resuming
+//! client to read back what it missed. An ordered consumer recreates itself after a reconnect from the
+//! last sequence it delivered, so a NATS restart loses nothing that the stream stored.
 
+use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
+use async_nats::jetstream::consumer::{Consumer, DeliverPolicy};
 use async_nats::{ConnectOptions, Event};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use sluice_bridge::{Bridge, BridgeError, Message, Sink, Subscription, TopicSyntax};
+use sluice_bridge::{Bridge, BridgeError, History, Message, Sink, Subscription, TopicSyntax};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// The longest a new subscription waits for the server's acknowledgement.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
+/// The longest a resuming client's read-back from JetStream may take.
+const READ_BACK_LIMIT: Duration = Duration::from_secs(15);
 
 /// A NATS connection shared by every route that names this broker.
 pub struct NatsBridge {
     client: async_nats::Client,
+    jetstream: async_nats::jetstream::Context,
 }
 
 /// Aborts the reader task when the subscription is dropped; dropping the task's `Subscriber` then sends
@@ -47,8 +57,64 @@ impl NatsBridge {
             .connect(url)
             .await
             .map_err(|e| BridgeError::Unavailable(format!("nats broker {name:?} at {url}: {e}")))?;
-        Ok(Self { client })
+        let jetstream = async_nats::jetstream::new(client.clone());
+        Ok(Self { client, jetstream })
     }
+
+    /// The stream `name` with fresh state (first and last sequence).
+    async fn stream(
+        &self,
+        name: &str,
+    ) -> Result<(async_nats::jetstream::stream::Stream, u64, u64), BridgeError> {
+        let mut stream = self
+            .jetstream
+            .get_stream(name)
+            .await
+            .map_err(|e| BridgeError::Unavailable(format!("JetStream stream {name:?}: {e}")))?;
+        let state = &stream
+            .info()
+            .await
+            .map_err(|e| BridgeError::Unavailable(format!("JetStream stream {name:?}: {e}")))?
+            .state;
+        let (first, last) = (state.first_sequence, state.last_sequence);
+        Ok((stream, first, last))
+    }
+
+    /// An ordered consumer of `stream` under `filter` from sequence `start` on.
+    async fn ordered(
+        stream: &async_nats::jetstream::stream::Stream,
+        filter: &str,
+        start: u64,
+    ) -> Result<Consumer<OrderedConfig>, BridgeError> {
+        stream
+            .create_consumer(OrderedConfig {
+                filter_subject: filter.to_owned(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start.max(1),
+                },
+                ..OrderedConfig::default()
+            })
+            .await
+            .map_err(|e| BridgeError::Broker(format!("JetStream consumer: {e}")))
+    }
+}
+
+/// The message stream of an ordered consumer.
+async fn messages(consumer: Consumer<OrderedConfig>) -> Result<Ordered, BridgeError> {
+    consumer
+        .messages()
+        .await
+        .map_err(|e| BridgeError::Broker(format!("JetStream consumer: {e}")))
+}
+
+/// A JetStream message as a bridge message, with its stream sequence.
+fn stream_message(msg: async_nats::jetstream::Message) -> Option<Message> {
+    let seq = msg.info().ok()?.stream_sequence;
+    let msg = msg.split().0;
+    Some(Message {
+        seq: Some(seq),
+        ..Message::new(Arc::from(msg.subject.as_str()), msg.payload)
+    })
 }
 
 fn log_event(broker: &str, event: Event) {
@@ -90,10 +156,7 @@ impl Bridge for NatsBridge {
                 if *last_topic != *msg.subject.as_str() {
                     last_topic = Arc::from(msg.subject.as_str());
                 }
-                sink(Message {
-                    topic: last_topic.clone(),
-                    payload: msg.payload,
-                });
+                sink(Message::new(last_topic.clone(), msg.payload));
             }
         });
         Ok(Subscription::new(AbortOnDrop(reader)))
@@ -105,5 +168,85 @@ impl Bridge for NatsBridge {
             .publish(topic.to_owned(), payload)
             .await
             .map_err(|e| BridgeError::Broker(e.to_string()))
+    }
+
+    async fn subscribe_stream(
+        &self,
+        stream: &str,
+        filter: &str,
+        sink: Sink,
+    ) -> Result<Subscription, BridgeError> {
+        TopicSyntax::Nats.validate_filter(filter)?;
+        let (stream_handle, _, last) = self.stream(stream).await?;
+        // An explicit start rather than "new": a consumer recreated before it delivered anything
+        // would otherwise start again from the policy, and everything below it is dropped here too.
+        let mut messages = messages(Self::ordered(&stream_handle, filter, last + 1).await?).await?;
+        let (name, filter) = (stream.to_owned(), filter.to_owned());
+        let reader = tokio::spawn(async move {
+            while let Some(item) = messages.next().await {
+                match item {
+                    Ok(msg) => match stream_message(msg) {
+                        Some(message) if message.seq > Some(last) => sink(message),
+                        _ => {}
+                    },
+                    // The ordered consumer recreates itself; the error is only worth a note.
+                    Err(e) => {
+                        tracing::debug!(stream = %name, %filter, error = %e, "JetStream consumer")
+                    }
+                }
+            }
+            tracing::warn!(stream = %name, %filter, "JetStream consumer ended");
+        });
+        Ok(Subscription::new(AbortOnDrop(reader)))
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        filter: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<History, BridgeError> {
+        TopicSyntax::Nats.validate_filter(filter)?;
+        let (stream_handle, first, last) = self.stream(stream).await?;
+        let mut history = History {
+            messages: Vec::new(),
+            first_held: first,
+            last,
+        };
+        if after >= last || limit == 0 {
+            return Ok(history);
+        }
+        let start = (after + 1).max(first);
+        let consumer = Self::ordered(&stream_handle, filter, start).await?;
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(history);
+        }
+        let mut messages = messages(consumer).await?;
+        let read = async {
+            while let Some(item) = messages.next().await {
+                let Ok(msg) = item else { continue };
+                let pending = msg.info().map(|i| i.pending).unwrap_or(1);
+                let Some(message) = stream_message(msg) else {
+                    continue;
+                };
+                let seq = message.seq.unwrap_or_default();
+                if seq < start {
+                    continue;
+                }
+                history.messages.push(message);
+                if pending == 0 || seq >= last || history.messages.len() >= limit {
+                    break;
+                }
+            }
+        };
+        tokio::time::timeout(READ_BACK_LIMIT, read)
+            .await
+            .map_err(|_| {
+                BridgeError::Unavailable(format!(
+                    "reading JetStream stream {stream:?} back took over {READ_BACK_LIMIT:?}"
+                ))
+            })?;
+        Ok(history)
     }
 }

@@ -30,6 +30,21 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Asks a child to stop (SIGTERM, by its PID) and waits for it; kills it if it takes too long.
+fn terminate(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + START_DEADLINE;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(child);
+}
+
 /// A fresh private directory under the system temp dir, removed by the guard that owns it.
 fn scratch_dir(kind: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -202,8 +217,9 @@ impl Mosquitto {
         std::fs::write(
             &config,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n",
-                self.port
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest stderr\n",
+                self.port,
+                self.dir.display()
             ),
         )
         .expect("write mosquitto.conf");
@@ -252,6 +268,19 @@ impl Mosquitto {
         if let Some(mut child) = self.child.take() {
             kill(&mut child);
         }
+    }
+
+    /// Stops mosquitto with SIGTERM, so it saves its sessions and queued messages, and starts it again
+    /// on the same port with them.
+    pub fn restart_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+        assert!(
+            self.launch(),
+            "mosquitto failed to restart on port {}",
+            self.port
+        );
     }
 
     /// Starts mosquitto again on the same port.
