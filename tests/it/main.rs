@@ -3,6 +3,7 @@
 mod backpressure;
 mod check;
 mod http;
+mod jetstream;
 mod mqtt;
 mod nats;
 mod protocols;

@@ -259,7 +259,8 @@ pub struct SseStream {
     data_seen: bool,
     /// The `id:` of the event being read, if it has one.
     event_id: Option<String>,
-    /// The last event id, as a browser keeps it for its `Last-Event-ID` when it reconnects.
+    /// The id of the last event taken (with [`Self::next_event`] and friends), as a browser keeps it
+    /// for its `Last-Event-ID` when it reconnects.
     pub last_event_id: Option<String>,
     pub retry: Option<u64>,
     pub comments: usize,
@@ -358,19 +359,25 @@ impl SseStream {
                 self.data_seen = true;
             }
             "retry" => self.retry = value.parse().ok(),
-            "id" if !value.contains('\0') => {
-                self.event_id = Some(value.to_owned());
-                self.last_event_id = Some(value.to_owned());
-            }
+            "id" if !value.contains('\0') => self.event_id = Some(value.to_owned()),
             _ => {}
         }
+    }
+
+    /// Takes the oldest parsed event, remembering its id.
+    fn pop_event(&mut self) -> Option<Event> {
+        let event = self.events.pop_front()?;
+        if event.id.is_some() {
+            self.last_event_id.clone_from(&event.id);
+        }
+        Some(event)
     }
 
     /// The next event; fails the test after [`DEADLINE`] or if the stream ends first.
     pub async fn next_event(&mut self) -> Event {
         within("next SSE event", async {
             loop {
-                if let Some(event) = self.events.pop_front() {
+                if let Some(event) = self.pop_event() {
                     return event;
                 }
                 if !self.read_more().await {
@@ -385,7 +392,7 @@ impl SseStream {
     pub async fn try_next_event(&mut self, wait: Duration) -> Option<Event> {
         tokio::time::timeout(wait, async {
             loop {
-                if let Some(event) = self.events.pop_front() {
+                if let Some(event) = self.pop_event() {
                     return Some(event);
                 }
                 if !self.read_more().await {

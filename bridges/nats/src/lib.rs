@@ -18,6 +18,7 @@ use futures::StreamExt;
 use sluice_bridge::{Bridge, BridgeError, History, Message, Sink, Subscription, TopicSyntax};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The longest a new subscription waits for the server's acknowledgement.
@@ -29,6 +30,8 @@ const READ_BACK_LIMIT: Duration = Duration::from_secs(15);
 pub struct NatsBridge {
     client: async_nats::Client,
     jetstream: async_nats::jetstream::Context,
+    /// Counts (re)connections, so JetStream readers recreate their consumers after one.
+    connections: Arc<watch::Sender<u64>>,
 }
 
 /// Aborts the reader task when the subscription is dropped; dropping the task's `Subscriber` then sends
@@ -46,19 +49,30 @@ impl NatsBridge {
     /// background, and subscriptions made meanwhile are sent when the connection comes up.
     pub async fn connect(name: &str, url: &str) -> Result<Self, BridgeError> {
         let broker = name.to_owned();
+        let connections = Arc::new(watch::Sender::new(0u64));
         let client = ConnectOptions::new()
             .name(format!("sluice/{name}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
-            .event_callback(move |event| {
-                let broker = broker.clone();
-                async move { log_event(&broker, event) }
+            .event_callback({
+                let connections = connections.clone();
+                move |event| {
+                    let broker = broker.clone();
+                    if matches!(event, Event::Connected) {
+                        connections.send_modify(|n| *n += 1);
+                    }
+                    async move { log_event(&broker, event) }
+                }
             })
             .connect(url)
             .await
             .map_err(|e| BridgeError::Unavailable(format!("nats broker {name:?} at {url}: {e}")))?;
         let jetstream = async_nats::jetstream::new(client.clone());
-        Ok(Self { client, jetstream })
+        Ok(Self {
+            client,
+            jetstream,
+            connections,
+        })
     }
 
     /// The stream `name` with fresh state (first and last sequence).
@@ -105,6 +119,72 @@ async fn messages(consumer: Consumer<OrderedConfig>) -> Result<Ordered, BridgeEr
         .messages()
         .await
         .map_err(|e| BridgeError::Broker(format!("JetStream consumer: {e}")))
+}
+
+/// The reader of a shared live JetStream consumer.
+struct LiveReader {
+    jetstream: async_nats::jetstream::Context,
+    stream: String,
+    filter: String,
+    /// The last stream sequence delivered.
+    last: u64,
+    sink: Sink,
+}
+
+impl LiveReader {
+    /// Delivers until dropped. After a reconnection the server may have lost the ephemeral consumer
+    /// (a restart), and async-nats can take many seconds to notice: recreate it at once from the
+    /// last delivered sequence.
+    async fn run(mut self, mut messages: Ordered, mut connections: watch::Receiver<u64>) {
+        connections.mark_unchanged();
+        loop {
+            loop {
+                tokio::select! {
+                    item = messages.next() => match item {
+                        Some(Ok(msg)) => self.deliver(msg),
+                        // The ordered consumer recovers from most errors by itself.
+                        Some(Err(e)) => tracing::debug!(stream = %self.stream, filter = %self.filter, error = %e, "JetStream consumer"),
+                        None => break,
+                    },
+                    changed = connections.changed() => match changed {
+                        Ok(()) => break,
+                        Err(_) => return,
+                    },
+                }
+            }
+            messages = self.reopen().await;
+        }
+    }
+
+    fn deliver(&mut self, msg: async_nats::jetstream::Message) {
+        if let Some(message) = stream_message(msg) {
+            if let Some(seq) = message.seq.filter(|s| *s > self.last) {
+                self.last = seq;
+                (self.sink)(message);
+            }
+        }
+    }
+
+    /// A new ordered consumer after the last delivered sequence, retried with backoff.
+    async fn reopen(&self) -> Ordered {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let opened = async {
+                let stream = self.jetstream.get_stream(&self.stream).await.map_err(|e| {
+                    BridgeError::Unavailable(format!("JetStream stream {:?}: {e}", self.stream))
+                })?;
+                messages(NatsBridge::ordered(&stream, &self.filter, self.last + 1).await?).await
+            };
+            match opened.await {
+                Ok(messages) => return messages,
+                Err(e) => {
+                    tracing::debug!(stream = %self.stream, filter = %self.filter, error = %e, "reopening JetStream consumer")
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
 }
 
 /// A JetStream message as a bridge message, with its stream sequence.
@@ -180,24 +260,18 @@ impl Bridge for NatsBridge {
         let (stream_handle, _, last) = self.stream(stream).await?;
         // An explicit start rather than "new": a consumer recreated before it delivered anything
         // would otherwise start again from the policy, and everything below it is dropped here too.
-        let mut messages = messages(Self::ordered(&stream_handle, filter, last + 1).await?).await?;
-        let (name, filter) = (stream.to_owned(), filter.to_owned());
-        let reader = tokio::spawn(async move {
-            while let Some(item) = messages.next().await {
-                match item {
-                    Ok(msg) => match stream_message(msg) {
-                        Some(message) if message.seq > Some(last) => sink(message),
-                        _ => {}
-                    },
-                    // The ordered consumer recreates itself; the error is only worth a note.
-                    Err(e) => {
-                        tracing::debug!(stream = %name, %filter, error = %e, "JetStream consumer")
-                    }
-                }
-            }
-            tracing::warn!(stream = %name, %filter, "JetStream consumer ended");
-        });
-        Ok(Subscription::new(AbortOnDrop(reader)))
+        let messages = messages(Self::ordered(&stream_handle, filter, last + 1).await?).await?;
+        let reader = LiveReader {
+            jetstream: self.jetstream.clone(),
+            stream: stream.to_owned(),
+            filter: filter.to_owned(),
+            last,
+            sink,
+        };
+        let connections = self.connections.subscribe();
+        Ok(Subscription::new(AbortOnDrop(tokio::spawn(
+            reader.run(messages, connections),
+        ))))
     }
 
     async fn read_stream(

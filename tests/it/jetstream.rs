@@ -1,0 +1,196 @@
+//! JetStream routes against a real nats-server: ids are stream sequences, and a client resumes without
+//! loss or duplicate across a dropped connection, a sluice restart and a NATS restart.
+
+use crate::support::*;
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use sluice_testkit::NatsServer;
+use std::time::Duration;
+
+fn routes(url: &str) -> String {
+    format!(
+        r#"
+[brokers.core]
+type = "nats"
+url = "{url}"
+
+[[routes]]
+path = "/orders"
+broker = "core"
+topic = "orders.>"
+jetstream = "ORDERS"
+buffer = 20000
+"#
+    )
+}
+
+/// A JetStream context on `server` with the stream `ORDERS` on `orders.>` (file storage, so it
+/// survives a server restart).
+async fn orders_stream(server: &NatsServer) -> jetstream::Context {
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let js = jetstream::new(client);
+    js.create_stream(stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        ..stream::Config::default()
+    })
+    .await
+    .expect("create stream");
+    js
+}
+
+/// Publishes `n` as order `n` until the server acknowledges it. The message id makes a retried publish
+/// whose first try was stored count once.
+async fn publish_order(js: &jetstream::Context, n: usize) {
+    within("order stored", async {
+        loop {
+            let message = PublishMessage::build()
+                .payload(n.to_string().into())
+                .message_id(n.to_string());
+            if let Ok(ack) = js.send_publish(format!("orders.{}", n % 3), message).await {
+                if tokio::time::timeout(Duration::from_secs(2), ack)
+                    .await
+                    .is_ok_and(|a| a.is_ok())
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// Publishes orders `range` in the background, in order.
+fn publish_orders(
+    js: jetstream::Context,
+    range: std::ops::Range<usize>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for n in range {
+            publish_order(&js, n).await;
+        }
+    })
+}
+
+/// Reads events until order `last`, returning every event's data on the way.
+async fn read_until(stream: &mut SseStream, last: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let event = stream.next_event().await;
+        assert_eq!(event.event, "message", "no gap: {}", event.data);
+        let done = event.data == last.to_string();
+        seen.push(event.data);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// Asserts that `seen` is orders `0..count` exactly once and in order, naming the first difference.
+fn assert_orders(seen: &[String], count: usize) {
+    for (n, data) in seen.iter().enumerate() {
+        assert_eq!(*data, n.to_string(), "event #{n} (of {})", seen.len());
+    }
+    assert_eq!(seen.len(), count, "every order arrived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_resumes_from_the_stream_exactly_once() {
+    let server = NatsServer::start();
+    let js = orders_stream(&server).await;
+    let sluice = Sluice::start(&routes(&server.url())).await;
+    let mut first = h1_stream(sluice.addr, "/orders").await;
+    first.opened().await;
+    const ORDERS: usize = 10_000;
+    let burst = publish_orders(js, 0..ORDERS);
+    let mut seen = Vec::new();
+    while seen.len() < 3_000 {
+        let event = first.next_event().await;
+        assert_eq!(
+            event.id.as_deref(),
+            Some((seen.len() + 1).to_string().as_str()),
+            "ids are stream sequences"
+        );
+        seen.push(event.data);
+    }
+    let last_id = first.last_event_id.clone().expect("ids");
+    drop(first);
+    let mut second = h1_stream_with(sluice.addr, "/orders", &[("last-event-id", &last_id)]).await;
+    seen.extend(read_until(&mut second, ORDERS - 1).await);
+    within("burst published", burst).await.expect("publisher");
+    assert_orders(&seen, ORDERS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_a_restarted_sluice_without_loss() {
+    let server = NatsServer::start();
+    let js = orders_stream(&server).await;
+    let config = routes(&server.url());
+    let before = Sluice::start(&config).await;
+    let mut first = h1_stream(before.addr, "/orders").await;
+    first.opened().await;
+    const ORDERS: usize = 3_000;
+    let burst = publish_orders(js, 0..ORDERS);
+    let mut seen = Vec::new();
+    while seen.len() < 500 {
+        seen.push(first.next_event().await.data);
+    }
+    let last_id = first.last_event_id.clone().expect("ids");
+    drop(first);
+    drop(before);
+    // The burst goes on while no sluice runs; the new process knows nothing of the old one.
+    let after = Sluice::start(&config).await;
+    let mut second = h1_stream_with(after.addr, "/orders", &[("last-event-id", &last_id)]).await;
+    seen.extend(read_until(&mut second, ORDERS - 1).await);
+    within("burst published", burst).await.expect("publisher");
+    assert_orders(&seen, ORDERS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_survives_a_nats_restart_without_loss() {
+    let mut server = NatsServer::start();
+    let js = orders_stream(&server).await;
+    let sluice = Sluice::start(&routes(&server.url())).await;
+    let mut stream = h1_stream(sluice.addr, "/orders").await;
+    stream.opened().await;
+    for n in 0..100 {
+        publish_order(&js, n).await;
+    }
+    let mut seen = read_until(&mut stream, 99).await;
+    server.restart();
+    // The publisher (and sluice) reconnect by themselves; the stream stays open.
+    let rest = publish_orders(js, 100..300);
+    seen.extend(read_until(&mut stream, 299).await);
+    within("orders published", rest).await.expect("publisher");
+    assert_orders(&seen, 300);
+}
+
+#[tokio::test]
+async fn unknown_and_purged_positions_get_a_gap() {
+    let server = NatsServer::start();
+    let js = orders_stream(&server).await;
+    for n in 0..5 {
+        publish_order(&js, n).await;
+    }
+    let sluice = Sluice::start(&routes(&server.url())).await;
+    for id in ["banana", "999"] {
+        let mut stream = h1_stream_with(sluice.addr, "/orders", &[("last-event-id", id)]).await;
+        let gap = stream.next_event().await;
+        assert_eq!(gap.event, "gap", "id {id:?}");
+        assert_eq!(gap.data, r#"{"reason":"unknown-id","lost":null}"#);
+    }
+    // Purge the first three: a client at sequence 1 lost 2 and 3.
+    js.get_stream("ORDERS")
+        .await
+        .expect("stream")
+        .purge()
+        .sequence(4)
+        .await
+        .expect("purge");
+    let mut stream = h1_stream_with(sluice.addr, "/orders", &[("last-event-id", "1")]).await;
+    let gap = stream.next_event().await;
+    assert_eq!(gap.event, "gap");
+    assert_eq!(gap.data, r#"{"reason":"expired","lost":null}"#);
+    let rest = [stream.next_event().await, stream.next_event().await];
+    assert_eq!(rest.map(|e| e.data), ["3", "4"]);
+}
