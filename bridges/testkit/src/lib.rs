@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -213,6 +214,8 @@ impl Mosquitto {
     }
 
     fn launch(&mut self) -> bool {
+        // Started as root, mosquitto drops to its own user: let that user write its persistence file.
+        let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o777));
         let config = self.dir.join("mosquitto.conf");
         std::fs::write(
             &config,
