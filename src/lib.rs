@@ -9,6 +9,7 @@
 //! - [`stream`]: each stream's bounded queue and overflow policy (`disconnect` or `drop-oldest`).
 //! - [`service`]: the pingora app: HTTP/1.1, h2c and TLS h2; routing ([`route`]); writes each stream
 //!   with heartbeats, coalescing what queued up; maps [`error`]s to statuses.
+//! - [`shutdown`]: SIGTERM closes every stream with a randomised `retry:`; a second signal exits.
 
 pub mod brokers;
 pub mod config;
@@ -18,5 +19,6 @@ pub mod pump;
 pub mod replay;
 pub mod route;
 pub mod service;
+pub mod shutdown;
 pub mod sse;
 pub mod stream;

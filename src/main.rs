@@ -6,7 +6,7 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::protocols::TcpKeepalive;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 use sluice::config;
 use sluice::hub::Hub;
@@ -158,7 +158,9 @@ fn run(config: config::Config) -> anyhow::Result<()> {
         }
     }
     server.add_service(service);
-    server.run(Default::default());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(sluice::shutdown::TwoStepShutdown),
+    });
     drop(bridge_runtime);
     Ok(())
 }

@@ -149,6 +149,41 @@ fn errors_name_line_and_column() {
             "[server.tls]\nlisten = \"127.0.0.1:1\"\ncert = \"missing.pem\"\nkey = \"missing.key\"\n",
             "FILE:3:8: no such file",
         ),
+        (
+            "jetstream on memory",
+            "[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a\"\nbroker = \"m\"\ntopic = \"a\"\njetstream = \"S\"\n",
+            "FILE:7:13: jetstream is for nats brokers only",
+        ),
+        (
+            "bad stream name",
+            "[brokers.n]\ntype = \"nats\"\nurl = \"nats://x\"\n[[routes]]\npath = \"/a\"\nbroker = \"n\"\ntopic = \"a\"\njetstream = \"A.B\"\n",
+            "FILE:8:13: invalid JetStream stream name",
+        ),
+        (
+            "replay with jetstream",
+            "[brokers.n]\ntype = \"nats\"\nurl = \"nats://x\"\n[[routes]]\npath = \"/a\"\nbroker = \"n\"\ntopic = \"a\"\njetstream = \"S\"\nreplay = 5\n",
+            "FILE:9:10: replay and jetstream cannot be combined",
+        ),
+        (
+            "linger without replay",
+            "[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a\"\nbroker = \"m\"\ntopic = \"a\"\nlinger = \"5s\"\n",
+            "FILE:7:10: linger needs replay > 0",
+        ),
+        (
+            "bad linger",
+            "[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a\"\nbroker = \"m\"\ntopic = \"a\"\nreplay = 5\nlinger = \"soon\"\n",
+            "FILE:8:10: invalid duration",
+        ),
+        (
+            "huge replay",
+            "[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a\"\nbroker = \"m\"\ntopic = \"a\"\nreplay = 99999999\n",
+            "FILE:7:10: replay must be between 0 (off) and",
+        ),
+        (
+            "retained on nats",
+            "[brokers.n]\ntype = \"nats\"\nurl = \"nats://x\"\n[[routes]]\npath = \"/a\"\nbroker = \"n\"\ntopic = \"a\"\nretained = true\n",
+            "FILE:8:12: retained = true is for mqtt brokers only",
+        ),
         ("no routes", "[brokers.m]\ntype = \"memory\"\n", "FILE:1:1: no [[routes]]"),
         ("not toml", "[server\n", "FILE:1:8:"),
     ];

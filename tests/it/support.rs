@@ -147,11 +147,21 @@ impl Sluice {
 
     /// Sends SIGTERM (graceful shutdown) and waits for the process to exit.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.exited().await
+    }
+
+    /// Sends SIGTERM to this sluice, by its PID.
+    pub fn send_sigterm(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
