@@ -384,6 +384,9 @@ impl Topic {
         let members = &mut *guard;
         let seq = match &self.key.2 {
             Retention::Live => None,
+            // A retained message is a topic's current value, re-sent on every (re)subscribe, not an
+            // event in the topic's history: it gets no position.
+            Retention::Replay { .. } if message.retained => None,
             Retention::Replay { .. } => {
                 members.head += 1;
                 Some(members.head)

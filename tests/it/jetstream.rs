@@ -194,3 +194,12 @@ async fn unknown_and_purged_positions_get_a_gap() {
     let rest = [stream.next_event().await, stream.next_event().await];
     assert_eq!(rest.map(|e| e.data), ["3", "4"]);
 }
+
+#[tokio::test]
+async fn a_missing_stream_is_a_clear_503() {
+    let server = NatsServer::start();
+    let sluice = Sluice::start(&routes(&server.url())).await;
+    let resp = get(sluice.addr, "/orders").await.expect("response");
+    assert_eq!(resp.status, 503);
+    assert!(resp.text().contains("ORDERS"), "{}", resp.text());
+}
