@@ -3,6 +3,7 @@
 //! Every error names the file, line and column it comes from (`PATH:LINE:COLUMN: reason`). Nothing
 //! after start-up sees the serde layer: the runtime types below cannot hold an invalid value.
 
+use crate::auth::{AuthConfig, JwtKey};
 use crate::route::{parse_template, PathTemplate, Piece, TopicTemplate};
 use serde::Deserialize;
 use sluice_bridge::TopicSyntax;
@@ -30,10 +31,37 @@ pub struct ConfigError {
 struct RawConfig {
     #[serde(default)]
     server: RawServer,
+    auth: Option<RawAuth>,
     #[serde(default)]
     brokers: BTreeMap<String, RawBroker>,
     #[serde(default)]
     routes: Vec<RawRoute>,
+    simulator: Option<RawSimulator>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    jwt_secret_env: Option<Spanned<String>>,
+    jwt_public_key: Option<Spanned<String>>,
+    cookie: Option<Spanned<String>>,
+    query: Option<Spanned<String>>,
+    audience: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCors {
+    allow_origins: Spanned<Vec<String>>,
+    allow_credentials: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSimulator {
+    broker: Spanned<String>,
+    devices: Option<Spanned<usize>>,
+    interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -52,7 +80,12 @@ struct RawServer {
     write_timeout: Option<Spanned<String>>,
     max_publish_bytes: Option<Spanned<usize>>,
     max_streams_per_connection: Option<Spanned<u32>>,
+    max_connections: Option<Spanned<usize>>,
+    max_connections_per_ip: Option<Spanned<usize>>,
+    request_timeout: Option<Spanned<String>>,
+    static_dir: Option<Spanned<String>>,
     tls: Option<RawTls>,
+    cors: Option<RawCors>,
 }
 
 #[derive(Deserialize)]
@@ -78,7 +111,11 @@ struct RawBroker {
 struct RawRoute {
     path: Spanned<String>,
     broker: Spanned<String>,
-    topic: Spanned<String>,
+    topic: Option<Spanned<String>>,
+    topics: Option<Spanned<Vec<String>>>,
+    max_topics: Option<Spanned<usize>>,
+    envelope: Option<bool>,
+    auth: Option<Spanned<bool>>,
     event: Option<Spanned<String>>,
     buffer: Option<Spanned<usize>>,
     overflow: Option<Spanned<String>>,
@@ -95,8 +132,27 @@ struct RawRoute {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub server: Server,
+    pub auth: Option<AuthConfig>,
     pub brokers: Vec<Broker>,
     pub routes: Vec<Route>,
+    pub simulator: Option<Simulator>,
+}
+
+/// `[server.cors]`: which page origins may read streams, with or without credentials.
+#[derive(Clone, Debug)]
+pub struct Cors {
+    /// Exact origins (`scheme://host[:port]`); an origin not listed gets no CORS headers.
+    pub allow_origins: Vec<String>,
+    pub allow_credentials: bool,
+}
+
+/// `[simulator]`: simulated IoT devices publishing on a memory broker, for the demo dashboard.
+#[derive(Clone, Debug)]
+pub struct Simulator {
+    /// Index into `Config::brokers` (a memory broker).
+    pub broker: usize,
+    pub devices: usize,
+    pub interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -114,6 +170,15 @@ pub struct Server {
     pub max_publish_bytes: usize,
     /// HTTP/2 concurrent streams per connection.
     pub max_streams_per_connection: u32,
+    /// Client connections that hold open streams, in all (`503` past it).
+    pub max_connections: usize,
+    /// The same, per client IP address; 0 is no limit.
+    pub max_connections_per_ip: usize,
+    /// A request's head must arrive within this time, or the connection is dropped.
+    pub request_timeout: Duration,
+    /// Files served at `/` (the dashboard), if any.
+    pub static_dir: Option<PathBuf>,
+    pub cors: Option<Cors>,
 }
 
 #[derive(Clone, Debug)]
@@ -167,6 +232,13 @@ pub struct EventName {
 }
 
 impl EventName {
+    /// The concrete topic itself (`event = "{topic}"`).
+    pub fn topic() -> Self {
+        Self {
+            pieces: vec![Piece::Param("topic".into())],
+        }
+    }
+
     /// The event type for a message on `topic`.
     pub fn render(&self, topic: &str) -> String {
         let mut out = String::new();
@@ -192,13 +264,26 @@ pub enum Retention {
     JetStream { stream: String },
 }
 
+/// Where a route's topics come from.
+#[derive(Clone, Debug)]
+pub enum Topics {
+    /// One topic, from the path parameters (`topic = "..."`).
+    Template(TopicTemplate),
+    /// Repeated `?topic=` query parameters, each covered by one of `allowed` (`topics = [...]`).
+    Query { allowed: Vec<String>, max: usize },
+}
+
 #[derive(Clone, Debug)]
 pub struct Route {
     pub path: PathTemplate,
     /// Index into `Config::brokers`.
     pub broker: usize,
     pub syntax: TopicSyntax,
-    pub topic: TopicTemplate,
+    pub topic: Topics,
+    /// Events are sent as `{"topic": ..., "data": ...}` JSON.
+    pub envelope: bool,
+    /// A token is required, and its `sluice` claim must grant the topics.
+    pub auth: bool,
     pub event: Option<EventName>,
     pub buffer: usize,
     pub overflow: Overflow,
@@ -222,6 +307,13 @@ pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 pub const DEFAULT_BUFFER: usize = 256;
 pub const MAX_BUFFER: usize = 1_000_000;
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_TOPICS: usize = 32;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_COOKIE: &str = "sluice_token";
+pub const DEFAULT_TOKEN_QUERY: &str = "access_token";
+pub const DEFAULT_SIMULATED_DEVICES: usize = 4;
+pub const DEFAULT_SIMULATOR_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_REPLAY: usize = 1_000_000;
 
 // ---- loading and validation ------------------------------------------------------------------
@@ -267,6 +359,10 @@ pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigErro
         .map_err(|e| at.error(e.span().unwrap_or(0..0), e.message().trim().to_owned()))?;
 
     let server = validate_server(&at, raw.server, base)?;
+    let auth = match raw.auth {
+        Some(auth) => Some(validate_auth(&at, auth, base)?),
+        None => None,
+    };
 
     let mut brokers = Vec::new();
     for (name, broker) in raw.brokers {
@@ -277,6 +373,16 @@ pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigErro
     let mut routes: Vec<Route> = Vec::new();
     for route in raw.routes {
         let span = route.path.span();
+        if let Some(a) = route
+            .auth
+            .as_ref()
+            .filter(|a| *a.get_ref() && auth.is_none())
+        {
+            return Err(at.error(
+                a.span(),
+                "auth = true needs an [auth] section (jwt_secret_env or jwt_public_key)",
+            ));
+        }
         let route = validate_route(&at, route, &brokers)?;
         if routes
             .iter()
@@ -292,10 +398,107 @@ pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigErro
     if routes.is_empty() {
         return Err(at.error(0..0, "no [[routes]]: nothing to serve"));
     }
+    let simulator = match raw.simulator {
+        Some(sim) => Some(validate_simulator(&at, sim, &brokers)?),
+        None => None,
+    };
     Ok(Config {
         server,
+        auth,
         brokers,
         routes,
+        simulator,
+    })
+}
+
+fn validate_auth(at: &Locator, raw: RawAuth, base: &Path) -> Result<AuthConfig, ConfigError> {
+    let key = match (&raw.jwt_secret_env, &raw.jwt_public_key) {
+        (Some(env), None) => {
+            let secret = std::env::var(env.get_ref()).unwrap_or_default();
+            if secret.is_empty() {
+                return Err(at.error(
+                    env.span(),
+                    format!(
+                        "the environment variable {} is not set or empty",
+                        env.get_ref()
+                    ),
+                ));
+            }
+            JwtKey::secret(secret.as_bytes())
+        }
+        (None, Some(file)) => {
+            let path = base.join(file.get_ref());
+            let pem = std::fs::read(&path).map_err(|e| {
+                at.error(file.span(), format!("cannot read {}: {e}", path.display()))
+            })?;
+            JwtKey::public_pem(&pem)
+                .map_err(|e| at.error(file.span(), format!("{}: {e}", path.display())))?
+        }
+        (Some(env), Some(_)) => {
+            return Err(at.error(
+                env.span(),
+                "set one of jwt_secret_env (HS256) and jwt_public_key (RS256/ES256), not both",
+            ))
+        }
+        (None, None) => {
+            return Err(at.error(
+                0..0,
+                "[auth] needs jwt_secret_env (HS256) or jwt_public_key (RS256/ES256)",
+            ))
+        }
+    };
+    let name = |v: &Option<Spanned<String>>, default: &str| -> Result<String, ConfigError> {
+        match v {
+            None => Ok(default.to_owned()),
+            Some(v)
+                if v.get_ref().is_empty()
+                    || !v
+                        .get_ref()
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) =>
+            {
+                Err(at.error(
+                    v.span(),
+                    "must be non-empty letters, digits, '-', '_' or '.'",
+                ))
+            }
+            Some(v) => Ok(v.get_ref().clone()),
+        }
+    };
+    Ok(AuthConfig {
+        key,
+        cookie: name(&raw.cookie, DEFAULT_COOKIE)?,
+        query: name(&raw.query, DEFAULT_TOKEN_QUERY)?,
+        audience: raw.audience.map(Spanned::into_inner),
+    })
+}
+
+fn validate_simulator(
+    at: &Locator,
+    raw: RawSimulator,
+    brokers: &[Broker],
+) -> Result<Simulator, ConfigError> {
+    let Some(broker) = brokers
+        .iter()
+        .position(|b| b.name == *raw.broker.get_ref() && b.kind == BrokerKind::Memory)
+    else {
+        return Err(at.error(
+            raw.broker.span(),
+            format!(
+                "no memory broker named {:?}: the simulator publishes on a memory broker",
+                raw.broker.get_ref()
+            ),
+        ));
+    };
+    let devices = match &raw.devices {
+        None => DEFAULT_SIMULATED_DEVICES,
+        Some(d) if (1..=1000).contains(d.get_ref()) => *d.get_ref(),
+        Some(d) => return Err(at.error(d.span(), "devices must be between 1 and 1000")),
+    };
+    Ok(Simulator {
+        broker,
+        devices,
+        interval: duration(at, raw.interval, DEFAULT_SIMULATOR_INTERVAL)?,
     })
 }
 
@@ -391,9 +594,47 @@ fn validate_server(at: &Locator, raw: RawServer, base: &Path) -> Result<Server, 
         Some(v) if *v.get_ref() == 0 => return Err(at.error(v.span(), "must be greater than zero")),
         Some(v) => v.into_inner(),
     };
+    let cors = match raw.cors {
+        None => None,
+        Some(cors) => {
+            for origin in cors.allow_origins.get_ref() {
+                let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && origin
+                        .split("://")
+                        .nth(1)
+                        .is_some_and(|host| !host.is_empty() && !host.contains('/'));
+                if !valid {
+                    return Err(at.error(
+                        cors.allow_origins.span(),
+                        format!("invalid origin {origin:?}: expected scheme://host[:port], e.g. \"https://dash.example.com\" (no \"*\", no path)"),
+                    ));
+                }
+            }
+            Some(Cors {
+                allow_origins: cors.allow_origins.into_inner(),
+                allow_credentials: cors.allow_credentials.unwrap_or(false),
+            })
+        }
+    };
+    let static_dir = match raw.static_dir {
+        None => None,
+        Some(dir) => {
+            let path = base.join(dir.get_ref());
+            if dir.get_ref().is_empty() || !path.is_dir() {
+                return Err(at.error(dir.span(), format!("no such folder: {}", path.display())));
+            }
+            Some(path)
+        }
+    };
     Ok(Server {
         listen,
         tls,
+        cors,
+        static_dir,
+        max_connections: positive(raw.max_connections, DEFAULT_MAX_CONNECTIONS)?,
+        max_connections_per_ip: raw.max_connections_per_ip.map_or(0, Spanned::into_inner),
+        request_timeout: duration(at, raw.request_timeout, DEFAULT_REQUEST_TIMEOUT)?,
         heartbeat: duration(at, raw.heartbeat, DEFAULT_HEARTBEAT)?,
         retry: duration(at, raw.retry, DEFAULT_RETRY)?,
         write_timeout: duration(at, raw.write_timeout, DEFAULT_WRITE_TIMEOUT)?,
@@ -486,8 +727,59 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
     };
     let syntax = brokers[broker].kind.syntax();
     let params: Vec<&str> = path.params().collect();
-    let topic = TopicTemplate::parse(raw.topic.get_ref(), syntax, &params)
-        .map_err(|e| at.error(raw.topic.span(), e))?;
+    let topic = match (&raw.topic, &raw.topics) {
+        (Some(topic), None) => {
+            if let Some(m) = &raw.max_topics {
+                return Err(at.error(m.span(), "max_topics is for routes with topics = [...]"));
+            }
+            Topics::Template(
+                TopicTemplate::parse(topic.get_ref(), syntax, &params)
+                    .map_err(|e| at.error(topic.span(), e))?,
+            )
+        }
+        (None, Some(topics)) => {
+            if topics.get_ref().is_empty() {
+                return Err(at.error(topics.span(), "topics needs at least one pattern"));
+            }
+            for pattern in topics.get_ref() {
+                syntax.check_filter(pattern).map_err(|e| {
+                    at.error(
+                        topics.span(),
+                        format!("invalid topic pattern {pattern:?}: {e}"),
+                    )
+                })?;
+            }
+            let max = match &raw.max_topics {
+                None => DEFAULT_MAX_TOPICS,
+                Some(m) if (1..=1000).contains(m.get_ref()) => *m.get_ref(),
+                Some(m) => return Err(at.error(m.span(), "max_topics must be between 1 and 1000")),
+            };
+            let resumes =
+                raw.replay.as_ref().is_some_and(|r| *r.get_ref() > 0) || raw.jetstream.is_some();
+            if resumes {
+                return Err(at.error(
+                    topics.span(),
+                    "replay and jetstream are not supported with topics = [...] yet: use one wildcard topic",
+                ));
+            }
+            if raw.publish == Some(true) {
+                return Err(at.error(topics.span(), "publish = true needs one topic, not topics"));
+            }
+            Topics::Query {
+                allowed: topics.get_ref().clone(),
+                max,
+            }
+        }
+        (Some(topic), Some(_)) => {
+            return Err(at.error(topic.span(), "set topic or topics, not both"))
+        }
+        (None, None) => {
+            return Err(at.error(
+                raw.path.span(),
+                "a route needs topic = \"...\" or topics = [\"...\"]",
+            ))
+        }
+    };
     let event = match &raw.event {
         None => None,
         Some(e) => Some(event_name(e.get_ref()).map_err(|msg| at.error(e.span(), msg))?),
@@ -519,12 +811,19 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
         }
     };
     let publish = raw.publish.unwrap_or(false);
-    if publish && syntax.has_wildcards(&topic.fill(&[])) {
-        return Err(at.error(
-            raw.topic.span(),
-            "publish = true needs a topic without wildcards",
-        ));
+    if let (true, Topics::Template(template), Some(span)) =
+        (publish, &topic, raw.topic.as_ref().map(Spanned::span))
+    {
+        if syntax.has_wildcards(&template.fill(&[])) {
+            return Err(at.error(span, "publish = true needs a topic without wildcards"));
+        }
     }
+    // A multi-topic stream names each event's topic unless it uses the JSON envelope.
+    let envelope = raw.envelope.unwrap_or(false);
+    let event = match (event, &topic) {
+        (None, Topics::Query { .. }) if !envelope => Some(EventName::topic()),
+        (event, _) => event,
+    };
     let retention = retention(at, &raw, &brokers[broker])?;
     let retained = match &raw.retained {
         Some(r) if *r.get_ref() && !matches!(brokers[broker].kind, BrokerKind::Mqtt { .. }) => {
@@ -538,6 +837,8 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
         broker,
         syntax,
         topic,
+        envelope,
+        auth: raw.auth.is_some_and(|a| a.into_inner()),
         event,
         buffer,
         overflow,

@@ -12,6 +12,16 @@ pub enum Error {
     BadParameter(String),
     #[error("payload too large: the limit is {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("unauthorized: {0}")]
+    Unauthorized(crate::auth::AuthError),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("too busy: {0}; retry later")]
+    Busy(&'static str),
+    #[error("request header too large: the limit is {0} bytes")]
+    HeaderTooLarge(usize),
+    #[error("request target too long: the limit is {0} bytes")]
+    UriTooLong(usize),
     #[error("broker: {0}")]
     Bridge(BridgeError),
     #[error("internal error: {0}")]
@@ -32,6 +42,11 @@ impl Error {
             Error::MethodNotAllowed(_) => 405,
             Error::BadParameter(_) => 400,
             Error::PayloadTooLarge(_) => 413,
+            Error::Unauthorized(_) => 401,
+            Error::Forbidden(_) => 403,
+            Error::Busy(_) => 503,
+            Error::HeaderTooLarge(_) => 431,
+            Error::UriTooLong(_) => 414,
             Error::Bridge(BridgeError::InvalidTopic { .. }) => 400,
             Error::Bridge(BridgeError::Unavailable(_)) => 503,
             Error::Bridge(BridgeError::Broker(_)) => 502,

@@ -76,6 +76,7 @@ struct Member {
     event: Option<EventName>,
     /// Wants retained messages (the route's `retained = true`).
     retained: bool,
+    envelope: bool,
     /// While a JetStream backlog is being read: the live messages that arrived meanwhile.
     holding: Option<Vec<Message>>,
 }
@@ -88,6 +89,8 @@ pub struct Join {
     pub retention: Retention,
     /// Send the current value of each concrete topic first (MQTT retained messages).
     pub retained: bool,
+    /// Send each event's data in a JSON envelope with its topic.
+    pub envelope: bool,
     /// The client's `Last-Event-ID`, if it resumes.
     pub last_event_id: Option<String>,
 }
@@ -101,6 +104,7 @@ impl Join {
             event: None,
             retention: Retention::Live,
             retained: false,
+            envelope: false,
             last_event_id: None,
         }
     }
@@ -172,11 +176,12 @@ impl Hub {
                 let mut current: Vec<&Message> = members.current.values().collect();
                 current.sort_by(|a, b| a.topic.cmp(&b.topic));
                 for message in current {
-                    backlog.push(topic.encode(join.event.as_ref(), None, message));
+                    backlog.push(topic.encode((join.event.as_ref(), join.envelope), None, message));
                 }
             }
             if let (Some(last), Retention::Replay { .. }) = (&join.last_event_id, &topic.key.2) {
-                topic.replay_backlog(&members, join.event.as_ref(), last, &mut backlog);
+                let format = (join.event.as_ref(), join.envelope);
+                topic.replay_backlog(&members, format, last, &mut backlog);
             }
             queue.preload(backlog);
             let holding = reads_back.then(Vec::new);
@@ -186,6 +191,7 @@ impl Hub {
                     queue,
                     event: join.event,
                     retained: join.retained,
+                    envelope: join.envelope,
                     holding,
                 },
             );
@@ -291,7 +297,12 @@ impl Topic {
 
     /// Encodes one message for a stream whose event name is `event`; a retained message (sent as the
     /// current value) has `.retained` appended to its type.
-    fn encode(&self, event: Option<&EventName>, seq: Option<u64>, message: &Message) -> Bytes {
+    fn encode(
+        &self,
+        (event, envelope): (Option<&EventName>, bool),
+        seq: Option<u64>,
+        message: &Message,
+    ) -> Bytes {
         let name = event.map(|e| e.render(&message.topic));
         let name = if message.retained {
             Some(format!(
@@ -303,6 +314,10 @@ impl Topic {
             name
         };
         let id = self.event_id(seq.or(message.seq));
+        if envelope {
+            let data = sse::envelope(&message.topic, &message.payload);
+            return sse::encode_event_with_id(name.as_deref(), id.as_deref(), &data);
+        }
         sse::encode_event_with_id(name.as_deref(), id.as_deref(), &message.payload)
     }
 
@@ -310,7 +325,7 @@ impl Topic {
     fn replay_backlog(
         &self,
         members: &Members,
-        event: Option<&EventName>,
+        format: (Option<&EventName>, bool),
         last: &str,
         backlog: &mut Vec<Bytes>,
     ) {
@@ -327,7 +342,7 @@ impl Topic {
             backlog.push(sse::gap(reason, lost));
         }
         for (seq, message) in &resume.held {
-            backlog.push(self.encode(event, Some(*seq), message));
+            backlog.push(self.encode(format, Some(*seq), message));
         }
     }
 
@@ -371,7 +386,8 @@ impl Topic {
             for message in messages {
                 if let Some(seq) = message.seq.filter(|s| *s > covered) {
                     covered = seq;
-                    backlog.push(self.encode(member.event.as_ref(), None, message));
+                    let format = (member.event.as_ref(), member.envelope);
+                    backlog.push(self.encode(format, None, message));
                 }
             }
         }
@@ -417,8 +433,8 @@ impl Topic {
                 },
             );
         }
-        // One frame per distinct event name; nearly always a single entry.
-        let mut frames: Vec<(Option<&EventName>, Bytes)> = Vec::with_capacity(1);
+        // One frame per distinct event name and format; nearly always a single entry.
+        let mut frames: Vec<((Option<&EventName>, bool), Bytes)> = Vec::with_capacity(1);
         for member in members.by_id.values_mut() {
             if let Some(held) = &mut member.holding {
                 if held.len() < member.queue.capacity() {
@@ -433,7 +449,7 @@ impl Topic {
                 // Sent by the broker because of a (re)subscribe: only `retained` routes want it.
                 continue;
             }
-            let key = member.event.as_ref();
+            let key = (member.event.as_ref(), member.envelope);
             let frame = match frames.iter().find(|(e, _)| *e == key) {
                 Some((_, frame)) => frame.clone(),
                 None => {

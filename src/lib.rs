@@ -7,18 +7,26 @@
 //!   and queues the same bytes for every stream on the topic.
 //! - [`replay`]: event ids, `Last-Event-ID` parsing and the in-memory replay buffer of a topic.
 //! - [`stream`]: each stream's bounded queue and overflow policy (`disconnect` or `drop-oldest`).
+//! - [`cors`], [`files`] (the dashboard folder), [`limits`] (connections per server and per IP).
+//! - [`auth`]: JWT verification and topic grants for routes with `auth = true`.
 //! - [`service`]: the pingora app: HTTP/1.1, h2c and TLS h2; routing ([`route`]); writes each stream
 //!   with heartbeats, coalescing what queued up; maps [`error`]s to statuses.
+//! - [`simulator`]: simulated IoT devices publishing on a memory broker, for the demo dashboard.
 //! - [`shutdown`]: SIGTERM closes every stream with a randomised `retry:`; a second signal exits.
 
+pub mod auth;
 pub mod brokers;
 pub mod config;
+pub mod cors;
 pub mod error;
+pub mod files;
 pub mod hub;
+pub mod limits;
 pub mod pump;
 pub mod replay;
 pub mod route;
 pub mod service;
 pub mod shutdown;
+pub mod simulator;
 pub mod sse;
 pub mod stream;

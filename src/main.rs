@@ -116,6 +116,12 @@ fn run(config: config::Config) -> anyhow::Result<()> {
     let bridges = bridge_runtime
         .block_on(sluice::brokers::connect_all(&config.brokers))
         .context("connecting brokers")?;
+    if let Some(simulator) = &config.simulator {
+        if let Some(bridge) = bridges.get(simulator.broker) {
+            bridge_runtime.spawn(sluice::simulator::run(simulator.clone(), bridge.clone()));
+            tracing::info!(devices = simulator.devices, "simulated devices publishing");
+        }
+    }
 
     let conf = ServerConf {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),

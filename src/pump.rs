@@ -18,11 +18,15 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+/// A timeout that never fires in practice (about 30 years).
+const NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+
 /// How a stream ended.
 #[derive(Debug)]
 pub enum End {
     Shutdown,
     ClientGone,
+    TokenExpired,
     Overflow,
     BrokerError,
     WriteFailed(String),
@@ -44,6 +48,8 @@ pub struct PumpSettings {
     pub retry: Duration,
     pub topic: String,
     pub buffer: usize,
+    /// The stream ends when its token expires (routes with `auth = true`).
+    pub expires_in: Option<Duration>,
 }
 
 /// Runs the stream to its end and reports how it ended (logged at debug level here).
@@ -56,6 +62,9 @@ pub async fn pump(
     let topic = settings.topic.as_str();
     let idle = tokio::time::sleep(settings.heartbeat);
     tokio::pin!(idle);
+    // Far enough to never fire when there is no token (tokio caps deadlines anyway).
+    let expiry = tokio::time::sleep(settings.expires_in.unwrap_or(NEVER));
+    tokio::pin!(expiry);
     let mut shutdown = shutdown.clone();
     let mut dropped_total: u64 = 0;
     // Reused for every batch, so taking frames from the queue allocates nothing.
@@ -65,6 +74,7 @@ pub async fn pump(
             biased;
             _ = shutdown.changed() => break End::Shutdown,
             () = wire.closed() => break End::ClientGone,
+            () = &mut expiry => break End::TokenExpired,
             next = queue.next(&mut frames) => match next {
                 Next::Frames { dropped } => {
                     if dropped > 0 {
@@ -97,6 +107,11 @@ pub async fn pump(
     match &end {
         End::ClientGone => tracing::debug!(%topic, "client closed the stream"),
         End::WriteFailed(e) => tracing::debug!(%topic, error = %e, "stream write failed"),
+        End::TokenExpired => {
+            // The browser reconnects (after `retry`) with a fresh token.
+            tracing::debug!(%topic, "token expired, closing stream");
+            wire.finish().await;
+        }
         End::Overflow => {
             tracing::debug!(%topic, buffer = settings.buffer, "slow client: queue full, closing stream");
             wire.finish().await;

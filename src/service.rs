@@ -1,39 +1,52 @@
 //! The pingora HTTP application: routes each request, streams SSE responses, accepts publishes, and
 //! is the one place where errors become HTTP statuses.
 
-use crate::config::{Config, Retention, Route};
+use crate::auth::{query_param, redacted_request_line, Grant};
+use crate::config::{Config, Retention, Route, Topics};
 use crate::error::Error;
 use crate::hub::{Hub, Join, Membership};
+use crate::limits::{Admitted, Limits, Refused};
 use crate::pump::{pump, PumpSettings, RawH1Wire, SessionWire};
 use crate::sse;
 use crate::stream::StreamQueue;
+use crate::{cors, files};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::Method;
-use percent_encoding::percent_decode_str;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use sluice_bridge::BridgeError;
+use std::borrow::Cow;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a `POST` may wait for its broker before it is answered `503`.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest request target (path and query) accepted; `414` past it.
+const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most request header bytes accepted (names and values); `431` past them.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// What `retry-after` says when a limit refuses a stream, in seconds.
+const BUSY_RETRY_AFTER: &str = "5";
 
 /// The gateway application shared by every listener.
 pub struct Gateway {
     config: Config,
     hub: Hub,
     server_options: HttpServerOptions,
+    limits: Arc<Limits>,
 }
 
 /// What to do with a request, decided before any body is read or anything is subscribed.
 enum Action<'a> {
     Health,
-    Stream(&'a Route, String),
+    Preflight,
+    File(PathBuf),
+    Stream(&'a Route, Vec<String>),
     Publish(&'a Route, String),
 }
 
@@ -42,15 +55,24 @@ impl Gateway {
         let mut server_options = HttpServerOptions::default();
         // Cleartext HTTP/2 with prior knowledge on the same port as HTTP/1.1 (pingora peeks the preface).
         server_options.h2c = true;
+        let limits = Arc::new(Limits::new(
+            config.server.max_connections,
+            config.server.max_connections_per_ip,
+        ));
         Self {
             config,
             hub,
             server_options,
+            limits,
         }
     }
 
     /// Matches method and path to an action, or to the error status that answers it.
-    fn route(&self, method: &Method, path: &str) -> Result<Action<'_>, Error> {
+    fn route(&self, request: &RequestHeader) -> Result<Action<'_>, Error> {
+        let (method, path) = (&request.method, request.uri.path());
+        if *method == Method::OPTIONS {
+            return Ok(Action::Preflight);
+        }
         if path == "/healthz" {
             return match *method {
                 Method::GET | Method::HEAD => Ok(Action::Health),
@@ -68,26 +90,119 @@ impl Gateway {
                 _ => return Err(Error::MethodNotAllowed(allowed)),
             };
             let params = matched.map_err(Error::BadParameter)?;
-            let topic = route.topic.fill(&params);
-            return Ok(if is_publish {
-                Action::Publish(route, topic)
-            } else {
-                Action::Stream(route, topic)
-            });
+            let topics = match &route.topic {
+                Topics::Template(template) => vec![template.fill(&params)],
+                Topics::Query { allowed, max } => {
+                    query_topics(route, allowed, *max, request.uri.query().unwrap_or(""))?
+                }
+            };
+            if is_publish {
+                // `publish = true` is only allowed with one topic (checked with the config).
+                let topic = topics
+                    .into_iter()
+                    .next()
+                    .ok_or(Error::Internal("no topic"))?;
+                return Ok(Action::Publish(route, topic));
+            }
+            return Ok(Action::Stream(route, topics));
+        }
+        if let (Some(dir), &Method::GET | &Method::HEAD) = (&self.config.server.static_dir, method)
+        {
+            if let Some(file) = files::resolve(dir, path) {
+                return Ok(Action::File(file));
+            }
         }
         Err(Error::NotFound)
     }
 
-    async fn handle(&self, session: &mut ServerSession) -> Result<Reuse, Error> {
-        let header = session.req_header();
-        let method = header.method.clone();
-        let path = header.uri.path().to_owned();
-        match self.route(&method, &path)? {
+    /// Checks the token of a route with `auth = true` against the topics: `401` without a valid token,
+    /// `403` when its claim does not grant every topic.
+    fn authorize(
+        &self,
+        request: &RequestHeader,
+        route: &Route,
+        topics: &[String],
+        publish: bool,
+    ) -> Result<Option<Grant>, Error> {
+        if !route.auth {
+            return Ok(None);
+        }
+        let auth = self
+            .config
+            .auth
+            .as_ref()
+            .ok_or(Error::Internal("auth = true without [auth]"))?;
+        let token = auth
+            .token(request)
+            .ok_or_else(|| Error::Unauthorized(auth.missing()))?;
+        let grant = auth.verify(&token).map_err(Error::Unauthorized)?;
+        for topic in topics {
+            let allowed = if publish {
+                grant.may_publish(route.syntax, topic)
+            } else {
+                grant.may_subscribe(route.syntax, topic)
+            };
+            if !allowed {
+                let verb = if publish {
+                    "publish to"
+                } else {
+                    "subscribe to"
+                };
+                return Err(Error::Forbidden(format!(
+                    "the token may not {verb} {topic:?}"
+                )));
+            }
+        }
+        Ok(Some(grant))
+    }
+
+    async fn handle(
+        &self,
+        session: &mut ServerSession,
+        cors_headers: &[(&'static str, String)],
+    ) -> Result<Reuse, Error> {
+        check_sizes(session.req_header())?;
+        match self.route(session.req_header())? {
             Action::Health => {
-                respond(session, 200, "text/plain", Bytes::from_static(b"ok\n"), &[]).await?;
+                respond(
+                    session,
+                    200,
+                    "text/plain",
+                    Bytes::from_static(b"ok\n"),
+                    cors_headers,
+                )
+                .await?;
+                Ok(Reuse::Yes)
+            }
+            Action::Preflight => {
+                let mut headers = cors_headers.to_vec();
+                if cors::allows_origin(cors_headers) {
+                    headers.extend(cors::preflight_headers(session.req_header()));
+                }
+                respond(session, 204, "text/plain", Bytes::new(), &headers).await?;
+                Ok(Reuse::Yes)
+            }
+            Action::File(file) => {
+                let body = std::fs::read(&file).map_err(|_| Error::NotFound)?;
+                let mut headers = cors_headers.to_vec();
+                headers.push(("cache-control", "no-cache".to_owned()));
+                respond(
+                    session,
+                    200,
+                    files::content_type(&file),
+                    body.into(),
+                    &headers,
+                )
+                .await?;
                 Ok(Reuse::Yes)
             }
             Action::Publish(route, topic) => {
+                self.authorize(
+                    session.req_header(),
+                    route,
+                    std::slice::from_ref(&topic),
+                    true,
+                )?;
                 let body = read_body(session, self.config.server.max_publish_bytes).await?;
                 let bridge = self
                     .hub
@@ -105,14 +220,18 @@ impl Gateway {
                     202,
                     "text/plain",
                     Bytes::from_static(b"accepted\n"),
-                    &[],
+                    cors_headers,
                 )
                 .await?;
                 Ok(Reuse::Yes)
             }
-            Action::Stream(route, topic) => Ok(Reuse::Stream(Box::new(
-                self.open_stream(session, route, topic).await?,
-            ))),
+            Action::Stream(route, topics) => {
+                let grant = self.authorize(session.req_header(), route, &topics, false)?;
+                Ok(Reuse::Stream(Box::new(
+                    self.open_stream(session, route, topics, grant, cors_headers)
+                        .await?,
+                )))
+            }
         }
     }
 
@@ -126,9 +245,12 @@ impl Gateway {
     ) {
         let Subscribed {
             queue,
-            membership,
+            memberships,
+            admitted,
             settings,
         } = subscribed;
+        // Leaving the topics and the limits happens when the pump ends.
+        let held = (memberships, admitted);
         match session {
             ServerSession::H1(h1) => {
                 let mut wire = RawH1Wire::new(h1.into_inner(), self.config.server.write_timeout);
@@ -138,12 +260,12 @@ impl Gateway {
                     if wire.flush().await.is_ok() {
                         pump(&mut wire, &queue, &settings, &shutdown).await;
                     }
-                    drop(membership);
+                    drop(held);
                 });
             }
             mut session => {
                 pump(&mut SessionWire(&mut session), &queue, &settings, shutdown).await;
-                drop(membership);
+                drop(held);
             }
         }
     }
@@ -153,36 +275,58 @@ impl Gateway {
         &self,
         session: &mut ServerSession,
         route: &Route,
-        topic: String,
+        topics: Vec<String>,
+        grant: Option<Grant>,
+        cors_headers: &[(&'static str, String)],
     ) -> Result<Subscribed, Error> {
+        let admitted = match session.client_addr().and_then(|a| a.as_inet()) {
+            Some(client) => Some(self.limits.admit(*client).map_err(|refused| {
+                Error::Busy(match refused {
+                    Refused::Connections => "too many connections",
+                    Refused::ConnectionsPerIp => "too many connections from this address",
+                })
+            })?),
+            None => None,
+        };
         let queue = Arc::new(StreamQueue::new(route.buffer, route.overflow));
         let last_event_id = match route.retention {
             Retention::Live => None,
             _ => last_event_id(session.req_header()),
         };
-        let join = Join {
-            broker: route.broker,
-            filter: topic.clone(),
-            event: route.event.clone(),
-            retention: route.retention.clone(),
-            retained: route.retained,
-            last_event_id,
-        };
         // Subscribe before answering, so a broker error is still a status and nothing published after
         // the headers are sent is missed.
-        let membership = self
-            .hub
-            .join(join, queue.clone())
-            .await
-            .map_err(Error::Bridge)?;
+        let mut memberships = Vec::with_capacity(topics.len());
+        for topic in &topics {
+            let join = Join {
+                broker: route.broker,
+                filter: topic.clone(),
+                event: route.event.clone(),
+                retention: route.retention.clone(),
+                retained: route.retained,
+                envelope: route.envelope,
+                last_event_id: last_event_id.clone(),
+            };
+            memberships.push(
+                self.hub
+                    .join(join, queue.clone())
+                    .await
+                    .map_err(Error::Bridge)?,
+            );
+        }
 
-        let mut response = ResponseHeader::build(200, Some(5)).map_err(Error::Http)?;
+        let mut response =
+            ResponseHeader::build(200, Some(4 + cors_headers.len())).map_err(Error::Http)?;
         for (name, value) in [
             ("content-type", "text/event-stream"),
             ("cache-control", "no-cache"),
             ("x-accel-buffering", "no"),
         ] {
             response.insert_header(name, value).map_err(Error::Http)?;
+        }
+        for (name, value) in cors_headers {
+            response
+                .insert_header(*name, value.as_str())
+                .map_err(Error::Http)?;
         }
         if !session.is_http2() {
             // Without it an HTTP/1.1 response is close-delimited; chunks are also flushed one by one.
@@ -201,12 +345,14 @@ impl Gateway {
 
         Ok(Subscribed {
             queue,
-            membership,
+            memberships,
+            admitted,
             settings: PumpSettings {
                 heartbeat: self.config.server.heartbeat,
                 retry: self.config.server.retry,
-                topic,
+                topic: topics.join(","),
                 buffer: route.buffer,
+                expires_in: grant.map(|g| g.remaining()),
             },
         })
     }
@@ -215,7 +361,9 @@ impl Gateway {
 /// A stream whose subscription is live and whose response head and preamble are written.
 struct Subscribed {
     queue: Arc<StreamQueue>,
-    membership: Membership,
+    memberships: Vec<Membership>,
+    /// The stream's place under the connection limits.
+    admitted: Option<Admitted>,
     settings: PumpSettings,
 }
 
@@ -234,15 +382,63 @@ fn last_event_id(request: &RequestHeader) -> Option<String> {
         // A value that is not text is still a resume attempt, from an unknown position.
         return Some(value.to_str().unwrap_or("?").to_owned());
     }
-    let query = request.uri.query()?;
-    query.split('&').find_map(|pair| {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (name == "last-event-id").then(|| {
-            percent_decode_str(&value.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    })
+    query_param(request.uri.query()?, "last-event-id")
+        .next()
+        .map(Cow::into_owned)
+}
+
+/// The topics of a multi-topic stream: repeated `?topic=` parameters, each a valid filter covered by
+/// one of the route's `allowed` patterns, at most `max` of them.
+fn query_topics(
+    route: &Route,
+    allowed: &[String],
+    max: usize,
+    query: &str,
+) -> Result<Vec<String>, Error> {
+    let mut topics: Vec<String> = Vec::new();
+    for topic in query_param(query, "topic") {
+        route
+            .syntax
+            .check_filter(&topic)
+            .map_err(|e| Error::BadParameter(format!("topic {topic:?}: {e}")))?;
+        if !allowed.iter().any(|p| route.syntax.covers(p, &topic)) {
+            return Err(Error::BadParameter(format!(
+                "topic {topic:?} is not allowed on this route (allowed: {})",
+                allowed.join(", ")
+            )));
+        }
+        if !topics.iter().any(|t| *t == topic) {
+            topics.push(topic.into_owned());
+        }
+        if topics.len() > max {
+            return Err(Error::BadParameter(format!(
+                "at most {max} topics per stream"
+            )));
+        }
+    }
+    if topics.is_empty() {
+        return Err(Error::BadParameter(
+            "name the topics to stream with ?topic=...&topic=...".into(),
+        ));
+    }
+    Ok(topics)
+}
+
+/// Refuses request targets and headers larger than sluice ever needs.
+fn check_sizes(request: &RequestHeader) -> Result<(), Error> {
+    let target = request.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Err(Error::UriTooLong(MAX_URI_BYTES));
+    }
+    let headers: usize = request
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers > MAX_HEADER_BYTES {
+        return Err(Error::HeaderTooLarge(MAX_HEADER_BYTES));
+    }
+    Ok(())
 }
 
 /// Reads a request body up to `limit` bytes.
@@ -307,51 +503,67 @@ impl HttpServerApp for Gateway {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        match session.read_request().await {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
+        // A client that never finishes its request head (slow loris) is dropped.
+        match tokio::time::timeout(self.config.server.request_timeout, session.read_request()).await
+        {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return None,
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "could not read a request");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!("no complete request head in time; connection dropped");
                 return None;
             }
         }
         session.set_write_timeout(Some(self.config.server.write_timeout));
-        let reuse = match self.handle(&mut session).await {
+        let cors_headers =
+            cors::response_headers(self.config.server.cors.as_ref(), session.req_header());
+        let reuse = match self.handle(&mut session, &cors_headers).await {
             Ok(reuse) => reuse,
             Err(error) => {
-                if error.is_response() {
-                    let status = error.status();
-                    let body = Bytes::from(format!("{error}\n"));
-                    let extra: Vec<(&'static str, String)> = match &error {
-                        Error::MethodNotAllowed(allow) => vec![("allow", (*allow).to_owned())],
-                        _ => Vec::new(),
-                    };
-                    if status >= 500 {
-                        tracing::warn!(request = %session.request_summary(), %error, "request failed");
-                    } else {
-                        tracing::debug!(request = %session.request_summary(), %error, "request refused");
-                    }
-                    if respond(
-                        &mut session,
-                        status,
-                        "text/plain; charset=utf-8",
-                        body,
-                        &extra,
-                    )
-                    .await
-                    .is_err()
-                    {
-                        return None;
-                    }
-                    // A refused body may not have been read: do not reuse the connection then.
-                    if matches!(error, Error::PayloadTooLarge(_)) {
-                        return None;
-                    }
-                    Reuse::Yes
-                } else {
+                if !error.is_response() {
                     tracing::debug!(%error, "connection ended");
                     return None;
                 }
+                let request = redacted_request_line(
+                    session.req_header(),
+                    self.config.auth.as_ref().map(|a| a.query.as_str()),
+                );
+                let status = error.status();
+                if status >= 500 {
+                    tracing::warn!(%request, %error, "request failed");
+                } else {
+                    tracing::debug!(%request, %error, "request refused");
+                }
+                let mut headers = cors_headers;
+                match &error {
+                    Error::MethodNotAllowed(allow) => headers.push(("allow", (*allow).to_owned())),
+                    Error::Unauthorized(_) => {
+                        headers.push(("www-authenticate", "Bearer realm=\"sluice\"".to_owned()))
+                    }
+                    Error::Busy(_) => headers.push(("retry-after", BUSY_RETRY_AFTER.to_owned())),
+                    _ => {}
+                }
+                let body = Bytes::from(format!("{error}\n"));
+                if respond(
+                    &mut session,
+                    status,
+                    "text/plain; charset=utf-8",
+                    body,
+                    &headers,
+                )
+                .await
+                .is_err()
+                {
+                    return None;
+                }
+                // A refused body may not have been read: do not reuse the connection then.
+                if status == 413 || status == 401 || status == 403 {
+                    return None;
+                }
+                Reuse::Yes
             }
         };
         if let Reuse::Stream(subscribed) = reuse {

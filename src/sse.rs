@@ -83,6 +83,19 @@ fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// The data of an event in a JSON envelope: `{"topic": ..., "data": "..."}` for a UTF-8 payload, or
+/// `{"topic": ..., "data_base64": "..."}` for a binary one. JSON escapes line breaks, so it is one line.
+pub fn envelope(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let body = match std::str::from_utf8(payload) {
+        Ok(text) => serde_json::json!({ "topic": topic, "data": text }),
+        Err(_) => serde_json::json!({
+            "topic": topic,
+            "data_base64": base64::engine::general_purpose::STANDARD.encode(payload),
+        }),
+    };
+    body.to_string().into_bytes()
+}
+
 /// Encodes one event. `event` is the event type (`None` or `"message"` omits the field).
 pub fn encode_event(event: Option<&str>, data: &[u8]) -> Bytes {
     encode_event_with_id(event, None, data)
@@ -288,6 +301,18 @@ mod tests {
         assert_eq!(
             text(encode_event_with_id(None, Some("a.b.1"), b"x")),
             "id: a.b.1\ndata: x\n\n"
+        );
+    }
+
+    #[test]
+    fn envelopes_are_one_json_line() {
+        let data = envelope("a/b", b"x\ny");
+        assert_eq!(data, br#"{"data":"x\ny","topic":"a/b"}"#.to_vec());
+        let frame = text(encode_event(None, &data));
+        assert_eq!(frame.lines().count(), 2, "{frame:?}");
+        assert_eq!(
+            envelope("t", &[0xff]),
+            br#"{"data_base64":"/w==","topic":"t"}"#.to_vec()
         );
     }
 

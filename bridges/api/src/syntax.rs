@@ -115,6 +115,42 @@ impl TopicSyntax {
             }
         }
     }
+
+    /// True when every topic that `filter` matches is also matched by `pattern`: a grant of `pattern`
+    /// allows subscribing to `filter`. For a concrete topic this is [`Self::matches`].
+    pub fn covers(self, pattern: &str, filter: &str) -> bool {
+        let (sep, one, rest) = match self {
+            TopicSyntax::Nats => ('.', "*", ">"),
+            TopicSyntax::Mqtt => ('/', "+", "#"),
+        };
+        if self == TopicSyntax::Mqtt
+            && filter.starts_with('$') != pattern.starts_with('$')
+            && (pattern.starts_with('+') || pattern.starts_with('#'))
+        {
+            return false;
+        }
+        let mut p = pattern.split(sep);
+        let mut f = filter.split(sep);
+        loop {
+            match (p.next(), f.next()) {
+                // `rest` covers whatever follows, wildcards included (MQTT `#` also its parent level).
+                (Some(pl), fl) if pl == rest => return fl.is_some() || self == TopicSyntax::Mqtt,
+                // `one` covers one literal or one-level wildcard, never a `rest` wildcard.
+                (Some(pl), Some(fl)) if pl == one => {
+                    if fl == rest {
+                        return false;
+                    }
+                }
+                (Some(pl), Some(fl)) => {
+                    if pl != fl {
+                        return false;
+                    }
+                }
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -149,5 +185,20 @@ mod tests {
         assert!(!Nats.matches("a.*", "a.b.c"));
         assert!(Nats.matches("a.>", "a.b.c"));
         assert!(!Nats.matches("a.>", "a"));
+    }
+
+    #[test]
+    fn covering() {
+        assert!(Mqtt.covers("sensors/#", "sensors/+/temp"));
+        assert!(Mqtt.covers("sensors/+/temp", "sensors/a/temp"));
+        assert!(Mqtt.covers("sensors/+/temp", "sensors/+/temp"));
+        assert!(!Mqtt.covers("sensors/+/temp", "sensors/#"));
+        assert!(!Mqtt.covers("sensors/a/temp", "sensors/+/temp"));
+        assert!(!Mqtt.covers("sensors/+", "sensors/a/b"));
+        assert!(!Mqtt.covers("#", "$SYS/x"));
+        assert!(Nats.covers("orders.>", "orders.*.eu"));
+        assert!(!Nats.covers("orders.*", "orders.>"));
+        assert!(!Nats.covers("orders.>", "orders"));
+        assert!(Nats.covers("a.b", "a.b"));
     }
 }

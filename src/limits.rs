@@ -1,0 +1,132 @@
+//! Connection limits for streams: how many client connections may hold open streams, in all and per
+//! client IP. Past a limit a new stream is answered `503` with `retry-after`, never a crash.
+//!
+//! A connection is identified by its client address (IP and port); an HTTP/2 connection with many
+//! streams counts once.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// The limits and what is open now.
+pub struct Limits {
+    max_connections: usize,
+    /// 0 is no limit.
+    max_per_ip: usize,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    streams_by_connection: HashMap<SocketAddr, usize>,
+    connections_by_ip: HashMap<IpAddr, usize>,
+}
+
+/// Which limit refused a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Connections,
+    ConnectionsPerIp,
+}
+
+/// One open stream's place; dropping it frees it.
+pub struct Admitted {
+    limits: Arc<Limits>,
+    connection: SocketAddr,
+}
+
+impl Limits {
+    pub fn new(max_connections: usize, max_per_ip: usize) -> Self {
+        Self {
+            max_connections,
+            max_per_ip,
+            open: Mutex::new(Open::default()),
+        }
+    }
+
+    fn open(&self) -> MutexGuard<'_, Open> {
+        // Each update below is complete before the lock is released.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Admits one more stream on `connection`, or says which limit it would break.
+    pub fn admit(self: &Arc<Self>, connection: SocketAddr) -> Result<Admitted, Refused> {
+        let mut open = self.open();
+        if !open.streams_by_connection.contains_key(&connection) {
+            if open.streams_by_connection.len() >= self.max_connections {
+                return Err(Refused::Connections);
+            }
+            let per_ip = open
+                .connections_by_ip
+                .get(&connection.ip())
+                .copied()
+                .unwrap_or(0);
+            if self.max_per_ip > 0 && per_ip >= self.max_per_ip {
+                return Err(Refused::ConnectionsPerIp);
+            }
+            *open.connections_by_ip.entry(connection.ip()).or_default() += 1;
+        }
+        *open.streams_by_connection.entry(connection).or_default() += 1;
+        Ok(Admitted {
+            limits: self.clone(),
+            connection,
+        })
+    }
+
+    /// Connections holding open streams now.
+    pub fn connections(&self) -> usize {
+        self.open().streams_by_connection.len()
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.limits.open();
+        let Some(streams) = open.streams_by_connection.get_mut(&self.connection) else {
+            return;
+        };
+        *streams -= 1;
+        if *streams > 0 {
+            return;
+        }
+        open.streams_by_connection.remove(&self.connection);
+        let ip = self.connection.ip();
+        if let Some(n) = open.connections_by_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.connections_by_ip.remove(&ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
+        SocketAddr::from((ip, port))
+    }
+
+    #[test]
+    fn counts_connections_not_streams_and_frees_them() {
+        let limits = Arc::new(Limits::new(2, 1));
+        let a1 = limits.admit(addr([10, 0, 0, 1], 1)).expect("first");
+        let a2 = limits
+            .admit(addr([10, 0, 0, 1], 1))
+            .expect("same connection");
+        assert_eq!(
+            limits.admit(addr([10, 0, 0, 1], 2)).err(),
+            Some(Refused::ConnectionsPerIp)
+        );
+        let b = limits.admit(addr([10, 0, 0, 2], 1)).expect("other ip");
+        assert_eq!(
+            limits.admit(addr([10, 0, 0, 3], 1)).err(),
+            Some(Refused::Connections)
+        );
+        drop((a1, a2));
+        assert_eq!(limits.connections(), 1);
+        assert!(limits.admit(addr([10, 0, 0, 1], 2)).is_ok());
+        drop(b);
+    }
+}
