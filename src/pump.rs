@@ -1,18 +1,20 @@
 //! Writes one stream's queue to its client until the client leaves, the queue overflows or the
 //! server shuts down: coalesced writes, heartbeats on idle, a jittered `retry:` at shutdown.
 //!
-//! Two wires carry it. HTTP/2 streams stay inside pingora's session ([`SessionWire`]). An HTTP/1.1
-//! stream, once its response head is sent, is taken out of pingora ([`RawH1Wire`]): the connection
-//! then costs one small task and the socket, instead of pingora's per-connection session, buffers and
-//! task, which matters with tens of thousands of idle streams.
+//! Once its response head is sent, a stream leaves pingora's session for a small task of its own,
+//! which matters with tens of thousands of idle streams. An HTTP/1.1 stream keeps the raw connection
+//! ([`RawH1Wire`]) instead of pingora's per-connection session, buffers and task. An HTTP/2 stream
+//! keeps only its h2 send half ([`H2Wire`]): pingora's session (request and response headers, body
+//! reader) and the boxed future of its per-stream task, several KiB per stream, are freed.
 
 use crate::sse;
 use crate::stream::{Closed, Next, StreamQueue};
 use bytes::Bytes;
+use h2::SendStream;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -112,7 +114,58 @@ pub async fn pump(
     end
 }
 
-/// A stream inside pingora's session (HTTP/2; also usable for HTTP/1.1).
+/// An HTTP/2 stream reduced to its h2 send half, after pingora wrote the response head.
+pub struct H2Wire {
+    send: SendStream<Bytes>,
+    write_timeout: Duration,
+}
+
+impl H2Wire {
+    pub fn new(send: SendStream<Bytes>, write_timeout: Duration) -> Self {
+        Self {
+            send,
+            write_timeout,
+        }
+    }
+
+    /// Waits for flow-control capacity, then queues as much of `data` as it allows.
+    async fn send_some(&mut self, data: &mut Bytes) -> Result<(), String> {
+        self.send.reserve_capacity(data.len());
+        match poll_fn(|cx| self.send.poll_capacity(cx)).await {
+            None => Err("the stream cannot send".to_owned()),
+            Some(Err(e)) => Err(e.to_string()),
+            Some(Ok(n)) => {
+                let part = data.split_to(n.min(data.len()));
+                self.send.send_data(part, false).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+impl Wire for H2Wire {
+    async fn closed(&mut self) {
+        // Resolves on the client's RST_STREAM or when the connection is gone.
+        let _ = poll_fn(|cx| self.send.poll_reset(cx)).await;
+    }
+
+    async fn send(&mut self, mut data: Bytes) -> Result<(), String> {
+        // h2 queues a DATA frame whatever the window; waiting for capacity first keeps what a
+        // stalled client holds bounded, and each wait is bounded by the write timeout.
+        while !data.is_empty() {
+            match tokio::time::timeout(self.write_timeout, self.send_some(&mut data)).await {
+                Ok(result) => result?,
+                Err(_) => return Err(format!("no progress writing for {:?}", self.write_timeout)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.send.send_data(Bytes::new(), true);
+    }
+}
+
+/// A stream inside pingora's session (usable for any HTTP version).
 pub struct SessionWire<'a>(pub &'a mut ServerSession);
 
 impl Wire for SessionWire<'_> {

@@ -4,7 +4,7 @@
 use crate::config::{Config, Route};
 use crate::error::Error;
 use crate::hub::{Hub, Membership};
-use crate::pump::{pump, PumpSettings, RawH1Wire, SessionWire};
+use crate::pump::{pump, H2Wire, PumpSettings, RawH1Wire, SessionWire};
 use crate::sse;
 use crate::stream::StreamQueue;
 use async_trait::async_trait;
@@ -115,8 +115,8 @@ impl Gateway {
         }
     }
 
-    /// Pumps an opened stream. HTTP/1.1 leaves pingora's session for a small task of its own on the
-    /// raw connection (see [`crate::pump`]); HTTP/2 streams stay in their session.
+    /// Pumps an opened stream. HTTP/1.1 and HTTP/2 streams leave pingora's session for a small task
+    /// of their own (see [`crate::pump`]): the raw connection, or the h2 stream's send half.
     async fn serve_stream(
         &self,
         session: ServerSession,
@@ -137,6 +137,19 @@ impl Gateway {
                     if wire.flush().await.is_ok() {
                         pump(&mut wire, &queue, &settings, &shutdown).await;
                     }
+                    drop(membership);
+                });
+            }
+            ServerSession::H2(mut h2) => {
+                let Some(send) = h2.take_response_body_writer() else {
+                    return;
+                };
+                // The request, the response head and the body reader are not needed any more.
+                drop(h2);
+                let mut wire = H2Wire::new(send, self.config.server.write_timeout);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    pump(&mut wire, &queue, &settings, &shutdown).await;
                     drop(membership);
                 });
             }
