@@ -1,5 +1,6 @@
 //! Writes one stream's queue to its client until the client leaves, the queue overflows or the
-//! server shuts down: coalesced writes, heartbeats on idle, a jittered `retry:` at shutdown.
+//! server shuts down (the hub closes every queue then): coalesced writes, heartbeats on idle, a
+//! jittered `retry:` at shutdown.
 //!
 //! Once its response head is sent, a stream leaves pingora's session for a small task of its own,
 //! which matters with tens of thousands of idle streams. An HTTP/1.1 stream keeps the raw connection
@@ -13,7 +14,6 @@ use bytes::Bytes;
 use h2::SendStream;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
-use pingora::server::ShutdownWatch;
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::time::Duration;
@@ -49,23 +49,16 @@ pub struct PumpSettings {
 }
 
 /// Runs the stream to its end and reports how it ended (logged at debug level here).
-pub async fn pump(
-    wire: &mut impl Wire,
-    queue: &StreamQueue,
-    settings: &PumpSettings,
-    shutdown: &ShutdownWatch,
-) -> End {
+pub async fn pump(wire: &mut impl Wire, queue: &StreamQueue, settings: &PumpSettings) -> End {
     let topic = settings.topic.as_str();
     let idle = tokio::time::sleep(settings.heartbeat);
     tokio::pin!(idle);
-    let mut shutdown = shutdown.clone();
     let mut dropped_total: u64 = 0;
     // Reused for every batch, so taking frames from the queue allocates nothing.
     let mut frames = Vec::new();
     let end = loop {
         let data = tokio::select! {
             biased;
-            _ = shutdown.changed() => break End::Shutdown,
             () = wire.closed() => break End::ClientGone,
             next = queue.next(&mut frames) => match next {
                 Next::Frames { dropped } => {
@@ -79,6 +72,7 @@ pub async fn pump(
                 }
                 Next::Closed(Closed::Overflow) => break End::Overflow,
                 Next::Closed(Closed::BrokerError) => break End::BrokerError,
+                Next::Closed(Closed::Shutdown) => break End::Shutdown,
             },
             () = &mut idle => sse::heartbeat(),
         };

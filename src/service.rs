@@ -16,7 +16,7 @@ use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use sluice_bridge::BridgeError;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 /// How long a `POST` may wait for its broker before it is answered `503`.
@@ -27,6 +27,8 @@ pub struct Gateway {
     config: Config,
     hub: Hub,
     server_options: HttpServerOptions,
+    /// Starts the one task that closes every stream's queue when the server shuts down.
+    shutdown_watcher: Once,
 }
 
 /// What to do with a request, decided before any body is read or anything is subscribed.
@@ -45,7 +47,24 @@ impl Gateway {
             config,
             hub,
             server_options,
+            shutdown_watcher: Once::new(),
         }
+    }
+
+    /// Makes sure the hub is shut down with the server. Every request passes here first, and a
+    /// stream can only start after a request, so starting it on the first one is early enough.
+    fn watch_shutdown(&self, shutdown: &ShutdownWatch) {
+        self.shutdown_watcher.call_once(|| {
+            let (hub, mut shutdown) = (self.hub.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                while !*shutdown.borrow_and_update() {
+                    if shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+                hub.shutdown();
+            });
+        });
     }
 
     /// Matches method and path to an action, or to the error status that answers it.
@@ -117,12 +136,7 @@ impl Gateway {
 
     /// Pumps an opened stream. HTTP/1.1 and HTTP/2 streams leave pingora's session for a small task
     /// of their own (see [`crate::pump`]): the raw connection, or the h2 stream's send half.
-    async fn serve_stream(
-        &self,
-        session: ServerSession,
-        subscribed: Subscribed,
-        shutdown: &ShutdownWatch,
-    ) {
+    async fn serve_stream(&self, session: ServerSession, subscribed: Subscribed) {
         let Subscribed {
             queue,
             membership,
@@ -131,11 +145,10 @@ impl Gateway {
         match session {
             ServerSession::H1(h1) => {
                 let mut wire = RawH1Wire::new(h1.into_inner(), self.config.server.write_timeout);
-                let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     // pingora may still hold the head and preamble in its write buffer (TLS).
                     if wire.flush().await.is_ok() {
-                        pump(&mut wire, &queue, &settings, &shutdown).await;
+                        pump(&mut wire, &queue, &settings).await;
                     }
                     drop(membership);
                 });
@@ -147,14 +160,13 @@ impl Gateway {
                 // The request, the response head and the body reader are not needed any more.
                 drop(h2);
                 let mut wire = H2Wire::new(send, self.config.server.write_timeout);
-                let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    pump(&mut wire, &queue, &settings, &shutdown).await;
+                    pump(&mut wire, &queue, &settings).await;
                     drop(membership);
                 });
             }
             mut session => {
-                pump(&mut SessionWire(&mut session), &queue, &settings, shutdown).await;
+                pump(&mut SessionWire(&mut session), &queue, &settings).await;
                 drop(membership);
             }
         }
@@ -294,6 +306,7 @@ impl HttpServerApp for Gateway {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        self.watch_shutdown(shutdown);
         match session.read_request().await {
             Ok(true) => {}
             Ok(false) => return None,
@@ -342,7 +355,7 @@ impl HttpServerApp for Gateway {
             }
         };
         if let Reuse::Stream(subscribed) = reuse {
-            self.serve_stream(session, *subscribed, shutdown).await;
+            self.serve_stream(session, *subscribed).await;
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);
