@@ -16,9 +16,11 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// How a stream ended.
 #[derive(Debug)]
@@ -34,25 +36,41 @@ pub enum End {
 pub trait Wire: Send {
     /// Resolves when the client has gone away.
     fn closed(&mut self) -> impl Future<Output = ()> + Send;
-    /// Writes (and flushes) one piece of the event stream.
-    fn send(&mut self, data: Bytes) -> impl Future<Output = Result<(), String>> + Send;
+    /// Writes (and flushes) one piece of the event stream, taking it out of `data`. The pump bounds
+    /// it with the write timeout.
+    fn send(&mut self, data: &mut Bytes) -> impl Future<Output = Result<(), String>> + Send;
     /// Ends the response body.
     fn finish(&mut self) -> impl Future<Output = ()> + Send;
 }
 
-/// What one stream needs to know besides its wire.
+/// The server-wide timings of every stream (one shared copy).
 pub struct PumpSettings {
     pub heartbeat: Duration,
     pub retry: Duration,
-    pub topic: String,
-    pub buffer: usize,
+    pub write_timeout: Duration,
+}
+
+/// What a stream's task holds besides its wire (passed as one reference: every argument of an async
+/// function is stored in its state, and the state of an idle stream is what it costs).
+pub struct Feed {
+    pub queue: Arc<StreamQueue>,
+    pub settings: Arc<PumpSettings>,
+    /// For log lines only.
+    pub topic: Box<str>,
 }
 
 /// Runs the stream to its end and reports how it ended (logged at debug level here).
-pub async fn pump(wire: &mut impl Wire, queue: &StreamQueue, settings: &PumpSettings) -> End {
-    let topic = settings.topic.as_str();
-    let idle = tokio::time::sleep(settings.heartbeat);
-    tokio::pin!(idle);
+///
+/// One timer serves the stream: the heartbeat deadline while it waits for events, the write
+/// deadline while it writes. What an idle stream holds is this function's state, so it is kept small.
+pub async fn pump(wire: &mut impl Wire, feed: &Feed) -> End {
+    let Feed {
+        queue,
+        settings,
+        topic,
+    } = feed;
+    let timer = tokio::time::sleep(settings.heartbeat);
+    tokio::pin!(timer);
     let mut dropped_total: u64 = 0;
     // Reused for every batch, so taking frames from the queue allocates nothing.
     let mut frames = Vec::new();
@@ -74,12 +92,12 @@ pub async fn pump(wire: &mut impl Wire, queue: &StreamQueue, settings: &PumpSett
                 Next::Closed(Closed::BrokerError) => break End::BrokerError,
                 Next::Closed(Closed::Shutdown) => break End::Shutdown,
             },
-            () = &mut idle => sse::heartbeat(),
+            () = &mut timer => sse::heartbeat(),
         };
-        if let Err(e) = wire.send(data).await {
+        if let Err(e) = send(wire, data, timer.as_mut(), settings.write_timeout).await {
             break End::WriteFailed(e);
         }
-        idle.as_mut().reset(Instant::now() + settings.heartbeat);
+        timer.as_mut().reset(Instant::now() + settings.heartbeat);
         // Give back what a burst grew, so an idle stream stays small.
         if frames.capacity() > 64 {
             frames = Vec::new();
@@ -92,7 +110,7 @@ pub async fn pump(wire: &mut impl Wire, queue: &StreamQueue, settings: &PumpSett
         End::ClientGone => tracing::debug!(%topic, "client closed the stream"),
         End::WriteFailed(e) => tracing::debug!(%topic, error = %e, "stream write failed"),
         End::Overflow => {
-            tracing::debug!(%topic, buffer = settings.buffer, "slow client: queue full, closing stream");
+            tracing::debug!(%topic, buffer = queue.capacity(), "slow client: queue full, closing stream");
             wire.finish().await;
         }
         End::BrokerError => {
@@ -101,38 +119,39 @@ pub async fn pump(wire: &mut impl Wire, queue: &StreamQueue, settings: &PumpSett
         }
         End::Shutdown => {
             // Spread the reconnects of every client over a few seconds.
-            let _ = wire.send(sse::shutdown_retry(settings.retry)).await;
+            let retry = sse::shutdown_retry(settings.retry);
+            let _ = send(wire, retry, timer.as_mut(), settings.write_timeout).await;
             wire.finish().await;
         }
     }
     end
 }
 
+/// Writes `data`, failing when the write is not done within `limit` (the stream's `timer` is reset
+/// to that deadline).
+async fn send(
+    wire: &mut impl Wire,
+    data: Bytes,
+    mut timer: Pin<&mut Sleep>,
+    limit: Duration,
+) -> Result<(), String> {
+    let mut data = data;
+    timer.as_mut().reset(Instant::now() + limit);
+    tokio::select! {
+        biased;
+        sent = wire.send(&mut data) => sent,
+        () = timer => Err(format!("no progress writing for {limit:?}")),
+    }
+}
+
 /// An HTTP/2 stream reduced to its h2 send half, after pingora wrote the response head.
 pub struct H2Wire {
     send: SendStream<Bytes>,
-    write_timeout: Duration,
 }
 
 impl H2Wire {
-    pub fn new(send: SendStream<Bytes>, write_timeout: Duration) -> Self {
-        Self {
-            send,
-            write_timeout,
-        }
-    }
-
-    /// Waits for flow-control capacity, then queues as much of `data` as it allows.
-    async fn send_some(&mut self, data: &mut Bytes) -> Result<(), String> {
-        self.send.reserve_capacity(data.len());
-        match poll_fn(|cx| self.send.poll_capacity(cx)).await {
-            None => Err("the stream cannot send".to_owned()),
-            Some(Err(e)) => Err(e.to_string()),
-            Some(Ok(n)) => {
-                let part = data.split_to(n.min(data.len()));
-                self.send.send_data(part, false).map_err(|e| e.to_string())
-            }
-        }
+    pub fn new(send: SendStream<Bytes>) -> Self {
+        Self { send }
     }
 }
 
@@ -142,13 +161,20 @@ impl Wire for H2Wire {
         let _ = poll_fn(|cx| self.send.poll_reset(cx)).await;
     }
 
-    async fn send(&mut self, mut data: Bytes) -> Result<(), String> {
+    async fn send(&mut self, data: &mut Bytes) -> Result<(), String> {
         // h2 queues a DATA frame whatever the window; waiting for capacity first keeps what a
-        // stalled client holds bounded, and each wait is bounded by the write timeout.
+        // stalled client holds bounded.
         while !data.is_empty() {
-            match tokio::time::timeout(self.write_timeout, self.send_some(&mut data)).await {
-                Ok(result) => result?,
-                Err(_) => return Err(format!("no progress writing for {:?}", self.write_timeout)),
+            self.send.reserve_capacity(data.len());
+            match poll_fn(|cx| self.send.poll_capacity(cx)).await {
+                None => return Err("the stream cannot send".to_owned()),
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(n)) => {
+                    let part = data.split_to(n.min(data.len()));
+                    self.send
+                        .send_data(part, false)
+                        .map_err(|e| e.to_string())?;
+                }
             }
         }
         Ok(())
@@ -168,9 +194,9 @@ impl Wire for SessionWire<'_> {
         let _ = self.0.read_body_or_idle(true).await;
     }
 
-    async fn send(&mut self, data: Bytes) -> Result<(), String> {
+    async fn send(&mut self, data: &mut Bytes) -> Result<(), String> {
         self.0
-            .write_response_body(data, false)
+            .write_response_body(std::mem::take(data), false)
             .await
             .map_err(|e| e.to_string())
     }
@@ -265,11 +291,13 @@ impl Wire for RawH1Wire {
         }
     }
 
-    async fn send(&mut self, data: Bytes) -> Result<(), String> {
+    async fn send(&mut self, data: &mut Bytes) -> Result<(), String> {
         if data.is_empty() {
             return Ok(());
         }
-        bounded(self.write_timeout, self.write_chunk(&data)).await
+        self.write_chunk(data).await.map_err(|e| e.to_string())?;
+        data.clear();
+        Ok(())
     }
 
     async fn finish(&mut self) {

@@ -4,7 +4,7 @@
 use crate::config::{Config, Route};
 use crate::error::Error;
 use crate::hub::{Hub, Membership};
-use crate::pump::{pump, H2Wire, PumpSettings, RawH1Wire, SessionWire};
+use crate::pump::{pump, Feed, H2Wire, PumpSettings, RawH1Wire, SessionWire};
 use crate::sse;
 use crate::stream::StreamQueue;
 use async_trait::async_trait;
@@ -27,6 +27,8 @@ pub struct Gateway {
     config: Config,
     hub: Hub,
     server_options: HttpServerOptions,
+    /// The timings every stream shares.
+    pump_settings: Arc<PumpSettings>,
     /// Starts the one task that closes every stream's queue when the server shuts down.
     shutdown_watcher: Once,
 }
@@ -43,10 +45,16 @@ impl Gateway {
         let mut server_options = HttpServerOptions::default();
         // Cleartext HTTP/2 with prior knowledge on the same port as HTTP/1.1 (pingora peeks the preface).
         server_options.h2c = true;
+        let pump_settings = Arc::new(PumpSettings {
+            heartbeat: config.server.heartbeat,
+            retry: config.server.retry,
+            write_timeout: config.server.write_timeout,
+        });
         Self {
             config,
             hub,
             server_options,
+            pump_settings,
             shutdown_watcher: Once::new(),
         }
     }
@@ -140,15 +148,20 @@ impl Gateway {
         let Subscribed {
             queue,
             membership,
-            settings,
+            topic,
         } = subscribed;
+        let feed = Feed {
+            queue,
+            settings: self.pump_settings.clone(),
+            topic,
+        };
         match session {
             ServerSession::H1(h1) => {
                 let mut wire = RawH1Wire::new(h1.into_inner(), self.config.server.write_timeout);
                 tokio::spawn(async move {
                     // pingora may still hold the head and preamble in its write buffer (TLS).
                     if wire.flush().await.is_ok() {
-                        pump(&mut wire, &queue, &settings).await;
+                        pump(&mut wire, &feed).await;
                     }
                     drop(membership);
                 });
@@ -159,14 +172,14 @@ impl Gateway {
                 };
                 // The request, the response head and the body reader are not needed any more.
                 drop(h2);
-                let mut wire = H2Wire::new(send, self.config.server.write_timeout);
+                let mut wire = H2Wire::new(send);
                 tokio::spawn(async move {
-                    pump(&mut wire, &queue, &settings).await;
+                    pump(&mut wire, &feed).await;
                     drop(membership);
                 });
             }
             mut session => {
-                pump(&mut SessionWire(&mut session), &queue, &settings).await;
+                pump(&mut SessionWire(&mut session), &feed).await;
                 drop(membership);
             }
         }
@@ -219,12 +232,7 @@ impl Gateway {
         Ok(Subscribed {
             queue,
             membership,
-            settings: PumpSettings {
-                heartbeat: self.config.server.heartbeat,
-                retry: self.config.server.retry,
-                topic,
-                buffer: route.buffer,
-            },
+            topic: topic.into_boxed_str(),
         })
     }
 }
@@ -233,7 +241,8 @@ impl Gateway {
 struct Subscribed {
     queue: Arc<StreamQueue>,
     membership: Membership,
-    settings: PumpSettings,
+    /// For log lines only.
+    topic: Box<str>,
 }
 
 /// What happens to the connection after a request.

@@ -138,6 +138,11 @@ impl StreamQueue {
         }
     }
 
+    /// The most frames the queue holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// How many frames are waiting (for tests and diagnostics).
     pub fn len(&self) -> usize {
         self.state().frames.len()
