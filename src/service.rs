@@ -179,7 +179,8 @@ impl Gateway {
                 });
             }
             mut session => {
-                pump(&mut SessionWire(&mut session), &feed).await;
+                // Never taken by HTTP/1.1 or HTTP/2; boxed so it does not grow every request's future.
+                Box::pin(pump(&mut SessionWire(&mut session), &feed)).await;
                 drop(membership);
             }
         }
@@ -368,7 +369,9 @@ impl HttpServerApp for Gateway {
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
+        // pingora's finish() is a large future; boxed, it does not grow every request's future
+        // (and with it every stream's start-up allocation).
+        match Box::pin(session.finish()).await {
             Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
             _ => None,
         }
