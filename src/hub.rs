@@ -35,6 +35,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The registry shared by every connection.
+#[derive(Clone)]
 pub struct Hub {
     inner: Arc<HubInner>,
 }
@@ -43,6 +44,8 @@ struct HubInner {
     bridges: Vec<Arc<dyn Bridge>>,
     topics: Mutex<HashMap<TopicKey, Arc<Topic>>>,
     stats: Arc<OverflowStats>,
+    /// Set by [`Hub::shutdown`]: every queue, including those of streams that join later, is closed.
+    shutting_down: AtomicBool,
 }
 
 struct Topic {
@@ -124,6 +127,7 @@ impl Hub {
                 bridges,
                 topics: Mutex::new(HashMap::new()),
                 stats: Arc::new(OverflowStats::default()),
+                shutting_down: AtomicBool::new(false),
             }),
         }
     }
@@ -134,6 +138,19 @@ impl Hub {
 
     pub fn stats(&self) -> &OverflowStats {
         &self.inner.stats
+    }
+
+    /// Ends every stream: their queues are closed with [`Closed::Shutdown`], so a stream waits on its
+    /// queue alone and needs no shutdown watch of its own. Streams that join later are closed at once.
+    pub fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        // Under the registry lock: a stream joining now either is seen here or sees the flag.
+        let topics = lock(&self.inner.topics);
+        for topic in topics.values() {
+            for member in lock(&topic.members).by_id.values() {
+                member.queue.close(Closed::Shutdown);
+            }
+        }
     }
 
     /// How many topics have a live broker subscription (or one being set up, or lingering).
@@ -167,6 +184,9 @@ impl Hub {
                     (topic, true)
                 }
             };
+            if self.inner.shutting_down.load(Ordering::SeqCst) {
+                queue.close(Closed::Shutdown);
+            }
             let mut members = lock(&topic.members);
             members.next_id += 1;
             let id = members.next_id;

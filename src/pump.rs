@@ -1,25 +1,26 @@
 //! Writes one stream's queue to its client until the client leaves, the queue overflows or the
-//! server shuts down: coalesced writes, heartbeats on idle, a jittered `retry:` at shutdown.
+//! server shuts down (the hub closes every queue then): coalesced writes, heartbeats on idle, a
+//! jittered `retry:` at shutdown.
 //!
-//! Two wires carry it. HTTP/2 streams stay inside pingora's session ([`SessionWire`]). An HTTP/1.1
-//! stream, once its response head is sent, is taken out of pingora ([`RawH1Wire`]): the connection
-//! then costs one small task and the socket, instead of pingora's per-connection session, buffers and
-//! task, which matters with tens of thousands of idle streams.
+//! Once its response head is sent, a stream leaves pingora's session for a small task of its own,
+//! which matters with tens of thousands of idle streams. An HTTP/1.1 stream keeps the raw connection
+//! ([`RawH1Wire`]) instead of pingora's per-connection session, buffers and task. An HTTP/2 stream
+//! keeps only its h2 send half ([`H2Wire`]): pingora's session (request and response headers, body
+//! reader) and the boxed future of its per-stream task, several KiB per stream, are freed.
 
 use crate::sse;
 use crate::stream::{Closed, Next, StreamQueue};
 use bytes::Bytes;
+use h2::SendStream;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
-use pingora::server::ShutdownWatch;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::Instant;
-
-/// A timeout that never fires in practice (about 30 years).
-const NEVER: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
+use tokio::time::{Instant, Sleep};
 
 /// How a stream ended.
 #[derive(Debug)]
@@ -36,45 +37,56 @@ pub enum End {
 pub trait Wire: Send {
     /// Resolves when the client has gone away.
     fn closed(&mut self) -> impl Future<Output = ()> + Send;
-    /// Writes (and flushes) one piece of the event stream.
-    fn send(&mut self, data: Bytes) -> impl Future<Output = Result<(), String>> + Send;
+    /// Writes (and flushes) one piece of the event stream, taking it out of `data`. The pump bounds
+    /// it with the write timeout.
+    fn send(&mut self, data: &mut Bytes) -> impl Future<Output = Result<(), String>> + Send;
     /// Ends the response body.
     fn finish(&mut self) -> impl Future<Output = ()> + Send;
 }
 
-/// What one stream needs to know besides its wire.
+/// The server-wide timings of every stream (one shared copy).
 pub struct PumpSettings {
     pub heartbeat: Duration,
     pub retry: Duration,
-    pub topic: String,
-    pub buffer: usize,
-    /// The stream ends when its token expires (routes with `auth = true`).
-    pub expires_in: Option<Duration>,
+    pub write_timeout: Duration,
+}
+
+/// What a stream's task holds besides its wire (passed as one reference: every argument of an async
+/// function is stored in its state, and the state of an idle stream is what it costs).
+pub struct Feed {
+    pub queue: Arc<StreamQueue>,
+    pub settings: Arc<PumpSettings>,
+    /// For log lines only.
+    pub topic: Box<str>,
+    /// When the stream's token expires (routes with `auth = true`): the stream ends then.
+    pub expires_at: Option<Instant>,
 }
 
 /// Runs the stream to its end and reports how it ended (logged at debug level here).
-pub async fn pump(
-    wire: &mut impl Wire,
-    queue: &StreamQueue,
-    settings: &PumpSettings,
-    shutdown: &ShutdownWatch,
-) -> End {
-    let topic = settings.topic.as_str();
-    let idle = tokio::time::sleep(settings.heartbeat);
-    tokio::pin!(idle);
-    // Far enough to never fire when there is no token (tokio caps deadlines anyway).
-    let expiry = tokio::time::sleep(settings.expires_in.unwrap_or(NEVER));
-    tokio::pin!(expiry);
-    let mut shutdown = shutdown.clone();
+///
+/// One timer serves the stream: the heartbeat deadline while it waits for events, the write
+/// deadline while it writes. What an idle stream holds is this function's state, so it is kept small.
+pub async fn pump(wire: &mut impl Wire, feed: &Feed) -> End {
+    let Feed {
+        queue,
+        settings,
+        topic,
+        expires_at,
+    } = feed;
+    // The idle deadline: the next heartbeat, or the token's expiry if that comes first.
+    let idle_deadline = || {
+        let heartbeat = Instant::now() + settings.heartbeat;
+        expires_at.map_or(heartbeat, |e| e.min(heartbeat))
+    };
+    let timer = tokio::time::sleep_until(idle_deadline());
+    tokio::pin!(timer);
     let mut dropped_total: u64 = 0;
     // Reused for every batch, so taking frames from the queue allocates nothing.
     let mut frames = Vec::new();
     let end = loop {
         let data = tokio::select! {
             biased;
-            _ = shutdown.changed() => break End::Shutdown,
             () = wire.closed() => break End::ClientGone,
-            () = &mut expiry => break End::TokenExpired,
             next = queue.next(&mut frames) => match next {
                 Next::Frames { dropped } => {
                     if dropped > 0 {
@@ -89,13 +101,19 @@ pub async fn pump(
                 }
                 Next::Closed(Closed::Overflow) => break End::Overflow,
                 Next::Closed(Closed::BrokerError) => break End::BrokerError,
+                Next::Closed(Closed::Shutdown) => break End::Shutdown,
             },
-            () = &mut idle => sse::heartbeat(),
+            () = &mut timer => {
+                if expires_at.is_some_and(|e| e <= Instant::now()) {
+                    break End::TokenExpired;
+                }
+                sse::heartbeat()
+            }
         };
-        if let Err(e) = wire.send(data).await {
+        if let Err(e) = send(wire, data, timer.as_mut(), settings.write_timeout).await {
             break End::WriteFailed(e);
         }
-        idle.as_mut().reset(Instant::now() + settings.heartbeat);
+        timer.as_mut().reset(idle_deadline());
         // Give back what a burst grew, so an idle stream stays small.
         if frames.capacity() > 64 {
             frames = Vec::new();
@@ -113,7 +131,7 @@ pub async fn pump(
             wire.finish().await;
         }
         End::Overflow => {
-            tracing::debug!(%topic, buffer = settings.buffer, "slow client: queue full, closing stream");
+            tracing::debug!(%topic, buffer = queue.capacity(), "slow client: queue full, closing stream");
             wire.finish().await;
         }
         End::BrokerError => {
@@ -122,14 +140,73 @@ pub async fn pump(
         }
         End::Shutdown => {
             // Spread the reconnects of every client over a few seconds.
-            let _ = wire.send(sse::shutdown_retry(settings.retry)).await;
+            let retry = sse::shutdown_retry(settings.retry);
+            let _ = send(wire, retry, timer.as_mut(), settings.write_timeout).await;
             wire.finish().await;
         }
     }
     end
 }
 
-/// A stream inside pingora's session (HTTP/2; also usable for HTTP/1.1).
+/// Writes `data`, failing when the write is not done within `limit` (the stream's `timer` is reset
+/// to that deadline).
+async fn send(
+    wire: &mut impl Wire,
+    data: Bytes,
+    mut timer: Pin<&mut Sleep>,
+    limit: Duration,
+) -> Result<(), String> {
+    let mut data = data;
+    timer.as_mut().reset(Instant::now() + limit);
+    tokio::select! {
+        biased;
+        sent = wire.send(&mut data) => sent,
+        () = timer => Err(format!("no progress writing for {limit:?}")),
+    }
+}
+
+/// An HTTP/2 stream reduced to its h2 send half, after pingora wrote the response head.
+pub struct H2Wire {
+    send: SendStream<Bytes>,
+}
+
+impl H2Wire {
+    pub fn new(send: SendStream<Bytes>) -> Self {
+        Self { send }
+    }
+}
+
+impl Wire for H2Wire {
+    async fn closed(&mut self) {
+        // Resolves on the client's RST_STREAM or when the connection is gone.
+        let _ = poll_fn(|cx| self.send.poll_reset(cx)).await;
+    }
+
+    async fn send(&mut self, data: &mut Bytes) -> Result<(), String> {
+        // h2 queues a DATA frame whatever the window; waiting for capacity first keeps what a
+        // stalled client holds bounded.
+        while !data.is_empty() {
+            self.send.reserve_capacity(data.len());
+            match poll_fn(|cx| self.send.poll_capacity(cx)).await {
+                None => return Err("the stream cannot send".to_owned()),
+                Some(Err(e)) => return Err(e.to_string()),
+                Some(Ok(n)) => {
+                    let part = data.split_to(n.min(data.len()));
+                    self.send
+                        .send_data(part, false)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) {
+        let _ = self.send.send_data(Bytes::new(), true);
+    }
+}
+
+/// A stream inside pingora's session (usable for any HTTP version).
 pub struct SessionWire<'a>(pub &'a mut ServerSession);
 
 impl Wire for SessionWire<'_> {
@@ -138,9 +215,9 @@ impl Wire for SessionWire<'_> {
         let _ = self.0.read_body_or_idle(true).await;
     }
 
-    async fn send(&mut self, data: Bytes) -> Result<(), String> {
+    async fn send(&mut self, data: &mut Bytes) -> Result<(), String> {
         self.0
-            .write_response_body(data, false)
+            .write_response_body(std::mem::take(data), false)
             .await
             .map_err(|e| e.to_string())
     }
@@ -235,11 +312,13 @@ impl Wire for RawH1Wire {
         }
     }
 
-    async fn send(&mut self, data: Bytes) -> Result<(), String> {
+    async fn send(&mut self, data: &mut Bytes) -> Result<(), String> {
         if data.is_empty() {
             return Ok(());
         }
-        bounded(self.write_timeout, self.write_chunk(&data)).await
+        self.write_chunk(data).await.map_err(|e| e.to_string())?;
+        data.clear();
+        Ok(())
     }
 
     async fn finish(&mut self) {

@@ -6,7 +6,7 @@ use crate::config::{Config, Retention, Route, Topics};
 use crate::error::Error;
 use crate::hub::{Hub, Join, Membership};
 use crate::limits::{Admitted, Limits, Refused};
-use crate::pump::{pump, PumpSettings, RawH1Wire, SessionWire};
+use crate::pump::{pump, Feed, H2Wire, PumpSettings, RawH1Wire, SessionWire};
 use crate::sse;
 use crate::stream::StreamQueue;
 use crate::{cors, files};
@@ -21,8 +21,9 @@ use pingora::server::ShutdownWatch;
 use sluice_bridge::BridgeError;
 use std::borrow::Cow;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How long a `POST` may wait for its broker before it is answered `503`.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,6 +40,10 @@ pub struct Gateway {
     hub: Hub,
     server_options: HttpServerOptions,
     limits: Arc<Limits>,
+    /// The timings every stream shares.
+    pump_settings: Arc<PumpSettings>,
+    /// Starts the one task that closes every stream's queue when the server shuts down.
+    shutdown_watcher: Once,
 }
 
 /// What to do with a request, decided before any body is read or anything is subscribed.
@@ -59,12 +64,35 @@ impl Gateway {
             config.server.max_connections,
             config.server.max_connections_per_ip,
         ));
+        let pump_settings = Arc::new(PumpSettings {
+            heartbeat: config.server.heartbeat,
+            retry: config.server.retry,
+            write_timeout: config.server.write_timeout,
+        });
         Self {
             config,
             hub,
             server_options,
             limits,
+            pump_settings,
+            shutdown_watcher: Once::new(),
         }
+    }
+
+    /// Makes sure the hub is shut down with the server. Every request passes here first, and a
+    /// stream can only start after a request, so starting it on the first one is early enough.
+    fn watch_shutdown(&self, shutdown: &ShutdownWatch) {
+        self.shutdown_watcher.call_once(|| {
+            let (hub, mut shutdown) = (self.hub.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                while !*shutdown.borrow_and_update() {
+                    if shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+                hub.shutdown();
+            });
+        });
     }
 
     /// Matches method and path to an action, or to the error status that answers it.
@@ -235,36 +263,50 @@ impl Gateway {
         }
     }
 
-    /// Pumps an opened stream. HTTP/1.1 leaves pingora's session for a small task of its own on the
-    /// raw connection (see [`crate::pump`]); HTTP/2 streams stay in their session.
-    async fn serve_stream(
-        &self,
-        session: ServerSession,
-        subscribed: Subscribed,
-        shutdown: &ShutdownWatch,
-    ) {
+    /// Pumps an opened stream. HTTP/1.1 and HTTP/2 streams leave pingora's session for a small task
+    /// of their own (see [`crate::pump`]): the raw connection, or the h2 stream's send half.
+    async fn serve_stream(&self, session: ServerSession, subscribed: Subscribed) {
         let Subscribed {
             queue,
             memberships,
             admitted,
-            settings,
+            topic,
+            expires_at,
         } = subscribed;
         // Leaving the topics and the limits happens when the pump ends.
         let held = (memberships, admitted);
+        let feed = Feed {
+            queue,
+            settings: self.pump_settings.clone(),
+            topic,
+            expires_at,
+        };
         match session {
             ServerSession::H1(h1) => {
                 let mut wire = RawH1Wire::new(h1.into_inner(), self.config.server.write_timeout);
-                let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     // pingora may still hold the head and preamble in its write buffer (TLS).
                     if wire.flush().await.is_ok() {
-                        pump(&mut wire, &queue, &settings, &shutdown).await;
+                        pump(&mut wire, &feed).await;
                     }
                     drop(held);
                 });
             }
+            ServerSession::H2(mut h2) => {
+                let Some(send) = h2.take_response_body_writer() else {
+                    return;
+                };
+                // The request, the response head and the body reader are not needed any more.
+                drop(h2);
+                let mut wire = H2Wire::new(send);
+                tokio::spawn(async move {
+                    pump(&mut wire, &feed).await;
+                    drop(held);
+                });
+            }
             mut session => {
-                pump(&mut SessionWire(&mut session), &queue, &settings, shutdown).await;
+                // Never taken by HTTP/1.1 or HTTP/2; boxed so it does not grow every request's future.
+                Box::pin(pump(&mut SessionWire(&mut session), &feed)).await;
                 drop(held);
             }
         }
@@ -347,13 +389,8 @@ impl Gateway {
             queue,
             memberships,
             admitted,
-            settings: PumpSettings {
-                heartbeat: self.config.server.heartbeat,
-                retry: self.config.server.retry,
-                topic: topics.join(","),
-                buffer: route.buffer,
-                expires_in: grant.map(|g| g.remaining()),
-            },
+            topic: topics.join(",").into_boxed_str(),
+            expires_at: grant.map(|g| Instant::now() + g.remaining()),
         })
     }
 }
@@ -364,7 +401,10 @@ struct Subscribed {
     memberships: Vec<Membership>,
     /// The stream's place under the connection limits.
     admitted: Option<Admitted>,
-    settings: PumpSettings,
+    /// For log lines only.
+    topic: Box<str>,
+    /// When the stream's token expires.
+    expires_at: Option<Instant>,
 }
 
 /// What happens to the connection after a request.
@@ -503,6 +543,7 @@ impl HttpServerApp for Gateway {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        self.watch_shutdown(shutdown);
         // A client that never finishes its request head (slow loris) is dropped.
         match tokio::time::timeout(self.config.server.request_timeout, session.read_request()).await
         {
@@ -567,11 +608,13 @@ impl HttpServerApp for Gateway {
             }
         };
         if let Reuse::Stream(subscribed) = reuse {
-            self.serve_stream(session, *subscribed, shutdown).await;
+            self.serve_stream(session, *subscribed).await;
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
+        // pingora's finish() is a large future; boxed, it does not grow every request's future
+        // (and with it every stream's start-up allocation).
+        match Box::pin(session.finish()).await {
             Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
             _ => None,
         }

@@ -24,6 +24,8 @@ pub enum Closed {
     Overflow,
     /// The broker subscription behind the stream could not be made.
     BrokerError,
+    /// The server is shutting down.
+    Shutdown,
 }
 
 /// What the client task gets from [`StreamQueue::next`].
