@@ -1,5 +1,6 @@
 //! Black-box tests: the real sluice binary, real brokers on free ports, real HTTP clients.
 
+mod access;
 mod backpressure;
 mod check;
 mod http;

@@ -68,7 +68,34 @@ pub struct Sluice {
     child: Child,
     pub addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
+    pub tls_addrs: Vec<SocketAddr>,
     pub dir: TempDir,
+}
+
+/// How to start a [`Sluice`].
+pub struct Options {
+    /// TLS listeners (with one self-signed certificate for `localhost`).
+    pub tls_listeners: usize,
+    /// Environment variables for the process.
+    pub env: Vec<(String, String)>,
+    /// The cleartext listen address (default: a free port).
+    pub addr: Option<SocketAddr>,
+    /// Write stdout and stderr to a file, read back with [`Sluice::log`].
+    pub capture_log: bool,
+    /// `RUST_LOG` (unless `SLUICE_TEST_LOG` overrides it).
+    pub log_level: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            tls_listeners: 0,
+            env: Vec::new(),
+            addr: None,
+            capture_log: false,
+            log_level: "warn".into(),
+        }
+    }
 }
 
 pub fn sluice_bin() -> &'static str {
@@ -84,48 +111,84 @@ impl Sluice {
 
     /// Like [`Self::start`], plus a TLS listener with a fresh self-signed certificate for `localhost`.
     pub async fn start_tls(body: &str) -> Self {
-        Self::start_with(body, true).await
+        Self::start_opts(
+            body,
+            Options {
+                tls_listeners: 1,
+                ..Options::default()
+            },
+        )
+        .await
     }
 
     async fn start_with(body: &str, tls: bool) -> Self {
+        let tls_listeners = usize::from(tls);
+        Self::start_opts(
+            body,
+            Options {
+                tls_listeners,
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts sluice with the given [`Options`].
+    pub async fn start_opts(body: &str, options: Options) -> Self {
         let dir = TempDir::new("sluice");
-        let port = sluice_testkit::free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let addr = options.addr.unwrap_or_else(|| {
+            let port = sluice_testkit::free_port();
+            format!("127.0.0.1:{port}").parse().expect("addr")
+        });
         let mut config = format!("[server]\nlisten = [\"{addr}\"]\n{body}\n");
-        let mut tls_addr = None;
-        if tls {
+        let mut tls_addrs = Vec::new();
+        if options.tls_listeners > 0 {
             let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
                 .expect("self-signed cert");
             std::fs::write(dir.0.join("cert.pem"), cert.cert.pem()).expect("write cert");
             std::fs::write(dir.0.join("key.pem"), cert.key_pair.serialize_pem())
                 .expect("write key");
-            let tport = sluice_testkit::free_port();
-            let taddr: SocketAddr = format!("127.0.0.1:{tport}").parse().expect("addr");
+            for _ in 0..options.tls_listeners {
+                let tport = sluice_testkit::free_port();
+                tls_addrs.push(format!("127.0.0.1:{tport}").parse().expect("addr"));
+            }
+            let listen: Vec<String> = tls_addrs.iter().map(|a| format!("\"{a}\"")).collect();
             config.push_str(&format!(
-                "\n[server.tls]\nlisten = [\"{taddr}\"]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n"
+                "\n[server.tls]\nlisten = [{}]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
+                listen.join(", ")
             ));
-            tls_addr = Some(taddr);
         }
         let path = dir.0.join("config.toml");
         std::fs::write(&path, &config).expect("write config");
-        let child = Command::new(sluice_bin())
+        let mut command = Command::new(sluice_bin());
+        command
             .arg("--config")
             .arg(&path)
             .env(
                 "RUST_LOG",
-                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| options.log_level.clone()),
             )
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start sluice");
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        if options.capture_log {
+            let log = std::fs::File::create(dir.0.join("sluice.log")).expect("log file");
+            command.stderr(log.try_clone().expect("log file")).stdout(log);
+        }
+        let child = command.spawn().expect("start sluice");
         let mut sluice = Self {
             child,
             addr,
-            tls_addr,
+            tls_addr: tls_addrs.first().copied(),
+            tls_addrs,
             dir,
         };
         sluice.wait_ready().await;
         sluice
+    }
+
+    /// What sluice logged, when started with `capture_log`.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("sluice.log")).unwrap_or_default()
     }
 
     async fn wait_ready(&mut self) {
@@ -480,19 +543,34 @@ pub async fn h1_stream(addr: SocketAddr, path: &str) -> SseStream {
 
 /// Opens an SSE stream over HTTP/1.1 with extra request headers (e.g. `last-event-id`).
 pub async fn h1_stream_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> SseStream {
+    h1_stream_with_method(addr, "GET", path, headers, "").await
+}
+
+/// Sends any request on its own HTTP/1.1 connection and reads the answer as a stream.
+pub async fn h1_stream_with_method(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> SseStream {
     within("open HTTP/1.1 stream", async {
         let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
             .expect("handshake");
         tokio::spawn(conn);
-        let mut req = Request::get(path)
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
             .header("host", addr.to_string())
             .header("accept", "text/event-stream");
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
-        let req = req.body(Empty::<Bytes>::new()).expect("request");
+        let req = req
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request");
         SseStream::new(sender.send_request(req).await.expect("response"))
     })
     .await
