@@ -138,7 +138,12 @@ async fn tokens_from_header_cookie_or_query_open_granted_topics_only() {
         Some("Bearer realm=\"sluice\"")
     );
     let forbidden = get_with(&sluice, "/sensors/b/temp", &[("authorization", &bearer)]).await;
-    assert_eq!(forbidden.status, StatusCode::FORBIDDEN, "{}", forbidden.text());
+    assert_eq!(
+        forbidden.status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        forbidden.text()
+    );
 
     let expired = format!("Bearer {}", token(-600, &["#"], &[]));
     let forged = format!(
@@ -156,7 +161,12 @@ async fn tokens_from_header_cookie_or_query_open_granted_topics_only() {
     }
 
     // A refused request is logged with its request line, and the query token is redacted there.
-    let refused = get_with(&sluice, &format!("/sensors/b/temp?access_token={good}"), &[]).await;
+    let refused = get_with(
+        &sluice,
+        &format!("/sensors/b/temp?access_token={good}"),
+        &[],
+    )
+    .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     let log = eventually("the refusal is logged", || async {
         let log = sluice.log();
@@ -170,7 +180,10 @@ async fn tokens_from_header_cookie_or_query_open_granted_topics_only() {
 async fn publishing_needs_a_publish_grant() {
     let sluice = start().await;
     let reader = format!("Bearer {}", token(600, &["sensors/#"], &[]));
-    let writer = format!("Bearer {}", token(600, &["sensors/#"], &["sensors/a/valve"]));
+    let writer = format!(
+        "Bearer {}",
+        token(600, &["sensors/#"], &["sensors/a/valve"])
+    );
     let mut stream = h1_stream_with(
         sluice.addr,
         "/sensors/a/valve",
@@ -237,11 +250,21 @@ auth = true
     let signing = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("signing key");
     let claims = serde_json::json!({"exp": now() + 600, "sluice": {"subscribe": ["s/+"]}});
     let good = encode(&Header::new(Algorithm::ES256), &claims, &signing).expect("encode");
-    let ok = get_with(&sluice, "/s/a", &[("authorization", &format!("Bearer {good}"))]).await;
+    let ok = get_with(
+        &sluice,
+        "/s/a",
+        &[("authorization", &format!("Bearer {good}"))],
+    )
+    .await;
     assert_eq!(ok.status, StatusCode::OK);
     // An HS256 token cannot pass for an ES256 one (no algorithm confusion).
     let hs = token(600, &["s/+"], &[]);
-    let refused = get_with(&sluice, "/s/a", &[("authorization", &format!("Bearer {hs}"))]).await;
+    let refused = get_with(
+        &sluice,
+        "/s/a",
+        &[("authorization", &format!("Bearer {hs}"))],
+    )
+    .await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
 }
 
@@ -259,7 +282,10 @@ async fn cors_echoes_listed_origins_with_credentials_only() {
         listed.header("access-control-allow-origin"),
         Some("https://dash.example.com")
     );
-    assert_eq!(listed.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(
+        listed.header("access-control-allow-credentials"),
+        Some("true")
+    );
     assert_eq!(listed.header("vary"), Some("origin"));
 
     let other = get_with(&sluice, "/open/a", &[("origin", "https://evil.example")]).await;
@@ -328,7 +354,10 @@ async fn multi_topic_streams_take_allowed_topics_from_the_query() {
     let enveloped = json.next_event().await;
     assert_eq!(enveloped.event, "message");
     let value: serde_json::Value = serde_json::from_str(&enveloped.data).expect("JSON data");
-    assert_eq!(value, serde_json::json!({"topic": "sensors/a/temp", "data": "21.5"}));
+    assert_eq!(
+        value,
+        serde_json::json!({"topic": "sensors/a/temp", "data": "21.5"})
+    );
 
     for (path, status) in [
         ("/stream", StatusCode::BAD_REQUEST),
@@ -368,15 +397,22 @@ async fn limits_refuse_with_503_and_hostile_requests_get_clear_errors() {
     drop(streams);
 
     let long = format!("/open/{}", "a".repeat(9000));
-    assert_eq!(get_with(&sluice, &long, &[]).await.status, StatusCode::URI_TOO_LONG);
+    assert_eq!(
+        get_with(&sluice, &long, &[]).await.status,
+        StatusCode::URI_TOO_LONG
+    );
     let big = "b".repeat(17 * 1024);
     assert_eq!(
-        get_with(&sluice, "/open/h", &[("x-big", &big)]).await.status,
+        get_with(&sluice, "/open/h", &[("x-big", &big)])
+            .await
+            .status,
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
     );
 
     // A client that never finishes its request head is dropped after request_timeout (1 s).
-    let mut slow = tokio::net::TcpStream::connect(sluice.addr).await.expect("connect");
+    let mut slow = tokio::net::TcpStream::connect(sluice.addr)
+        .await
+        .expect("connect");
     slow.write_all(b"GET /open/s HTTP/1.1\r\nhost: x\r\n")
         .await
         .expect("partial request");

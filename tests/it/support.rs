@@ -172,7 +172,9 @@ impl Sluice {
             .stdin(Stdio::null());
         if options.capture_log {
             let log = std::fs::File::create(dir.0.join("sluice.log")).expect("log file");
-            command.stderr(log.try_clone().expect("log file")).stdout(log);
+            command
+                .stderr(log.try_clone().expect("log file"))
+                .stdout(log);
         }
         let child = command.spawn().expect("start sluice");
         let mut sluice = Self {
