@@ -2,6 +2,8 @@
 
 mod access;
 mod backpressure;
+mod browser;
+mod cdp;
 mod check;
 mod http;
 mod jetstream;

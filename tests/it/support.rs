@@ -141,7 +141,7 @@ impl Sluice {
             format!("127.0.0.1:{port}").parse().expect("addr")
         });
         let mut config = format!("[server]\nlisten = [\"{addr}\"]\n{body}\n");
-        let mut tls_addrs = Vec::new();
+        let mut tls_addrs: Vec<SocketAddr> = Vec::new();
         if options.tls_listeners > 0 {
             let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
                 .expect("self-signed cert");
@@ -151,6 +151,10 @@ impl Sluice {
             for _ in 0..options.tls_listeners {
                 let tport = sluice_testkit::free_port();
                 tls_addrs.push(format!("127.0.0.1:{tport}").parse().expect("addr"));
+            }
+            // The body may name the TLS ports (e.g. in CORS origins) as TLS_PORT_0, TLS_PORT_1, ...
+            for (n, tls) in tls_addrs.iter().enumerate() {
+                config = config.replace(&format!("TLS_PORT_{n}"), &tls.port().to_string());
             }
             let listen: Vec<String> = tls_addrs.iter().map(|a| format!("\"{a}\"")).collect();
             config.push_str(&format!(
