@@ -65,6 +65,36 @@ pub struct AuthConfig {
     pub query: String,
     /// When set, a token must name this audience in `aud`.
     pub audience: Option<String>,
+    /// The environment variable holding the HS256 secret (for `sluice --mint-token`).
+    pub secret_env: Option<String>,
+}
+
+/// Signs an HS256 token granting `subscribe` and `publish` patterns for `ttl` (for demos and tests;
+/// production tokens come from the site's own login).
+pub fn mint(
+    secret: &[u8],
+    subscribe: &[String],
+    publish: &[String],
+    ttl: Duration,
+    audience: Option<&str>,
+) -> Result<String, String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
+    let mut claims = serde_json::json!({
+        "iat": now.as_secs(),
+        "exp": (now + ttl).as_secs(),
+        "sluice": { "subscribe": subscribe, "publish": publish },
+    });
+    if let Some(audience) = audience {
+        claims["aud"] = serde_json::json!(audience);
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Why a request is not authenticated (`401`).
@@ -222,6 +252,7 @@ mod tests {
             cookie: "sluice_token".into(),
             query: "access_token".into(),
             audience: None,
+            secret_env: None,
         }
     }
 
@@ -291,6 +322,20 @@ mod tests {
         .expect("encode");
         assert!(auth.verify(&forged).is_err());
         assert!(auth.verify("not.a.token").is_err());
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let minted = mint(
+            b"s3cret",
+            &["sensors/#".into()],
+            &[],
+            Duration::from_secs(60),
+            None,
+        )
+        .expect("mint");
+        let grant = config().verify(&minted).expect("valid");
+        assert!(grant.may_subscribe(TopicSyntax::Mqtt, "sensors/a"));
     }
 
     #[test]

@@ -470,6 +470,7 @@ fn validate_auth(at: &Locator, raw: RawAuth, base: &Path) -> Result<AuthConfig, 
         cookie: name(&raw.cookie, DEFAULT_COOKIE)?,
         query: name(&raw.query, DEFAULT_TOKEN_QUERY)?,
         audience: raw.audience.map(Spanned::into_inner),
+        secret_env: raw.jwt_secret_env.map(Spanned::into_inner),
     })
 }
 

@@ -26,6 +26,37 @@ struct Cli {
     /// Validate the configuration and exit: 0 when valid, 2 with `PATH:LINE:COLUMN: reason` when not.
     #[arg(long)]
     check: bool,
+    /// Print an HS256 token signed with the configured `[auth] jwt_secret_env` secret, and exit.
+    #[arg(long)]
+    mint_token: bool,
+    /// With --mint-token: a topic pattern the token may subscribe to (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    subscribe: Vec<String>,
+    /// With --mint-token: a topic pattern the token may publish to (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    publish: Vec<String>,
+    /// With --mint-token: how long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+}
+
+/// `--mint-token`: signs a token with the configured HS256 secret.
+fn mint_token(cli: &Cli, config: &config::Config) -> Result<String, String> {
+    let auth = config
+        .auth
+        .as_ref()
+        .ok_or("the configuration has no [auth] section")?;
+    let env = auth.secret_env.as_ref().ok_or(
+        "--mint-token signs HS256 tokens with jwt_secret_env; sign RS256/ES256 tokens with your own key",
+    )?;
+    let secret = std::env::var(env).map_err(|_| format!("{env} is not set"))?;
+    sluice::auth::mint(
+        secret.as_bytes(),
+        &cli.subscribe,
+        &cli.publish,
+        cli.ttl,
+        auth.audience.as_deref(),
+    )
 }
 
 fn main() -> ExitCode {
@@ -40,6 +71,18 @@ fn main() -> ExitCode {
     if cli.check {
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
+    }
+    if cli.mint_token {
+        return match mint_token(&cli, &config) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cannot mint a token: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     init_logging();
     match run(config) {

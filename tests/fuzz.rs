@@ -141,6 +141,7 @@ proptest! {
             cookie: "sluice_token".into(),
             query: "access_token".into(),
             audience: None,
+            secret_env: None,
         };
         prop_assert!(auth.verify(&token).is_err());
         prop_assert!(auth.verify(&parts.join(".")).is_err());

@@ -420,3 +420,26 @@ async fn limits_refuse_with_503_and_hostile_requests_get_clear_errors() {
     let read = within("slow client dropped", slow.read(&mut buf)).await;
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
+
+#[tokio::test]
+async fn mint_token_signs_what_the_server_accepts() {
+    let sluice = start().await;
+    let out = std::process::Command::new(sluice_bin())
+        .arg("--config")
+        .arg(sluice.dir.0.join("config.toml"))
+        .args(["--mint-token", "--subscribe", "sensors/a/+", "--ttl", "10m"])
+        .env("TEST_JWT_SECRET", SECRET)
+        .output()
+        .expect("run --mint-token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let minted = String::from_utf8(out.stdout).expect("utf-8");
+    let bearer = format!("Bearer {}", minted.trim());
+    let ok = get_with(&sluice, "/sensors/a/temp", &[("authorization", &bearer)]).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let denied = get_with(&sluice, "/sensors/b/temp", &[("authorization", &bearer)]).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+}
