@@ -72,6 +72,9 @@ struct Members {
     keep_current: bool,
     /// Counts the times the topic became empty, so a linger timer knows whether it is still current.
     emptied: u64,
+    /// Members whose JetStream backlog is being read, with the live messages that arrived meanwhile
+    /// (kept apart from `Member`, which every idle stream holds).
+    holding: HashMap<u64, Vec<Message>>,
 }
 
 struct Member {
@@ -80,8 +83,6 @@ struct Member {
     /// Wants retained messages (the route's `retained = true`).
     retained: bool,
     envelope: bool,
-    /// While a JetStream backlog is being read: the live messages that arrived meanwhile.
-    holding: Option<Vec<Message>>,
 }
 
 /// What a stream asks of the hub.
@@ -204,7 +205,9 @@ impl Hub {
                 topic.replay_backlog(&members, format, last, &mut backlog);
             }
             queue.preload(backlog);
-            let holding = reads_back.then(Vec::new);
+            if reads_back {
+                members.holding.insert(id, Vec::new());
+            }
             members.by_id.insert(
                 id,
                 Member {
@@ -212,7 +215,6 @@ impl Hub {
                     event: join.event,
                     retained: join.retained,
                     envelope: join.envelope,
-                    holding,
                 },
             );
             drop(members);
@@ -393,11 +395,11 @@ impl Topic {
             }
         }
         let mut members = lock(&self.members);
-        let Some(member) = members.by_id.get_mut(&id) else {
+        let held = members.holding.remove(&id).unwrap_or_default();
+        let Some(member) = members.by_id.get(&id) else {
             return Ok(());
         };
         let truncated = history.len() >= MAX_CATCH_UP;
-        let held = member.holding.take().unwrap_or_default();
         for (part, messages) in [history, held].iter().enumerate() {
             if part == 1 && truncated && messages.first().and_then(|m| m.seq) > Some(covered + 1) {
                 // The read stopped at its limit short of the live messages.
@@ -455,8 +457,8 @@ impl Topic {
         }
         // One frame per distinct event name and format; nearly always a single entry.
         let mut frames: Vec<((Option<&EventName>, bool), Bytes)> = Vec::with_capacity(1);
-        for member in members.by_id.values_mut() {
-            if let Some(held) = &mut member.holding {
+        for (id, member) in &members.by_id {
+            if let Some(held) = members.holding.get_mut(id) {
                 if held.len() < member.queue.capacity() {
                     held.push(message.clone());
                 } else {
@@ -508,6 +510,7 @@ impl Drop for Membership {
         let emptied = {
             let mut members = lock(&self.topic.members);
             members.by_id.remove(&self.id);
+            members.holding.remove(&self.id);
             if !members.by_id.is_empty() {
                 return;
             }

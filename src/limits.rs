@@ -16,9 +16,12 @@ pub struct Limits {
     open: Mutex<Open>,
 }
 
+/// Kept small for the common case: an HTTP/1.1 stream is its own connection and only counts; only
+/// multiplexed (HTTP/2) connections are tracked by address, and IPs only when a per-IP limit is set.
 #[derive(Default)]
 struct Open {
-    streams_by_connection: HashMap<SocketAddr, usize>,
+    connections: usize,
+    streams_by_multiplexed: HashMap<SocketAddr, usize>,
     connections_by_ip: HashMap<IpAddr, usize>,
 }
 
@@ -33,6 +36,7 @@ pub enum Refused {
 pub struct Admitted {
     limits: Arc<Limits>,
     connection: SocketAddr,
+    multiplexed: bool,
 }
 
 impl Limits {
@@ -49,47 +53,58 @@ impl Limits {
         self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Admits one more stream on `connection`, or says which limit it would break.
-    pub fn admit(self: &Arc<Self>, connection: SocketAddr) -> Result<Admitted, Refused> {
+    /// Admits one more stream on `connection` (`multiplexed`: an HTTP/2 connection, which may carry
+    /// others), or says which limit it would break.
+    pub fn admit(
+        self: &Arc<Self>,
+        connection: SocketAddr,
+        multiplexed: bool,
+    ) -> Result<Admitted, Refused> {
         let mut open = self.open();
-        if !open.streams_by_connection.contains_key(&connection) {
-            if open.streams_by_connection.len() >= self.max_connections {
+        let new_connection = !multiplexed || !open.streams_by_multiplexed.contains_key(&connection);
+        if new_connection {
+            if open.connections >= self.max_connections {
                 return Err(Refused::Connections);
             }
-            let per_ip = open
-                .connections_by_ip
-                .get(&connection.ip())
-                .copied()
-                .unwrap_or(0);
-            if self.max_per_ip > 0 && per_ip >= self.max_per_ip {
-                return Err(Refused::ConnectionsPerIp);
+            if self.max_per_ip > 0 {
+                let per_ip = open.connections_by_ip.entry(connection.ip()).or_default();
+                if *per_ip >= self.max_per_ip {
+                    return Err(Refused::ConnectionsPerIp);
+                }
+                *per_ip += 1;
             }
-            *open.connections_by_ip.entry(connection.ip()).or_default() += 1;
+            open.connections += 1;
         }
-        *open.streams_by_connection.entry(connection).or_default() += 1;
+        if multiplexed {
+            *open.streams_by_multiplexed.entry(connection).or_default() += 1;
+        }
         Ok(Admitted {
             limits: self.clone(),
             connection,
+            multiplexed,
         })
     }
 
     /// Connections holding open streams now.
     pub fn connections(&self) -> usize {
-        self.open().streams_by_connection.len()
+        self.open().connections
     }
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut open = self.limits.open();
-        let Some(streams) = open.streams_by_connection.get_mut(&self.connection) else {
-            return;
-        };
-        *streams -= 1;
-        if *streams > 0 {
-            return;
+        if self.multiplexed {
+            let Some(streams) = open.streams_by_multiplexed.get_mut(&self.connection) else {
+                return;
+            };
+            *streams -= 1;
+            if *streams > 0 {
+                return;
+            }
+            open.streams_by_multiplexed.remove(&self.connection);
         }
-        open.streams_by_connection.remove(&self.connection);
+        open.connections -= 1;
         let ip = self.connection.ip();
         if let Some(n) = open.connections_by_ip.get_mut(&ip) {
             *n -= 1;
@@ -111,22 +126,25 @@ mod tests {
     #[test]
     fn counts_connections_not_streams_and_frees_them() {
         let limits = Arc::new(Limits::new(2, 1));
-        let a1 = limits.admit(addr([10, 0, 0, 1], 1)).expect("first");
+        let a1 = limits.admit(addr([10, 0, 0, 1], 1), true).expect("first");
         let a2 = limits
-            .admit(addr([10, 0, 0, 1], 1))
-            .expect("same connection");
+            .admit(addr([10, 0, 0, 1], 1), true)
+            .expect("same h2 connection");
         assert_eq!(
-            limits.admit(addr([10, 0, 0, 1], 2)).err(),
+            limits.admit(addr([10, 0, 0, 1], 2), false).err(),
             Some(Refused::ConnectionsPerIp)
         );
-        let b = limits.admit(addr([10, 0, 0, 2], 1)).expect("other ip");
+        let b = limits
+            .admit(addr([10, 0, 0, 2], 1), false)
+            .expect("other ip");
         assert_eq!(
-            limits.admit(addr([10, 0, 0, 3], 1)).err(),
+            limits.admit(addr([10, 0, 0, 3], 1), false).err(),
             Some(Refused::Connections)
         );
         drop((a1, a2));
         assert_eq!(limits.connections(), 1);
-        assert!(limits.admit(addr([10, 0, 0, 1], 2)).is_ok());
+        assert!(limits.admit(addr([10, 0, 0, 1], 2), false).is_ok());
         drop(b);
+        assert_eq!(limits.connections(), 0);
     }
 }

@@ -18,6 +18,7 @@ use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
@@ -65,7 +66,9 @@ pub struct Feed {
 /// Runs the stream to its end and reports how it ended (logged at debug level here).
 ///
 /// One timer serves the stream: the heartbeat deadline while it waits for events, the write
-/// deadline while it writes. What an idle stream holds is this function's state, so it is kept small.
+/// deadline while a write is slow. What an idle stream holds is this function's state, so it is kept
+/// small. A busy stream touches no timer per event: a write that completes at once only records when
+/// it happened, and the heartbeat timer, when it fires, re-arms itself from that time.
 pub async fn pump(wire: &mut impl Wire, feed: &Feed) -> End {
     let Feed {
         queue,
@@ -73,17 +76,19 @@ pub async fn pump(wire: &mut impl Wire, feed: &Feed) -> End {
         topic,
         expires_at,
     } = feed;
-    // The idle deadline: the next heartbeat, or the token's expiry if that comes first.
-    let idle_deadline = || {
-        let heartbeat = Instant::now() + settings.heartbeat;
+    // When the timer should next wake: a heartbeat after the last write, or the token's expiry.
+    let wake_after = |last_write: Instant| {
+        let heartbeat = last_write + settings.heartbeat;
         expires_at.map_or(heartbeat, |e| e.min(heartbeat))
     };
-    let timer = tokio::time::sleep_until(idle_deadline());
+    let mut last_write = Instant::now();
+    let timer = tokio::time::sleep_until(wake_after(last_write));
     tokio::pin!(timer);
     let mut dropped_total: u64 = 0;
     // Reused for every batch, so taking frames from the queue allocates nothing.
     let mut frames = Vec::new();
     let end = loop {
+        let mut timer_spent = false;
         let data = tokio::select! {
             biased;
             () = wire.closed() => break End::ClientGone,
@@ -104,16 +109,27 @@ pub async fn pump(wire: &mut impl Wire, feed: &Feed) -> End {
                 Next::Closed(Closed::Shutdown) => break End::Shutdown,
             },
             () = &mut timer => {
-                if expires_at.is_some_and(|e| e <= Instant::now()) {
+                let now = Instant::now();
+                if expires_at.is_some_and(|e| e <= now) {
                     break End::TokenExpired;
                 }
+                if now < last_write + settings.heartbeat {
+                    // Events went out since the timer was armed: no heartbeat is due yet.
+                    timer.as_mut().reset(wake_after(last_write));
+                    continue;
+                }
+                timer_spent = true;
                 sse::heartbeat()
             }
         };
-        if let Err(e) = send(wire, data, timer.as_mut(), settings.write_timeout).await {
-            break End::WriteFailed(e);
+        match send(wire, data, timer.as_mut(), settings.write_timeout).await {
+            Err(e) => break End::WriteFailed(e),
+            Ok(used_timer) => timer_spent |= used_timer,
         }
-        timer.as_mut().reset(idle_deadline());
+        last_write = Instant::now();
+        if timer_spent {
+            timer.as_mut().reset(wake_after(last_write));
+        }
         // Give back what a burst grew, so an idle stream stays small.
         if frames.capacity() > 64 {
             frames = Vec::new();
@@ -148,19 +164,25 @@ pub async fn pump(wire: &mut impl Wire, feed: &Feed) -> End {
     end
 }
 
-/// Writes `data`, failing when the write is not done within `limit` (the stream's `timer` is reset
-/// to that deadline).
+/// Writes `data`, failing when the write is not done within `limit`. Most writes complete at once
+/// (room in the socket buffer or the h2 window) and leave the timer alone; a slow one resets the
+/// stream's `timer` to the write deadline, and then `Ok(true)` tells the caller to re-arm it.
 async fn send(
     wire: &mut impl Wire,
     data: Bytes,
     mut timer: Pin<&mut Sleep>,
     limit: Duration,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let mut data = data;
+    let write = wire.send(&mut data);
+    tokio::pin!(write);
+    if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        return done.map(|()| false);
+    }
     timer.as_mut().reset(Instant::now() + limit);
     tokio::select! {
         biased;
-        sent = wire.send(&mut data) => sent,
+        sent = write => sent.map(|()| true),
         () = timer => Err(format!("no progress writing for {limit:?}")),
     }
 }

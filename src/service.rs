@@ -322,12 +322,14 @@ impl Gateway {
         cors_headers: &[(&'static str, String)],
     ) -> Result<Subscribed, Error> {
         let admitted = match session.client_addr().and_then(|a| a.as_inet()) {
-            Some(client) => Some(self.limits.admit(*client).map_err(|refused| {
-                Error::Busy(match refused {
-                    Refused::Connections => "too many connections",
-                    Refused::ConnectionsPerIp => "too many connections from this address",
-                })
-            })?),
+            Some(client) => Some(self.limits.admit(*client, session.is_http2()).map_err(
+                |refused| {
+                    Error::Busy(match refused {
+                        Refused::Connections => "too many connections",
+                        Refused::ConnectionsPerIp => "too many connections from this address",
+                    })
+                },
+            )?),
             None => None,
         };
         let queue = Arc::new(StreamQueue::new(route.buffer, route.overflow));

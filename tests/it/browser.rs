@@ -4,7 +4,6 @@
 
 use crate::cdp::Browser;
 use crate::support::*;
-use async_nats::jetstream::{self, stream};
 use serde_json::json;
 use sluice_testkit::NatsServer;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -34,6 +33,17 @@ fn page_dir() -> TempDir {
     let dir = TempDir::new("page");
     std::fs::write(dir.0.join("page.html"), PAGE).expect("write page");
     dir
+}
+
+/// Opens the test page at `url` and waits until its stream is open.
+async fn open_test_page(browser: &mut Browser, url: &str) {
+    browser.navigate(url).await;
+    browser
+        .wait_for(
+            "the stream open",
+            "window.results && window.results.opens >= 1",
+        )
+        .await;
 }
 
 fn dashboard_dir() -> String {
@@ -181,17 +191,11 @@ auth = true
     browser
         .set_cookie(&format!("{stream_origin}/"), "sluice_token", &token)
         .await;
-    browser
-        .navigate(&format!(
-            "{page_origin}/page.html#{stream_origin}/secure/a/temp?forbidden=/secure/b/temp"
-        ))
-        .await;
-    browser
-        .wait_for(
-            "the stream open",
-            "window.results && window.results.opens >= 1",
-        )
-        .await;
+    open_test_page(
+        &mut browser,
+        &format!("{page_origin}/page.html#{stream_origin}/secure/a/temp?forbidden=/secure/b/temp"),
+    )
+    .await;
     // The stream is open, so its subscription is live: one publish (on a route without auth) arrives.
     publish(sluice.addr, "/sensors/a/temp", "21.5").await;
     let events = browser
@@ -217,15 +221,7 @@ auth = true
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_browser_resumes_from_jetstream_across_a_sluice_restart() {
     let server = NatsServer::start();
-    let client = async_nats::connect(server.url()).await.expect("connect");
-    let js = jetstream::new(client);
-    js.create_stream(stream::Config {
-        name: "ORDERS".into(),
-        subjects: vec!["orders.>".into()],
-        ..stream::Config::default()
-    })
-    .await
-    .expect("stream");
+    let js = crate::jetstream::orders_stream(&server).await;
     let pages = page_dir();
     let body = format!(
         r#"
@@ -248,15 +244,11 @@ jetstream = "ORDERS"
     let mut before = Sluice::start(&body).await;
     let addr = before.addr;
     let mut browser = Browser::launch().await;
-    browser
-        .navigate(&format!("http://{addr}/page.html#http://{addr}/orders"))
-        .await;
-    browser
-        .wait_for(
-            "the stream open",
-            "window.results && window.results.opens >= 1",
-        )
-        .await;
+    open_test_page(
+        &mut browser,
+        &format!("http://{addr}/page.html#http://{addr}/orders"),
+    )
+    .await;
     let publish = |range: std::ops::Range<usize>| {
         let js = js.clone();
         async move {

@@ -25,7 +25,7 @@ buffer = 20000
 
 /// A JetStream context on `server` with the stream `ORDERS` on `orders.>` (file storage, so it
 /// survives a server restart).
-async fn orders_stream(server: &NatsServer) -> jetstream::Context {
+pub async fn orders_stream(server: &NatsServer) -> jetstream::Context {
     let client = async_nats::connect(server.url()).await.expect("connect");
     let js = jetstream::new(client);
     js.create_stream(stream::Config {
