@@ -54,41 +54,40 @@ pub struct PumpSettings {
 
 /// What a stream's task holds besides its wire (passed as one reference: every argument of an async
 /// function is stored in its state, and the state of an idle stream is what it costs).
-pub struct Feed {
+pub struct Feed<H = ()> {
     pub queue: Arc<StreamQueue>,
     pub settings: Arc<PumpSettings>,
     /// For log lines only.
     pub topic: Box<str>,
     /// When the stream's token expires (routes with `auth = true`): the stream ends then.
     pub expires_at: Option<Instant>,
+    /// Whatever the stream holds until it ends (its topic memberships, its place under the limits).
+    pub held: H,
 }
 
 /// Runs the stream to its end and reports how it ended (logged at debug level here).
 ///
 /// One timer serves the stream: the heartbeat deadline while it waits for events, the write
 /// deadline while a write is slow. What an idle stream holds is this function's state, so it is kept
-/// small. A busy stream touches no timer per event: a write that completes at once only records when
-/// it happened, and the heartbeat timer, when it fires, re-arms itself from that time.
-pub async fn pump(wire: &mut impl Wire, feed: &Feed) -> End {
+/// small. A busy stream touches no timer per event: a write that completes at once only sets a flag,
+/// which the heartbeat timer checks when it fires.
+pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &Feed<H>) -> End {
     let Feed {
         queue,
         settings,
         topic,
         expires_at,
+        ..
     } = feed;
-    // When the timer should next wake: a heartbeat after the last write, or the token's expiry.
-    let wake_after = |last_write: Instant| {
-        let heartbeat = last_write + settings.heartbeat;
-        expires_at.map_or(heartbeat, |e| e.min(heartbeat))
-    };
-    let mut last_write = Instant::now();
-    let timer = tokio::time::sleep_until(wake_after(last_write));
+    let timer = tokio::time::sleep_until(next_wake(feed));
     tokio::pin!(timer);
+    // Set by every write; the heartbeat timer, when it fires, only re-arms itself if it is set. So
+    // an idle stream gets a comment after one to two `heartbeat`s of silence.
+    let mut wrote = false;
     let mut dropped_total: u64 = 0;
     // Reused for every batch, so taking frames from the queue allocates nothing.
     let mut frames = Vec::new();
     let end = loop {
-        let mut timer_spent = false;
         let data = tokio::select! {
             biased;
             () = wire.closed() => break End::ClientGone,
@@ -109,26 +108,22 @@ pub async fn pump(wire: &mut impl Wire, feed: &Feed) -> End {
                 Next::Closed(Closed::Shutdown) => break End::Shutdown,
             },
             () = &mut timer => {
-                let now = Instant::now();
-                if expires_at.is_some_and(|e| e <= now) {
+                if expires_at.is_some_and(|e| e <= Instant::now()) {
                     break End::TokenExpired;
                 }
-                if now < last_write + settings.heartbeat {
+                timer.as_mut().reset(next_wake(feed));
+                if std::mem::take(&mut wrote) {
                     // Events went out since the timer was armed: no heartbeat is due yet.
-                    timer.as_mut().reset(wake_after(last_write));
                     continue;
                 }
-                timer_spent = true;
                 sse::heartbeat()
             }
         };
         match send(wire, data, timer.as_mut(), settings.write_timeout).await {
             Err(e) => break End::WriteFailed(e),
-            Ok(used_timer) => timer_spent |= used_timer,
-        }
-        last_write = Instant::now();
-        if timer_spent {
-            timer.as_mut().reset(wake_after(last_write));
+            // A slow write used the timer as its deadline: back to the heartbeat.
+            Ok(true) => timer.as_mut().reset(next_wake(feed)),
+            Ok(false) => wrote = true,
         }
         // Give back what a burst grew, so an idle stream stays small.
         if frames.capacity() > 64 {
@@ -162,6 +157,12 @@ pub async fn pump(wire: &mut impl Wire, feed: &Feed) -> End {
         }
     }
     end
+}
+
+/// When a stream's timer should next wake: one heartbeat from now, or the token's expiry if sooner.
+fn next_wake<H>(feed: &Feed<H>) -> Instant {
+    let heartbeat = Instant::now() + feed.settings.heartbeat;
+    feed.expires_at.map_or(heartbeat, |e| e.min(heartbeat))
 }
 
 /// Writes `data`, failing when the write is not done within `limit`. Most writes complete at once

@@ -273,14 +273,16 @@ impl Gateway {
             topic,
             expires_at,
         } = subscribed;
-        // Leaving the topics and the limits happens when the pump ends.
-        let held = (memberships, admitted);
-        let feed = Feed {
+        // One allocation per stream holds what it needs, so the stream's task stays small (the task
+        // of an idle stream is most of what it costs). The topics and the limits are left when the
+        // pump ends and this is dropped.
+        let feed = Box::new(Feed {
             queue,
             settings: self.pump_settings.clone(),
             topic,
             expires_at,
-        };
+            held: (memberships, admitted),
+        });
         match session {
             ServerSession::H1(h1) => {
                 let mut wire = RawH1Wire::new(h1.into_inner(), self.config.server.write_timeout);
@@ -289,7 +291,7 @@ impl Gateway {
                     if wire.flush().await.is_ok() {
                         pump(&mut wire, &feed).await;
                     }
-                    drop(held);
+                    drop(feed);
                 });
             }
             ServerSession::H2(mut h2) => {
@@ -301,13 +303,13 @@ impl Gateway {
                 let mut wire = H2Wire::new(send);
                 tokio::spawn(async move {
                     pump(&mut wire, &feed).await;
-                    drop(held);
+                    drop(feed);
                 });
             }
             mut session => {
                 // Never taken by HTTP/1.1 or HTTP/2; boxed so it does not grow every request's future.
                 Box::pin(pump(&mut SessionWire(&mut session), &feed)).await;
-                drop(held);
+                drop(feed);
             }
         }
     }
