@@ -56,6 +56,9 @@ struct Topic {
     subscription: Mutex<Option<Subscription>>,
     /// Set once the topic has left the registry; a subscription that arrives later is dropped.
     retired: AtomicBool,
+    /// Set (and `on_established` notified) once the broker subscription is live.
+    established: AtomicBool,
+    on_established: tokio::sync::Notify,
     stats: Arc<OverflowStats>,
 }
 
@@ -247,12 +250,16 @@ impl Hub {
             };
             tracing::debug!(broker = key.0, filter = %key.1, "broker subscription opened");
             *lock(&topic.subscription) = Some(subscription);
+            topic.mark_established();
             if topic.retired.load(Ordering::Acquire) {
                 // Every stream left while the subscription was being made.
                 lock(&topic.subscription).take();
             }
         }
         if reads_back {
+            // Read back only once the live consumer exists: it starts at the stream's end when it is
+            // made, so a read that ended before that could miss what came in between.
+            topic.wait_established().await;
             let last = join.last_event_id.unwrap_or_default();
             topic.catch_up(bridge.as_ref(), id, &last).await?;
         }
@@ -270,6 +277,7 @@ impl Hub {
         for member in lock(&topic.members).by_id.values() {
             member.queue.close(Closed::BrokerError);
         }
+        topic.on_established.notify_waiters();
     }
 }
 
@@ -288,8 +296,29 @@ impl Topic {
             }),
             subscription: Mutex::new(None),
             retired: AtomicBool::new(false),
+            established: AtomicBool::new(false),
+            on_established: tokio::sync::Notify::new(),
             stats,
         }
+    }
+
+    /// Returns once the broker subscription is live (or the topic is gone).
+    async fn wait_established(&self) {
+        loop {
+            let notified = self.on_established.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a notification in between is not missed.
+            notified.as_mut().enable();
+            if self.established.load(Ordering::Acquire) || self.retired.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn mark_established(&self) {
+        self.established.store(true, Ordering::Release);
+        self.on_established.notify_waiters();
     }
 
     fn linger(&self) -> Duration {
