@@ -23,18 +23,7 @@ pub const MAX_ID_LEN: usize = 128;
 /// This process's epoch, drawn once.
 pub fn epoch() -> u32 {
     static EPOCH: OnceLock<u32> = OnceLock::new();
-    *EPOCH.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or_default(),
-        );
-        hasher.write_u32(std::process::id());
-        hasher.finish() as u32
-    })
+    *EPOCH.get_or_init(|| crate::sse::random_u64() as u32)
 }
 
 /// A new topic instance number, unique in this process.

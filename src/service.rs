@@ -205,7 +205,7 @@ impl Gateway {
             Action::Preflight => {
                 let mut headers = cors_headers.to_vec();
                 if cors::allows_origin(cors_headers) {
-                    headers.extend(cors::preflight_headers(session.req_header()));
+                    headers.extend(cors::preflight_headers());
                 }
                 respond(session, 204, "text/plain", Bytes::new(), &headers).await?;
                 Ok(Reuse::Yes)
@@ -255,34 +255,17 @@ impl Gateway {
             }
             Action::Stream(route, topics) => {
                 let grant = self.authorize(session.req_header(), route, &topics, false)?;
-                Ok(Reuse::Stream(Box::new(
+                Ok(Reuse::Stream(
                     self.open_stream(session, route, topics, grant, cors_headers)
                         .await?,
-                )))
+                ))
             }
         }
     }
 
     /// Pumps an opened stream. HTTP/1.1 and HTTP/2 streams leave pingora's session for a small task
     /// of their own (see [`crate::pump`]): the raw connection, or the h2 stream's send half.
-    async fn serve_stream(&self, session: ServerSession, subscribed: Subscribed) {
-        let Subscribed {
-            queue,
-            memberships,
-            admitted,
-            topic,
-            expires_at,
-        } = subscribed;
-        // One allocation per stream holds what it needs, so the stream's task stays small (the task
-        // of an idle stream is most of what it costs). The topics and the limits are left when the
-        // pump ends and this is dropped.
-        let feed = Box::new(Feed {
-            queue,
-            settings: self.pump_settings.clone(),
-            topic,
-            expires_at,
-            held: (memberships, admitted),
-        });
+    async fn serve_stream(&self, session: ServerSession, feed: Box<StreamFeed>) {
         match session {
             ServerSession::H1(h1) => {
                 let mut wire = RawH1Wire::new(h1.into_inner(), self.config.server.write_timeout);
@@ -322,7 +305,7 @@ impl Gateway {
         topics: Vec<String>,
         grant: Option<Grant>,
         cors_headers: &[(&'static str, String)],
-    ) -> Result<Subscribed, Error> {
+    ) -> Result<Box<StreamFeed>, Error> {
         let admitted = match session.client_addr().and_then(|a| a.as_inet()) {
             Some(client) => Some(self.limits.admit(*client, session.is_http2()).map_err(
                 |refused| {
@@ -389,34 +372,29 @@ impl Gateway {
             .await
             .map_err(Error::Write)?;
 
-        Ok(Subscribed {
+        // One allocation per stream holds what it needs, so the stream's task stays small (the task
+        // of an idle stream is most of what it costs). The topics and the limits are left when the
+        // pump ends and this is dropped.
+        Ok(Box::new(Feed {
             queue,
-            memberships,
-            admitted,
+            settings: self.pump_settings.clone(),
             topic: topics.join(",").into_boxed_str(),
             expires_at: grant.map(|g| Instant::now() + g.remaining()),
-        })
+            held: (memberships, admitted),
+        }))
     }
 }
 
-/// A stream whose subscription is live and whose response head and preamble are written.
-struct Subscribed {
-    queue: Arc<StreamQueue>,
-    memberships: Vec<Membership>,
-    /// The stream's place under the connection limits.
-    admitted: Option<Admitted>,
-    /// For log lines only.
-    topic: Box<str>,
-    /// When the stream's token expires.
-    expires_at: Option<Instant>,
-}
+/// A stream whose subscription is live and whose response head and preamble are written: what its
+/// pump needs, and what it holds until it ends (its topic memberships, its place under the limits).
+type StreamFeed = Feed<(Vec<Membership>, Option<Admitted>)>;
 
 /// What happens to the connection after a request.
 enum Reuse {
     /// Keep the connection for the next request.
     Yes,
     /// An SSE stream was opened: pump it, then close.
-    Stream(Box<Subscribed>),
+    Stream(Box<StreamFeed>),
 }
 
 /// The position a client resumes from: the `Last-Event-ID` header a browser sends when it reconnects,
@@ -611,8 +589,8 @@ impl HttpServerApp for Gateway {
                 Reuse::Yes
             }
         };
-        if let Reuse::Stream(subscribed) = reuse {
-            self.serve_stream(session, *subscribed).await;
+        if let Reuse::Stream(feed) = reuse {
+            self.serve_stream(session, feed).await;
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);

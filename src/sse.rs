@@ -75,8 +75,8 @@ pub fn shutdown_retry(retry: Duration) -> Bytes {
 }
 
 /// A random number from the standard library's per-process random hash keys (no extra dependency;
-/// quality is irrelevant for spreading reconnects).
-fn random_u64() -> u64 {
+/// good enough to spread reconnects and to tell one process's replay ids from another's).
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(0);

@@ -106,7 +106,7 @@ impl Sluice {
     /// Starts sluice with `[server] listen` on a free port; `body` follows the `listen` line, so it may
     /// add more `[server]` keys before its own tables.
     pub async fn start(body: &str) -> Self {
-        Self::start_with(body, false).await
+        Self::start_opts(body, Options::default()).await
     }
 
     /// Like [`Self::start`], plus a TLS listener with a fresh self-signed certificate for `localhost`.
@@ -115,18 +115,6 @@ impl Sluice {
             body,
             Options {
                 tls_listeners: 1,
-                ..Options::default()
-            },
-        )
-        .await
-    }
-
-    async fn start_with(body: &str, tls: bool) -> Self {
-        let tls_listeners = usize::from(tls);
-        Self::start_opts(
-            body,
-            Options {
-                tls_listeners,
                 ..Options::default()
             },
         )
