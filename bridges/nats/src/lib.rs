@@ -80,16 +80,13 @@ impl NatsBridge {
         &self,
         name: &str,
     ) -> Result<(async_nats::jetstream::stream::Stream, u64, u64), BridgeError> {
-        let mut stream = self
+        let stream = self
             .jetstream
             .get_stream(name)
             .await
             .map_err(|e| BridgeError::Unavailable(format!("JetStream stream {name:?}: {e}")))?;
-        let state = &stream
-            .info()
-            .await
-            .map_err(|e| BridgeError::Unavailable(format!("JetStream stream {name:?}: {e}")))?
-            .state;
+        // get_stream asked the server for the stream's info just now: no second request.
+        let state = &stream.cached_info().state;
         let (first, last) = (state.first_sequence, state.last_sequence);
         Ok((stream, first, last))
     }
