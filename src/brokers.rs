@@ -4,7 +4,7 @@ use crate::config::{Broker, BrokerKind};
 use sluice_bridge::{Bridge, BridgeError};
 use sluice_memory::MemoryBridge;
 use sluice_mqtt::{MqttBridge, MqttSettings};
-use sluice_nats::NatsBridge;
+use sluice_nats::{NatsBridge, NatsSettings};
 use std::sync::Arc;
 
 /// Connects every broker, in configuration order. A broker that is down is not an error: its bridge
@@ -14,7 +14,19 @@ pub async fn connect_all(brokers: &[Broker]) -> Result<Vec<Arc<dyn Bridge>>, Bri
     for broker in brokers {
         let bridge: Arc<dyn Bridge> = match &broker.kind {
             BrokerKind::Memory => Arc::new(MemoryBridge::new()),
-            BrokerKind::Nats { url } => Arc::new(NatsBridge::connect(&broker.name, url).await?),
+            BrokerKind::Nats {
+                url,
+                max_control_line,
+            } => Arc::new(
+                NatsBridge::connect(
+                    &broker.name,
+                    &NatsSettings {
+                        url: url.clone(),
+                        max_control_line: *max_control_line,
+                    },
+                )
+                .await?,
+            ),
             BrokerKind::Mqtt {
                 url,
                 client_id,

@@ -104,6 +104,7 @@ struct RawBroker {
     url: Option<Spanned<String>>,
     client_id: Option<Spanned<String>>,
     qos: Option<Spanned<u8>>,
+    max_control_line: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +200,8 @@ pub enum BrokerKind {
     Memory,
     Nats {
         url: String,
+        /// The server's `max_control_line`: the longest protocol line (and so subject) it takes.
+        max_control_line: usize,
     },
     Mqtt {
         url: String,
@@ -315,6 +318,9 @@ pub const DEFAULT_TOKEN_QUERY: &str = "access_token";
 pub const DEFAULT_SIMULATED_DEVICES: usize = 4;
 pub const DEFAULT_SIMULATOR_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_REPLAY: usize = 1_000_000;
+pub const DEFAULT_MAX_CONTROL_LINE: usize = sluice_nats::DEFAULT_MAX_CONTROL_LINE;
+pub const MAX_CONTROL_LINE_RANGE: std::ops::RangeInclusive<usize> =
+    sluice_nats::MIN_MAX_CONTROL_LINE..=16 * 1024 * 1024;
 
 // ---- loading and validation ------------------------------------------------------------------
 
@@ -669,9 +675,16 @@ fn validate_broker(at: &Locator, name: &str, raw: RawBroker) -> Result<BrokerKin
         }
         Ok(())
     };
+    let not_nats = |raw: &RawBroker| -> Result<(), ConfigError> {
+        match &raw.max_control_line {
+            Some(m) => Err(at.error(m.span(), "max_control_line is for nats brokers only")),
+            None => Ok(()),
+        }
+    };
     match raw.kind.get_ref().as_str() {
         "memory" => {
             not_mqtt(&raw)?;
+            not_nats(&raw)?;
             if let Some(u) = &raw.url {
                 return Err(at.error(u.span(), "a memory broker has no url"));
             }
@@ -679,9 +692,27 @@ fn validate_broker(at: &Locator, name: &str, raw: RawBroker) -> Result<BrokerKin
         }
         "nats" => {
             not_mqtt(&raw)?;
-            Ok(BrokerKind::Nats { url: url("nats")? })
+            let max_control_line = match &raw.max_control_line {
+                None => DEFAULT_MAX_CONTROL_LINE,
+                Some(m) if MAX_CONTROL_LINE_RANGE.contains(m.get_ref()) => *m.get_ref(),
+                Some(m) => {
+                    return Err(at.error(
+                        m.span(),
+                        format!(
+                            "max_control_line must be between {} and {} bytes",
+                            MAX_CONTROL_LINE_RANGE.start(),
+                            MAX_CONTROL_LINE_RANGE.end()
+                        ),
+                    ))
+                }
+            };
+            Ok(BrokerKind::Nats {
+                url: url("nats")?,
+                max_control_line,
+            })
         }
         "mqtt" => {
+            not_nats(&raw)?;
             let url = url("mqtt")?;
             let qos = match &raw.qos {
                 None => 1,

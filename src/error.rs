@@ -48,6 +48,7 @@ impl Error {
             Error::HeaderTooLarge(_) => 431,
             Error::UriTooLong(_) => 414,
             Error::Bridge(BridgeError::InvalidTopic { .. }) => 400,
+            Error::Bridge(BridgeError::PayloadTooLarge { .. }) => 413,
             Error::Bridge(BridgeError::Unavailable(_)) => 503,
             Error::Bridge(BridgeError::Broker(_)) => 502,
             Error::Bridge(BridgeError::Unsupported(_)) => 500,

@@ -16,7 +16,7 @@ use crate::replay::{self, ReplayBuffer};
 use crate::sse::{self, GapReason};
 use crate::stream::{Closed, OverflowStats, StreamQueue};
 use bytes::Bytes;
-use sluice_bridge::{Bridge, BridgeError, Message, Sink, Subscription};
+use sluice_bridge::{Bridge, BridgeError, Delivery, Interruption, Message, Sink, Subscription};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -229,10 +229,19 @@ impl Hub {
             id,
         };
         if created {
-            let weak = Arc::downgrade(&topic);
-            let sink: Sink = Arc::new(move |message: Message| {
-                if let Some(topic) = Weak::upgrade(&weak) {
-                    topic.fan_out(&message);
+            let (weak_topic, weak_hub) = (Arc::downgrade(&topic), Arc::downgrade(&self.inner));
+            let sink = Sink::new(move |delivery| {
+                let Some(topic) = Weak::upgrade(&weak_topic) else {
+                    return;
+                };
+                match delivery {
+                    Delivery::Message(message) => topic.fan_out(&message),
+                    Delivery::Interrupted(why) => topic.interrupted(why),
+                    Delivery::Failed(reason) => {
+                        if let Some(hub) = Weak::upgrade(&weak_hub) {
+                            hub.fail(&topic, &reason);
+                        }
+                    }
                 }
             });
             let subscribed = match &key.2 {
@@ -446,6 +455,24 @@ impl Topic {
         Ok(())
     }
 
+    /// The broker may have lost messages of this topic: every stream is told with a `gap` event. A
+    /// JetStream stream that was replaced starts its sequences over.
+    fn interrupted(&self, why: Interruption) {
+        let mut members = lock(&self.members);
+        let reason = match why {
+            Interruption::StreamReplaced => {
+                members.head = 0;
+                GapReason::StreamReplaced
+            }
+            Interruption::LateSubscription => GapReason::LateSubscription,
+        };
+        tracing::info!(broker = self.key.0, filter = %self.key.1, reason = reason.as_str(), "broker interruption; telling every stream");
+        let frame = sse::gap(reason, None);
+        for member in members.by_id.values() {
+            member.queue.push(frame.clone(), &self.stats);
+        }
+    }
+
     fn fan_out(&self, message: &Message) {
         let mut guard = lock(&self.members);
         let members = &mut *guard;
@@ -515,6 +542,23 @@ impl Topic {
 }
 
 impl HubInner {
+    /// The broker gave up `topic`'s subscription: its streams end (their clients reconnect and
+    /// subscribe afresh) and the topic leaves the registry.
+    fn fail(&self, topic: &Arc<Topic>, reason: &str) {
+        tracing::warn!(broker = topic.key.0, filter = %topic.key.1, %reason, "broker subscription failed; closing its streams");
+        let subscription = {
+            let mut topics = lock(&self.topics);
+            topic.leave_registry(&mut topics);
+            for member in lock(&topic.members).by_id.values() {
+                member.queue.close(Closed::BrokerError);
+            }
+            lock(&topic.subscription).take()
+        };
+        topic.on_established.notify_waiters();
+        // Dropped outside every lock: dropping a subscription may call into the bridge.
+        drop(subscription);
+    }
+
     /// Retires `topic` if no stream joined it since it became empty for the `emptied`-th time.
     fn retire_if_idle(&self, topic: &Arc<Topic>, emptied: u64) {
         let subscription = {

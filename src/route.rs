@@ -1,9 +1,10 @@
 //! Path templates and topic templates: matching a request path, checking its parameters, and building
 //! the concrete broker topic. Pure: no I/O.
 //!
-//! A parameter value is checked before anything is subscribed: it must be non-empty UTF-8 without
-//! control characters or the wildcard and separator characters of the route's broker, also when they
-//! arrive percent-encoded. So a path can never widen or redirect a subscription.
+//! A parameter value is checked before anything is subscribed: it must be non-empty UTF-8 that the
+//! broker accepts in a topic (no control characters; for MQTT no Unicode noncharacters) without the
+//! wildcard and separator characters of the route's broker, also when they arrive percent-encoded.
+//! So a path can never widen or redirect a subscription, or carry what the broker would refuse.
 
 use percent_encoding::percent_decode_str;
 use sluice_bridge::TopicSyntax;
@@ -143,9 +144,7 @@ pub fn check_param(raw: &str, syntax: TopicSyntax) -> Result<String, String> {
     if value.is_empty() {
         return Err("empty value".into());
     }
-    if value.chars().any(char::is_control) {
-        return Err("control characters are not allowed".into());
-    }
+    syntax.check_text(&value).map_err(str::to_owned)?;
     if value.chars().any(|c| syntax.is_reserved(c)) {
         return Err(format!(
             "{} are not allowed (they would change the topic)",
@@ -252,7 +251,21 @@ mod tests {
     #[test]
     fn params_cannot_widen_a_subscription() {
         let t = path("/s/{x}");
-        for bad in ["+", "%2B", "#", "%23", "a%2Fb", "", "%00", "%0a", "%FF"] {
+        for bad in [
+            "+",
+            "%2B",
+            "#",
+            "%23",
+            "a%2Fb",
+            "",
+            "%00",
+            "%0a",
+            "%FF",
+            "%EF%BF%BE",
+            "%EF%BF%BF",
+            "%EF%B7%90",
+            "%C2%85",
+        ] {
             assert!(
                 matches!(t.matches(&format!("/s/{bad}"), Mqtt), Some(Err(_))),
                 "mqtt accepted {bad:?}"

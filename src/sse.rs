@@ -39,6 +39,12 @@ pub enum GapReason {
     Expired,
     /// The stream's queue was full and the `drop-oldest` policy discarded events.
     Overflow,
+    /// The JetStream stream was deleted and created again: its ids start over, and what the old one
+    /// held after the client's position is gone.
+    StreamReplaced,
+    /// The broker confirmed the topic's subscription only after the stream had opened (it was hung or
+    /// away): what was published in between may be missing.
+    LateSubscription,
 }
 
 impl GapReason {
@@ -47,6 +53,8 @@ impl GapReason {
             GapReason::UnknownId => "unknown-id",
             GapReason::Expired => "expired",
             GapReason::Overflow => "overflow",
+            GapReason::StreamReplaced => "stream-replaced",
+            GapReason::LateSubscription => "late-subscription",
         }
     }
 }

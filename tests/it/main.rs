@@ -2,6 +2,7 @@
 
 mod access;
 mod backpressure;
+mod broker_rules;
 mod browser;
 mod cdp;
 mod check;

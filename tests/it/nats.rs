@@ -35,7 +35,8 @@ async fn client(server: &NatsServer) -> async_nats::Client {
         .expect("connect to nats")
 }
 
-/// The subjects sluice's own connection (named `sluice/core`) is subscribed to, from `/connz`.
+/// The subjects sluice's own connection (named `sluice/core`) is subscribed to for its topics, from
+/// `/connz`.
 async fn sluice_subscriptions(server: &NatsServer) -> Vec<String> {
     let url = server.monitor_url("/connz?subs=1");
     let addr = url
@@ -59,6 +60,8 @@ async fn sluice_subscriptions(server: &NatsServer) -> Vec<String> {
                 .unwrap_or_default()
         })
         .filter_map(|s| s.as_str().map(str::to_owned))
+        // The client's own reply inbox (its confirmation round trips use it), not a topic.
+        .filter(|s| !s.starts_with("_INBOX."))
         .collect();
     subs.sort();
     subs

@@ -48,8 +48,65 @@ pub struct History {
     pub last: u64,
 }
 
-/// Where a bridge delivers the messages of one subscription. Must return quickly and never block.
-pub type Sink = Arc<dyn Fn(Message) + Send + Sync>;
+/// What a bridge tells one subscription.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// A message on the subscription.
+    Message(Message),
+    /// Messages may have been lost between the previous delivery and the next one, and the broker
+    /// cannot say which (see [`Interruption`]). The subscription goes on.
+    Interrupted(Interruption),
+    /// The broker refused the subscription (or it had to be given up to keep the connection alive
+    /// for every other subscription): nothing more will be delivered.
+    Failed(String),
+}
+
+/// Why a subscription may have missed messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interruption {
+    /// The persistent stream was deleted and created again: its positions start over, and what the old
+    /// stream held after the last delivered position is gone.
+    StreamReplaced,
+    /// The broker confirmed the subscription only after the stream had been answered as live: what was
+    /// published in between may not have been delivered.
+    LateSubscription,
+}
+
+/// Where a bridge delivers what happens on one subscription. Calls must return quickly and never
+/// block: a bridge's reader calls it for every message.
+#[derive(Clone)]
+pub struct Sink {
+    deliver: Arc<dyn Fn(Delivery) + Send + Sync>,
+}
+
+impl Sink {
+    pub fn new(deliver: impl Fn(Delivery) + Send + Sync + 'static) -> Self {
+        Self {
+            deliver: Arc::new(deliver),
+        }
+    }
+
+    /// Delivers one message.
+    pub fn message(&self, message: Message) {
+        (self.deliver)(Delivery::Message(message));
+    }
+
+    /// Tells the subscriber that messages may have been lost.
+    pub fn interrupted(&self, why: Interruption) {
+        (self.deliver)(Delivery::Interrupted(why));
+    }
+
+    /// Tells the subscriber that the subscription is over.
+    pub fn failed(&self, reason: impl Into<String>) {
+        (self.deliver)(Delivery::Failed(reason.into()));
+    }
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sink")
+    }
+}
 
 /// A live broker subscription; dropping it unsubscribes.
 pub struct Subscription {
@@ -74,8 +131,12 @@ impl std::fmt::Debug for Subscription {
 /// What can go wrong when talking to a broker.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
-    #[error("invalid topic {topic:?}: {reason}")]
-    InvalidTopic { topic: String, reason: &'static str },
+    /// A topic the broker would refuse (its syntax, characters or length).
+    #[error("invalid topic {}: {reason}", Shortened(topic))]
+    InvalidTopic { topic: String, reason: String },
+    /// A publish larger than the broker takes.
+    #[error("the broker takes messages of at most {limit} bytes")]
+    PayloadTooLarge { limit: usize },
     #[error("broker unavailable: {0}")]
     Unavailable(String),
     #[error("broker error: {0}")]
@@ -84,23 +145,40 @@ pub enum BridgeError {
     Unsupported(&'static str),
 }
 
+impl BridgeError {
+    /// An [`BridgeError::InvalidTopic`] for `topic`.
+    pub fn invalid_topic(topic: &str, reason: impl Into<String>) -> Self {
+        BridgeError::InvalidTopic {
+            topic: topic.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A topic in an error message: a long one is cut, so an error stays readable and small.
+struct Shortened<'a>(&'a str);
+
+impl std::fmt::Display for Shortened<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 64;
+        match self.0.char_indices().nth(SHOWN) {
+            None => write!(f, "{:?}", self.0),
+            Some((at, _)) => write!(f, "{:?}... ({} bytes)", &self.0[..at], self.0.len()),
+        }
+    }
+}
+
 impl TopicSyntax {
     /// [`TopicSyntax::check_filter`] as a bridge error, for a bridge's `subscribe`.
     pub fn validate_filter(self, filter: &str) -> Result<(), BridgeError> {
         self.check_filter(filter)
-            .map_err(|reason| BridgeError::InvalidTopic {
-                topic: filter.to_owned(),
-                reason,
-            })
+            .map_err(|reason| BridgeError::invalid_topic(filter, reason))
     }
 
     /// [`TopicSyntax::check_topic`] as a bridge error, for a bridge's `publish`.
     pub fn validate_topic(self, topic: &str) -> Result<(), BridgeError> {
         self.check_topic(topic)
-            .map_err(|reason| BridgeError::InvalidTopic {
-                topic: topic.to_owned(),
-                reason,
-            })
+            .map_err(|reason| BridgeError::invalid_topic(topic, reason))
     }
 }
 

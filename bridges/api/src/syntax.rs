@@ -1,4 +1,10 @@
-//! Broker topic syntax: which characters are wildcards and separators, and whether a filter is valid.
+//! Broker topic syntax: which characters are wildcards and separators, and whether a filter is valid
+//! by the broker's own rules (MQTT: the UTF-8 rules of the specification, as mosquitto enforces them;
+//! NATS: subject tokens). Limits that depend on the server (NATS `max_control_line`, packet sizes)
+//! are checked by each bridge.
+
+/// The longest MQTT topic: its length is a two-byte prefix in every packet.
+pub const MQTT_MAX_TOPIC_BYTES: usize = 65_535;
 
 /// The topic grammar of a broker family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,14 +33,29 @@ impl TopicSyntax {
         }
     }
 
+    /// Checks text that goes into a topic, as the broker would: no control characters (U+0000 to
+    /// U+001F, U+007F to U+009F) for either broker, and for MQTT no Unicode noncharacters
+    /// (U+FDD0 to U+FDEF, and the last two code points of every plane): the MQTT specification
+    /// rules them out of its UTF-8 strings, and mosquitto drops a connection that sends one.
+    pub fn check_text(self, text: &str) -> Result<(), &'static str> {
+        if text.chars().any(char::is_control) {
+            return Err("control character in topic");
+        }
+        if self == TopicSyntax::Mqtt && text.chars().any(is_noncharacter) {
+            return Err("Unicode noncharacter in topic (MQTT does not allow them)");
+        }
+        Ok(())
+    }
+
     /// Checks a subscription filter (wildcards allowed). Returns a reason when it is not valid.
     pub fn check_filter(self, filter: &str) -> Result<(), &'static str> {
         if filter.is_empty() {
             return Err("empty topic");
         }
-        if filter.chars().any(|c| c.is_control() || c == '\0') {
-            return Err("control character in topic");
+        if self == TopicSyntax::Mqtt && filter.len() > MQTT_MAX_TOPIC_BYTES {
+            return Err("topic longer than 65,535 bytes (the MQTT limit)");
         }
+        self.check_text(filter)?;
         match self {
             TopicSyntax::Nats => {
                 if filter.chars().any(char::is_whitespace) {
@@ -153,6 +174,12 @@ impl TopicSyntax {
     }
 }
 
+/// A Unicode noncharacter: U+FDD0 to U+FDEF, or U+xFFFE and U+xFFFF in any plane.
+fn is_noncharacter(c: char) -> bool {
+    let c = u32::from(c);
+    (0xFDD0..=0xFDEF).contains(&c) || c & 0xFFFE == 0xFFFE
+}
+
 #[cfg(test)]
 mod tests {
     use super::TopicSyntax::{Mqtt, Nats};
@@ -172,6 +199,39 @@ mod tests {
         assert!(Mqtt.check_filter("").is_err());
         assert!(Mqtt.check_topic("a/+").is_err());
         assert!(Mqtt.check_topic("a/b").is_ok());
+    }
+
+    #[test]
+    fn mqtt_refuses_what_its_utf8_rules_refuse() {
+        for bad in [
+            "a/\u{FFFE}",
+            "a/\u{FFFF}",
+            "\u{FDD0}",
+            "\u{FDEF}/x",
+            "\u{1FFFF}",
+            "\u{10FFFE}",
+            "a\u{0}",
+            "a\u{1F}",
+            "a\u{7F}",
+            "a\u{85}",
+            "a\u{9F}",
+        ] {
+            assert!(Mqtt.check_filter(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "\u{FDCF}",
+            "\u{FDF0}",
+            "\u{FFFD}",
+            "\u{A0}",
+            "caf\u{E9}/\u{1F600}",
+        ] {
+            assert!(Mqtt.check_filter(good).is_ok(), "{good:?}");
+        }
+        // NATS subjects may hold any character but controls and whitespace.
+        assert!(Nats.check_filter("a.\u{FFFE}").is_ok());
+        assert!(Nats.check_filter("a.\u{85}").is_err());
+        assert!(Mqtt.check_filter(&"a".repeat(65_535)).is_ok());
+        assert!(Mqtt.check_filter(&"a".repeat(65_536)).is_err());
     }
 
     #[test]

@@ -89,7 +89,7 @@ impl Bridge for MemoryBridge {
             .map(|(_, _, sink)| sink.clone())
             .collect();
         for sink in sinks {
-            sink(Message::new(topic.clone(), payload.clone()));
+            sink.message(Message::new(topic.clone(), payload.clone()));
         }
         Ok(())
     }
@@ -104,7 +104,11 @@ mod tests {
         let bridge = MemoryBridge::new();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
-        let sink: Sink = Arc::new(move |m: Message| log.lock().expect("lock").push(m.topic));
+        let sink = Sink::new(move |d| {
+            if let sluice_bridge::Delivery::Message(m) = d {
+                log.lock().expect("lock").push(m.topic);
+            }
+        });
         let sub = bridge.subscribe("a/+", sink).await.expect("subscribe");
         bridge
             .publish("a/b", Bytes::from_static(b"x"))

@@ -4,17 +4,26 @@
 //! overlapping filters is routed by the broker's own match list rather than re-matched (and possibly
 //! duplicated) here. The event loop runs in its own task and only calls non-blocking sinks; after a
 //! connection error it waits with backoff, reconnects, and re-sends every live subscription.
+//!
+//! Nothing reaches the shared connection that the broker would refuse by dropping it: topics follow
+//! the specification's UTF-8 rules (see `TopicSyntax::check_filter`) and every packet fits the
+//! maximum packet size the broker announces. Should the broker still drop the connection again and
+//! again right after sluice (re)connects, what sluice sent since its last stable connection is given
+//! up (see [`Breaker`]) instead of being re-sent forever: pending publishes are dropped and counted,
+//! and recent subscriptions fail, which closes their streams.
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeProperties};
+use rumqttc::v5::mqttbytes::v5::{ConnAckProperties, Packet, SubscribeProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request};
 use sluice_bridge::{Bridge, BridgeError, Message, Sink, Subscription, TopicSyntax};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// How long the broker keeps a QoS 1 session (subscriptions and queued messages) after sluice
 /// disconnects: long enough for a broker or network blip, short enough not to pile up after sluice
@@ -31,12 +40,66 @@ pub struct MqttSettings {
     pub qos: u8,
 }
 
+/// The largest packet sluice accepts from the broker (it says so in CONNECT, so the broker does not
+/// send larger ones).
+const MAX_INCOMING_PACKET: u32 = 1024 * 1024;
+/// The most an MQTT packet's remaining length can say.
+const PROTOCOL_MAX_REMAINING: usize = 268_435_455;
+
 /// An MQTT connection shared by every route that names this broker.
 pub struct MqttBridge {
     client: AsyncClient,
     qos: QoS,
     filters: Arc<Filters>,
+    shared: Arc<Shared>,
     event_loop: JoinHandle<()>,
+}
+
+/// What the broker announced in its last CONNACK, and what the event loop counts.
+struct Shared {
+    /// The broker's maximum packet size (0: it announced none).
+    max_packet: AtomicU32,
+    /// The highest QoS the broker takes (a client must not publish above it).
+    max_qos: AtomicU8,
+    /// Whether the broker supports subscription identifiers (a SUBSCRIBE with one is a protocol
+    /// error otherwise).
+    subscription_ids: AtomicBool,
+    /// Publishes given up because the broker kept dropping the connection while they were pending.
+    dropped_publishes: AtomicU64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            max_packet: AtomicU32::new(0),
+            max_qos: AtomicU8::new(2),
+            subscription_ids: AtomicBool::new(true),
+            dropped_publishes: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Shared {
+    /// Keeps what a CONNACK announces; a property left out means the protocol's default.
+    fn connected(&self, properties: Option<&ConnAckProperties>) {
+        let max_packet = properties.and_then(|p| p.max_packet_size).unwrap_or(0);
+        let max_qos = properties.and_then(|p| p.max_qos).unwrap_or(2);
+        let ids = properties
+            .and_then(|p| p.subscription_identifiers_available)
+            .is_none_or(|available| available != 0);
+        self.max_packet.store(max_packet, Ordering::Relaxed);
+        self.max_qos.store(max_qos, Ordering::Relaxed);
+        self.subscription_ids.store(ids, Ordering::Relaxed);
+    }
+
+    /// `qos`, or the broker's maximum when that is lower.
+    fn qos(&self, qos: QoS) -> QoS {
+        match (self.max_qos.load(Ordering::Relaxed), qos) {
+            (0, _) => QoS::AtMostOnce,
+            (1, QoS::ExactlyOnce) => QoS::AtLeastOnce,
+            _ => qos,
+        }
+    }
 }
 
 /// The live filters by subscription identifier.
@@ -48,7 +111,14 @@ struct Filters {
 #[derive(Default)]
 struct FilterTable {
     next_id: usize,
-    by_id: HashMap<usize, (String, Sink)>,
+    by_id: HashMap<usize, Filter>,
+}
+
+struct Filter {
+    filter: String,
+    sink: Sink,
+    /// When it was subscribed, to tell recent filters from proven ones (see [`Breaker`]).
+    since: Instant,
 }
 
 impl Filters {
@@ -84,7 +154,7 @@ impl MqttBridge {
         let mut options = MqttOptions::new(settings.client_id.clone(), host, port);
         options
             .set_keep_alive(Duration::from_secs(20))
-            .set_max_packet_size(Some(1024 * 1024));
+            .set_max_packet_size(Some(MAX_INCOMING_PACKET));
         if qos == QoS::AtLeastOnce {
             // A persistent session: the broker keeps the subscriptions and queues QoS 1 messages while
             // sluice is briefly away, and delivers them when it reconnects.
@@ -96,21 +166,69 @@ impl MqttBridge {
         }
         let (client, event_loop) = AsyncClient::new(options, 1024);
         let filters = Arc::new(Filters::default());
+        let shared = Arc::new(Shared::default());
         let event_loop = tokio::spawn(run_event_loop(
-            name.to_owned(),
-            settings.url.clone(),
+            Connection {
+                broker: name.to_owned(),
+                url: settings.url.clone(),
+                client: client.clone(),
+                filters: filters.clone(),
+                shared: shared.clone(),
+                qos,
+            },
             event_loop,
-            client.clone(),
-            filters.clone(),
-            qos,
         ));
         Ok(Self {
             client,
             qos,
             filters,
+            shared,
             event_loop,
         })
     }
+
+    /// Publishes given up because the broker kept dropping the connection while they were pending.
+    pub fn dropped_publishes(&self) -> u64 {
+        self.shared.dropped_publishes.load(Ordering::Relaxed)
+    }
+
+    /// Checks that a packet of `len` bytes fits what the broker takes, or returns the limit.
+    fn check_packet(&self, len: usize) -> Result<(), usize> {
+        let announced = self.shared.max_packet.load(Ordering::Relaxed) as usize;
+        let limit = if announced == 0 {
+            PROTOCOL_MAX_REMAINING
+        } else {
+            announced
+        };
+        if len > limit {
+            return Err(limit);
+        }
+        Ok(())
+    }
+}
+
+/// The length of an MQTT variable-length integer.
+fn varint_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// The size of a PUBLISH packet as sluice sends it (MQTT 5, no properties).
+fn publish_packet_len(topic: usize, payload: usize, qos: QoS) -> usize {
+    let packet_id = if qos == QoS::AtMostOnce { 0 } else { 2 };
+    let remaining = 2 + topic + packet_id + 1 + payload;
+    1 + varint_len(remaining) + remaining
+}
+
+/// The size of a SUBSCRIBE packet for one filter with subscription identifier `id`.
+fn subscribe_packet_len(filter: usize, id: usize) -> usize {
+    let properties = 1 + varint_len(id);
+    let remaining = 2 + varint_len(properties) + properties + 2 + filter + 1;
+    1 + varint_len(remaining) + remaining
 }
 
 impl Drop for MqttBridge {
@@ -119,11 +237,16 @@ impl Drop for MqttBridge {
     }
 }
 
-fn subscribe_request(client: &AsyncClient, filter: &str, id: usize, qos: QoS) {
+fn subscribe_request(client: &AsyncClient, shared: &Shared, filter: &str, id: usize, qos: QoS) {
     let properties = SubscribeProperties {
-        id: Some(id),
+        // Without identifiers, `deliver` matches the filters itself.
+        id: shared
+            .subscription_ids
+            .load(Ordering::Relaxed)
+            .then_some(id),
         user_properties: Vec::new(),
     };
+    let qos = shared.qos(qos);
     // Try synchronously first so requests keep their order with unsubscribes; only when the bounded
     // request channel is full, wait for room in a task rather than hold up the caller.
     if client
@@ -144,52 +267,149 @@ fn subscribe_request(client: &AsyncClient, filter: &str, id: usize, qos: QoS) {
     });
 }
 
-async fn run_event_loop(
+/// What the event loop task works with.
+struct Connection {
     broker: String,
     url: String,
-    mut event_loop: EventLoop,
     client: AsyncClient,
     filters: Arc<Filters>,
+    shared: Arc<Shared>,
     qos: QoS,
-) {
+}
+
+/// Breaks the loop in which the broker drops the connection for something sluice keeps sending: a
+/// pending QoS 1 publish is re-sent on every reconnect (the session requires it), and every live
+/// filter is subscribed again. When the broker drops the connection [`Breaker::STREAK`] times in a
+/// row within [`Breaker::QUICK`] of accepting it, what sluice sent since the start of its last
+/// connection that lasted longer is given up: filters that were live through a longer connection
+/// are proven, so the culprit is among the rest.
+struct Breaker {
+    /// When the current connection was accepted (its CONNACK).
+    connected_at: Option<Instant>,
+    /// When the last connection that outlived `QUICK` was accepted.
+    last_stable: Option<Instant>,
+    /// Connections in a row that the broker dropped within `QUICK`.
+    quick_drops: u32,
+}
+
+impl Breaker {
+    const QUICK: Duration = Duration::from_secs(2);
+    const STREAK: u32 = 3;
+
+    /// Records a lost connection; true when the streak calls for giving things up.
+    fn lost(&mut self) -> bool {
+        let Some(connected_at) = self.connected_at.take() else {
+            // Never accepted: the broker is down or refuses sluice; nothing was sent.
+            return false;
+        };
+        if connected_at.elapsed() >= Self::QUICK {
+            self.last_stable = Some(connected_at);
+            self.quick_drops = 0;
+            return false;
+        }
+        self.quick_drops += 1;
+        if self.quick_drops >= Self::STREAK {
+            self.quick_drops = 0;
+            return true;
+        }
+        false
+    }
+}
+
+async fn run_event_loop(conn: Connection, mut event_loop: EventLoop) {
     const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
+    let Connection {
+        broker, url, qos, ..
+    } = &conn;
     let mut backoff = MIN_BACKOFF;
-    let mut connected = false;
     let mut warned = false;
+    let mut breaker = Breaker {
+        connected_at: None,
+        last_stable: None,
+        quick_drops: 0,
+    };
     loop {
         match event_loop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 tracing::info!(%broker, %url, "mqtt connected");
-                connected = true;
+                breaker.connected_at = Some(Instant::now());
                 warned = false;
                 backoff = MIN_BACKOFF;
+                conn.shared.connected(connack.properties.as_ref());
+                if conn.shared.qos(*qos) != *qos {
+                    tracing::warn!(%broker, "the mqtt broker takes QoS 0 only: publishing and subscribing at QoS 0");
+                }
                 // A clean session starts with no subscriptions, and a persistent one may have been lost
                 // with a broker restart: send every live filter again.
-                let live: Vec<(usize, String)> = filters
+                let live: Vec<(usize, String)> = conn
+                    .filters
                     .table()
                     .by_id
                     .iter()
-                    .map(|(id, (filter, _))| (*id, filter.clone()))
+                    .map(|(id, f)| (*id, f.filter.clone()))
                     .collect();
                 for (id, filter) in live {
-                    subscribe_request(&client, &filter, id, qos);
+                    subscribe_request(&conn.client, &conn.shared, &filter, id, *qos);
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => deliver(&filters, publish),
+            Ok(Event::Incoming(Packet::Publish(publish))) => deliver(&conn.filters, publish),
             Ok(_) => {}
             Err(e) => {
-                if connected || !warned {
+                let was_connected = breaker.connected_at.is_some();
+                if was_connected || !warned {
                     tracing::warn!(%broker, %url, error = %e, "mqtt connection lost; reconnecting");
                     warned = true;
                 } else {
                     tracing::debug!(%broker, error = %e, "mqtt reconnect failed");
                 }
-                connected = false;
+                if breaker.lost() {
+                    give_up_recent(&conn, &mut event_loop, breaker.last_stable);
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+/// The broker keeps dropping the connection right after accepting it: drop the publishes waiting to be
+/// re-sent and fail the filters subscribed since the last stable connection (`since`), so that
+/// whatever the broker refuses is not sent again.
+fn give_up_recent(conn: &Connection, event_loop: &mut EventLoop, since: Option<Instant>) {
+    let before = event_loop.pending.len();
+    event_loop
+        .pending
+        .retain(|request| !matches!(request, Request::Publish(_) | Request::Subscribe(_)));
+    let dropped = before - event_loop.pending.len();
+    let failed: Vec<(String, Sink)> = {
+        let mut table = conn.filters.table();
+        let recent: Vec<usize> = table
+            .by_id
+            .iter()
+            .filter(|(_, f)| since.is_none_or(|stable| f.since >= stable))
+            .map(|(id, _)| *id)
+            .collect();
+        recent
+            .iter()
+            .filter_map(|id| table.by_id.remove(id))
+            .map(|f| (f.filter, f.sink))
+            .collect()
+    };
+    conn.shared
+        .dropped_publishes
+        .fetch_add(dropped as u64, Ordering::Relaxed);
+    tracing::error!(
+        broker = %conn.broker,
+        dropped_requests = dropped,
+        failed_subscriptions = failed.len(),
+        "mqtt broker keeps closing the connection right after accepting it; giving up what sluice \
+         sent since its last stable connection (pending publishes and recent subscriptions)"
+    );
+    // Outside the table's lock: a sink drops its subscription, which takes it.
+    for (filter, sink) in failed {
+        tracing::warn!(broker = %conn.broker, %filter, "mqtt subscription given up");
+        sink.failed("the broker kept closing the connection after it was subscribed");
     }
 }
 
@@ -213,17 +433,17 @@ fn deliver(filters: &Filters, publish: rumqttc::v5::mqttbytes::v5::Publish) {
             table
                 .by_id
                 .values()
-                .filter(|(filter, _)| TopicSyntax::Mqtt.matches(filter, topic))
-                .map(|(_, sink)| sink.clone())
+                .filter(|f| TopicSyntax::Mqtt.matches(&f.filter, topic))
+                .map(|f| f.sink.clone())
                 .collect()
         } else {
             ids.iter()
-                .filter_map(|id| table.by_id.get(id).map(|(_, sink)| sink.clone()))
+                .filter_map(|id| table.by_id.get(id).map(|f| f.sink.clone()))
                 .collect()
         }
     };
     for sink in sinks {
-        sink(message.clone());
+        sink.message(message.clone());
     }
 }
 
@@ -236,7 +456,7 @@ struct Unsubscribe {
 
 impl Drop for Unsubscribe {
     fn drop(&mut self) {
-        let Some((filter, _)) = self.filters.table().by_id.remove(&self.id) else {
+        let Some(Filter { filter, .. }) = self.filters.table().by_id.remove(&self.id) else {
             return;
         };
         if self.client.try_unsubscribe(filter.clone()).is_err() {
@@ -258,15 +478,28 @@ impl Bridge for MqttBridge {
 
     async fn subscribe(&self, filter: &str, sink: Sink) -> Result<Subscription, BridgeError> {
         TopicSyntax::Mqtt.validate_filter(filter)?;
+        // The largest identifier gives the largest packet.
+        self.check_packet(subscribe_packet_len(filter.len(), PROTOCOL_MAX_REMAINING))
+            .map_err(|limit| {
+                BridgeError::invalid_topic(
+                    filter,
+                    format!("too long for the broker's maximum packet size of {limit} bytes"),
+                )
+            })?;
         let id = {
             let mut table = self.filters.table();
             // Subscription identifiers run from 1 to 268,435,455.
             table.next_id = table.next_id % 268_435_455 + 1;
             let id = table.next_id;
-            table.by_id.insert(id, (filter.to_owned(), sink));
+            let entry = Filter {
+                filter: filter.to_owned(),
+                sink,
+                since: Instant::now(),
+            };
+            table.by_id.insert(id, entry);
             id
         };
-        subscribe_request(&self.client, filter, id, self.qos);
+        subscribe_request(&self.client, &self.shared, filter, id, self.qos);
         Ok(Subscription::new(Unsubscribe {
             client: self.client.clone(),
             filters: self.filters.clone(),
@@ -276,8 +509,14 @@ impl Bridge for MqttBridge {
 
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BridgeError> {
         TopicSyntax::Mqtt.validate_topic(topic)?;
+        let qos = self.shared.qos(self.qos);
+        let packet = publish_packet_len(topic.len(), payload.len(), qos);
+        self.check_packet(packet)
+            .map_err(|limit| BridgeError::PayloadTooLarge {
+                limit: limit.saturating_sub(packet - payload.len()),
+            })?;
         self.client
-            .publish_bytes(topic.to_owned(), self.qos, false, payload)
+            .publish_bytes(topic.to_owned(), qos, false, payload)
             .await
             .map_err(|e| BridgeError::Broker(e.to_string()))
     }
@@ -285,7 +524,67 @@ impl Bridge for MqttBridge {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_url;
+    use super::*;
+
+    #[test]
+    fn packet_sizes_match_what_rumqttc_writes() {
+        use rumqttc::v5::mqttbytes::v5::{Filter, Publish, Subscribe};
+        for topic in [1, 3, 200, 20_000] {
+            for payload in [0, 2, 120, 124, 20_000, 3_000_000] {
+                for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+                    let mut packet = Publish::new("t".repeat(topic), qos, vec![0u8; payload], None);
+                    packet.pkid = 1;
+                    assert_eq!(
+                        publish_packet_len(topic, payload, qos),
+                        Packet::Publish(packet).size(),
+                        "{topic} {payload} {qos:?}"
+                    );
+                }
+            }
+        }
+        for (filter, id) in [(1, 1), (100, 200), (20_000, 268_435_455)] {
+            let properties = SubscribeProperties {
+                id: Some(id),
+                user_properties: Vec::new(),
+            };
+            let mut packet = Subscribe::new(
+                Filter::new("f".repeat(filter), QoS::AtLeastOnce),
+                Some(properties),
+            );
+            packet.pkid = 1;
+            assert_eq!(
+                subscribe_packet_len(filter, id),
+                Packet::Subscribe(packet).size(),
+                "{filter} {id}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_trips_on_a_streak_of_quick_drops_only() {
+        let mut breaker = Breaker {
+            connected_at: None,
+            last_stable: None,
+            quick_drops: 0,
+        };
+        assert!(!breaker.lost(), "a failed connect is no drop");
+        breaker.connected_at = Some(Instant::now());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(!breaker.lost(), "a long connection is stable");
+        let stable = breaker.last_stable;
+        assert!(stable.is_some());
+        for _ in 0..2 {
+            breaker.connected_at = Some(Instant::now());
+            tokio::time::advance(Duration::from_millis(100)).await;
+            assert!(!breaker.lost());
+        }
+        breaker.connected_at = Some(Instant::now());
+        assert!(
+            breaker.lost(),
+            "the third quick drop in a row after the stable one trips"
+        );
+        assert_eq!(breaker.last_stable, stable);
+    }
 
     #[test]
     fn urls() {

@@ -4,6 +4,12 @@
 //! so this bridge only maps subjects to sinks. Core NATS has no history: what is published while sluice
 //! is disconnected from the server is lost, as for any core NATS subscriber.
 //!
+//! Nothing reaches the shared connection that the server would refuse by dropping it: a subject must
+//! fit the server's `max_control_line` (with room for the protocol's own words around it) and a
+//! payload its announced `max_payload`. Should the server still drop the connection for a control
+//! line (its limit set lower than configured), the bridge lowers its limit and gives up the live
+//! subscriptions that no longer fit, rather than re-send them on every reconnect.
+//!
 //! JetStream routes read a stream through ordered consumers (ephemeral, in server memory, no acks):
 //! one shared consumer per route filter for live messages, and one short-lived consumer per resuming
 //! client to read back what it missed. An ordered consumer recreates itself after a reconnect from the
@@ -16,13 +22,33 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use sluice_bridge::{Bridge, BridgeError, History, Message, Sink, Subscription, TopicSyntax};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The longest a new subscription waits for the server's acknowledgement.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
+/// nats-server's default `max_control_line`: the longest protocol line it reads (`SUB`, `PUB` and
+/// `HPUB` lines carry the subject). The server does not announce it.
+pub const DEFAULT_MAX_CONTROL_LINE: usize = 4096;
+/// The smallest `max_control_line` sluice works with.
+pub const MIN_MAX_CONTROL_LINE: usize = 1024;
+/// What a protocol line holds besides the subject: the verb, a subscription id or a reply inbox,
+/// sizes, and for JetStream the API prefix and a consumer name (the stream name comes on top).
+/// The longest such line sluice sends is about 130 bytes plus the stream name; this leaves room.
+const CONTROL_LINE_OVERHEAD: usize = 256;
+
+/// How the NATS bridge connects.
+#[derive(Clone, Debug)]
+pub struct NatsSettings {
+    /// `nats://host:port`.
+    pub url: String,
+    /// The server's `max_control_line` ([`DEFAULT_MAX_CONTROL_LINE`] unless it was raised).
+    pub max_control_line: usize,
+}
 /// The longest a resuming client's read-back from JetStream may take.
 const READ_BACK_LIMIT: Duration = Duration::from_secs(15);
 
@@ -32,34 +58,134 @@ pub struct NatsBridge {
     jetstream: async_nats::jetstream::Context,
     /// Counts (re)connections, so JetStream readers recreate their consumers after one.
     connections: Arc<watch::Sender<u64>>,
+    live: Arc<Live>,
+    /// A subject no one answers: a request to it is a round trip that the server answers only
+    /// after it has read everything sent before it on this connection.
+    confirm_subject: String,
 }
 
-/// Aborts the reader task when the subscription is dropped; dropping the task's `Subscriber` then sends
-/// UNSUB to the server.
-struct AbortOnDrop(JoinHandle<()>);
+/// The live subscriptions and the control-line limit they were checked against.
+struct Live {
+    /// The longest protocol line the server takes, as far as the bridge knows.
+    max_control_line: AtomicUsize,
+    next_id: AtomicU64,
+    /// Each live subscription: its subject, what its protocol lines add to it, and its sink.
+    by_id: Mutex<HashMap<u64, (String, usize, Sink)>>,
+}
+
+impl Live {
+    fn table(&self) -> MutexGuard<'_, HashMap<u64, (String, usize, Sink)>> {
+        // Every update is a single insert or remove: a poisoned lock still holds a consistent map.
+        self.by_id.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Checks that `subject`, with `extra` bytes of other words, fits a protocol line.
+    fn check(&self, subject: &str, extra: usize) -> Result<(), BridgeError> {
+        let limit = self.max_control_line.load(Ordering::Relaxed);
+        let longest = limit.saturating_sub(CONTROL_LINE_OVERHEAD + extra);
+        if subject.len() > longest {
+            return Err(BridgeError::invalid_topic(
+                subject,
+                format!("subject longer than {longest} bytes (the server's max_control_line is {limit})"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Registers a live subscription; dropping the guard removes it.
+    fn register(self: &Arc<Self>, subject: &str, extra: usize, sink: Sink) -> Registered {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.table().insert(id, (subject.to_owned(), extra, sink));
+        Registered {
+            live: self.clone(),
+            id,
+        }
+    }
+
+    /// The server dropped the connection for a protocol line longer than it takes: lower the limit
+    /// (halving it, down to [`MIN_MAX_CONTROL_LINE`]) and give up every subscription that no longer
+    /// fits, so reconnecting does not send it again and again.
+    fn control_line_exceeded(&self, broker: &str) {
+        let old = self.max_control_line.load(Ordering::Relaxed);
+        let new = (old / 2).max(MIN_MAX_CONTROL_LINE);
+        self.max_control_line.store(new, Ordering::Relaxed);
+        let failed: Vec<(String, Sink)> = self
+            .table()
+            .values()
+            .filter(|(subject, extra, _)| self.check(subject, *extra).is_err())
+            .map(|(subject, _, sink)| (subject.clone(), sink.clone()))
+            .collect();
+        tracing::error!(
+            broker,
+            old,
+            new,
+            given_up = failed.len(),
+            "nats server refused a protocol line as too long: set max_control_line to the server's; \
+             subscriptions that no longer fit are given up"
+        );
+        // Outside the lock: a sink drops its subscription, which takes the lock.
+        for (subject, sink) in failed {
+            sink.failed(format!(
+                "the server refused the subject as too long ({} bytes)",
+                subject.len()
+            ));
+        }
+    }
+}
+
+/// Removes a subscription from [`Live`] when dropped.
+struct Registered {
+    live: Arc<Live>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.live.table().remove(&self.id);
+    }
+}
+
+/// Aborts the reader task when the subscription is dropped (dropping the task's `Subscriber` then
+/// sends UNSUB to the server), and takes the subscription out of [`Live`].
+struct AbortOnDrop {
+    reader: JoinHandle<()>,
+    _registered: Registered,
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        self.reader.abort();
     }
 }
 
 impl NatsBridge {
     /// Starts connecting to `url` and returns at once: a server that is down at start is retried in the
     /// background, and subscriptions made meanwhile are sent when the connection comes up.
-    pub async fn connect(name: &str, url: &str) -> Result<Self, BridgeError> {
+    pub async fn connect(name: &str, settings: &NatsSettings) -> Result<Self, BridgeError> {
         let broker = name.to_owned();
+        let url = &settings.url;
         let connections = Arc::new(watch::Sender::new(0u64));
+        let live = Arc::new(Live {
+            max_control_line: AtomicUsize::new(settings.max_control_line.max(MIN_MAX_CONTROL_LINE)),
+            next_id: AtomicU64::new(1),
+            by_id: Mutex::new(HashMap::new()),
+        });
         let client = ConnectOptions::new()
             .name(format!("sluice/{name}"))
             .retry_on_initial_connect()
             .max_reconnects(None)
             .event_callback({
-                let connections = connections.clone();
+                let (connections, live) = (connections.clone(), live.clone());
                 move |event| {
                     let broker = broker.clone();
-                    if matches!(event, Event::Connected) {
-                        connections.send_modify(|n| *n += 1);
+                    match &event {
+                        Event::Connected => connections.send_modify(|n| *n += 1),
+                        Event::ServerError(async_nats::ServerError::Other(e))
+                            if e.to_ascii_lowercase().contains("control line") =>
+                        {
+                            live.control_line_exceeded(&broker)
+                        }
+                        _ => {}
                     }
                     async move { log_event(&broker, event) }
                 }
@@ -72,7 +198,26 @@ impl NatsBridge {
             client,
             jetstream,
             connections,
+            live,
+            confirm_subject: format!("_sluice.confirm.{:016x}", random_u64()),
         })
+    }
+
+    /// Checks a publish against the server's limits: the subject's line and `max_payload`.
+    fn check_publish(&self, topic: &str, payload: &Bytes) -> Result<(), BridgeError> {
+        TopicSyntax::Nats.validate_topic(topic)?;
+        self.live.check(topic, 0)?;
+        let limit = self.client.max_payload();
+        if payload.len() > limit {
+            return Err(BridgeError::PayloadTooLarge { limit });
+        }
+        Ok(())
+    }
+
+    /// Checks a JetStream filter: consumer requests carry it together with the stream name.
+    fn check_stream_filter(&self, stream: &str, filter: &str) -> Result<(), BridgeError> {
+        TopicSyntax::Nats.validate_filter(filter)?;
+        self.live.check(filter, stream.len())
     }
 
     /// The stream `name` with fresh state (first and last sequence).
@@ -157,7 +302,7 @@ impl LiveReader {
         if let Some(message) = stream_message(msg) {
             if let Some(seq) = message.seq.filter(|s| *s > self.last) {
                 self.last = seq;
-                (self.sink)(message);
+                self.sink.message(message);
             }
         }
     }
@@ -194,6 +339,33 @@ fn stream_message(msg: async_nats::jetstream::Message) -> Option<Message> {
     })
 }
 
+impl NatsBridge {
+    /// Returns once the server has read everything this client sent before.
+    async fn confirm(&self) {
+        confirm(&self.client, &self.confirm_subject).await;
+    }
+}
+
+/// Returns once the server has read everything `client` sent before: a request to `subject`, which
+/// no one answers, comes back as "no responders" only after that. Retried until it does.
+async fn confirm(client: &async_nats::Client, subject: &str) {
+    loop {
+        match client.request(subject.to_owned(), Bytes::new()).await {
+            Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => continue,
+            // Answered: "no responders", or a reply from someone who listens there after all.
+            Ok(_) | Err(_) => return,
+        }
+    }
+}
+
+/// A random number from the standard library's per-process random hash keys.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    hasher.finish()
+}
+
 fn log_event(broker: &str, event: Event) {
     match event {
         Event::Connected => tracing::info!(broker, "nats connected"),
@@ -216,31 +388,58 @@ impl Bridge for NatsBridge {
 
     async fn subscribe(&self, filter: &str, sink: Sink) -> Result<Subscription, BridgeError> {
         TopicSyntax::Nats.validate_filter(filter)?;
+        self.live.check(filter, 0)?;
         let mut subscriber = self
             .client
             .subscribe(filter.to_owned())
             .await
             .map_err(|e| BridgeError::Broker(e.to_string()))?;
+        let registered = self.live.register(filter, 0, sink.clone());
         // Wait (briefly) for the server to confirm the SUB, so a stream that opens gets every message
-        // published after it opened. A PING queued behind the SUB is answered only once the server
-        // has it; while the server is unreachable this gives up after FLUSH_WAIT and the SUB goes
-        // out on reconnect.
-        let _ = tokio::time::timeout(FLUSH_WAIT, self.client.flush()).await;
+        // published after it opened. A request queued behind the SUB is answered (by "no
+        // responders") only once the server has read the SUB.
+        let confirmed = tokio::time::timeout(FLUSH_WAIT, self.confirm())
+            .await
+            .is_ok();
+        let (client, confirm_subject) = (self.client.clone(), self.confirm_subject.clone());
         let reader = tokio::spawn(async move {
+            // The server hangs or is away: the streams were answered without waiting longer, and
+            // are told with a gap once the server has the subscription, since what was published
+            // before it did may not have reached them.
+            let late = async {
+                if confirmed {
+                    return std::future::pending().await;
+                }
+                confirm(&client, &confirm_subject).await;
+            };
+            tokio::pin!(late);
+            let mut waiting = !confirmed;
             // Subjects repeat on every message of a plain subscription: reuse the last Arc.
             let mut last_topic: Arc<str> = Arc::from("");
-            while let Some(msg) = subscriber.next().await {
-                if *last_topic != *msg.subject.as_str() {
-                    last_topic = Arc::from(msg.subject.as_str());
+            loop {
+                tokio::select! {
+                    () = &mut late, if waiting => {
+                        waiting = false;
+                        sink.interrupted(sluice_bridge::Interruption::LateSubscription);
+                    }
+                    msg = subscriber.next() => {
+                        let Some(msg) = msg else { break };
+                        if *last_topic != *msg.subject.as_str() {
+                            last_topic = Arc::from(msg.subject.as_str());
+                        }
+                        sink.message(Message::new(last_topic.clone(), msg.payload));
+                    }
                 }
-                sink(Message::new(last_topic.clone(), msg.payload));
             }
         });
-        Ok(Subscription::new(AbortOnDrop(reader)))
+        Ok(Subscription::new(AbortOnDrop {
+            reader,
+            _registered: registered,
+        }))
     }
 
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BridgeError> {
-        TopicSyntax::Nats.validate_topic(topic)?;
+        self.check_publish(topic, &payload)?;
         self.client
             .publish(topic.to_owned(), payload)
             .await
@@ -253,7 +452,7 @@ impl Bridge for NatsBridge {
         filter: &str,
         sink: Sink,
     ) -> Result<Subscription, BridgeError> {
-        TopicSyntax::Nats.validate_filter(filter)?;
+        self.check_stream_filter(stream, filter)?;
         let (stream_handle, _, last) = self.stream(stream).await?;
         // An explicit start rather than "new": a consumer recreated before it delivered anything
         // would otherwise start again from the policy, and everything below it is dropped here too.
@@ -265,10 +464,14 @@ impl Bridge for NatsBridge {
             last,
             sink,
         };
+        let registered = self
+            .live
+            .register(filter, stream.len(), reader.sink.clone());
         let connections = self.connections.subscribe();
-        Ok(Subscription::new(AbortOnDrop(tokio::spawn(
-            reader.run(messages, connections),
-        ))))
+        Ok(Subscription::new(AbortOnDrop {
+            reader: tokio::spawn(reader.run(messages, connections)),
+            _registered: registered,
+        }))
     }
 
     async fn read_stream(
@@ -278,7 +481,7 @@ impl Bridge for NatsBridge {
         after: u64,
         limit: usize,
     ) -> Result<History, BridgeError> {
-        TopicSyntax::Nats.validate_filter(filter)?;
+        self.check_stream_filter(stream, filter)?;
         let (stream_handle, first, last) = self.stream(stream).await?;
         let mut history = History {
             messages: Vec::new(),

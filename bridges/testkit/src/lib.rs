@@ -192,16 +192,24 @@ pub struct Mosquitto {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// More lines for its configuration file.
+    extra: String,
 }
 
 impl Mosquitto {
     /// Starts mosquitto on a free port and waits until it accepts connections.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// Like [`Self::start`], with more lines for mosquitto's configuration (e.g. `max_qos 0`).
+    pub fn start_with(extra: &str) -> Self {
         let dir = scratch_dir("mosquitto");
         let mut broker = Self {
             child: None,
             port: 0,
             dir,
+            extra: extra.to_owned(),
         };
         // The port is chosen before mosquitto binds it; another process may win the race, so retry.
         for _ in 0..5 {
@@ -220,9 +228,10 @@ impl Mosquitto {
         std::fs::write(
             &config,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest stderr\n",
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nlog_dest stderr\n{}\n",
                 self.port,
-                self.dir.display()
+                self.dir.display(),
+                self.extra,
             ),
         )
         .expect("write mosquitto.conf");
@@ -254,6 +263,7 @@ impl Mosquitto {
             child: None,
             port,
             dir: scratch_dir("mosquitto"),
+            extra: String::new(),
         };
         assert!(broker.launch(), "mosquitto could not bind port {port}");
         broker
@@ -279,6 +289,24 @@ impl Mosquitto {
         if let Some(mut child) = self.child.take() {
             terminate(&mut child);
         }
+        assert!(
+            self.launch(),
+            "mosquitto failed to restart on port {}",
+            self.port
+        );
+    }
+
+    /// Stops mosquitto with SIGTERM, so it saves its sessions and queued messages.
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
+
+    /// Starts a stopped mosquitto again on the same port (with the sessions it saved), with `extra`
+    /// as its additional configuration.
+    pub fn start_again_with(&mut self, extra: &str) {
+        self.extra = extra.to_owned();
         assert!(
             self.launch(),
             "mosquitto failed to restart on port {}",
