@@ -268,33 +268,54 @@ struct LiveReader {
     jetstream: async_nats::jetstream::Context,
     stream: String,
     filter: String,
+    /// When the stream was created (unix nanoseconds): a stream deleted and created again under the
+    /// same name is a new stream whose sequences start over.
+    created: i128,
     /// The last stream sequence delivered.
     last: u64,
     sink: Sink,
 }
 
 impl LiveReader {
-    /// Delivers until dropped. After a reconnection the server may have lost the ephemeral consumer
-    /// (a restart), and async-nats can take many seconds to notice: recreate it at once from the
-    /// last delivered sequence.
-    async fn run(mut self, mut messages: Ordered, mut connections: watch::Receiver<u64>) {
+    /// Delivers until dropped, and opens a new consumer when the current one cannot be trusted:
+    /// - after a reconnection the server may have lost the ephemeral consumer (a restart), and
+    ///   async-nats can take many seconds to notice: recreate it at once from the last delivered
+    ///   sequence;
+    /// - when the server announces that the stream was deleted or created (JetStream advisories),
+    ///   the ordered consumer would follow the new stream from the old stream's last sequence and
+    ///   skip what the new one holds below it: wait for the stream, and if it is a new one, tell
+    ///   the subscriber and read it from its start.
+    async fn run(
+        mut self,
+        mut messages: Ordered,
+        mut advisories: async_nats::Subscriber,
+        mut connections: watch::Receiver<u64>,
+    ) {
         connections.mark_unchanged();
         loop {
             loop {
                 tokio::select! {
+                    // Advisories first: a deletion must be seen before anything of a new stream.
+                    biased;
+                    advisory = advisories.next() => match advisory {
+                        Some(_) => break,
+                        None => return,
+                    },
+                    changed = connections.changed() => match changed {
+                        Ok(()) => break,
+                        Err(_) => return,
+                    },
                     item = messages.next() => match item {
                         Some(Ok(msg)) => self.deliver(msg),
                         // The ordered consumer recovers from most errors by itself.
                         Some(Err(e)) => tracing::debug!(stream = %self.stream, filter = %self.filter, error = %e, "JetStream consumer"),
                         None => break,
                     },
-                    changed = connections.changed() => match changed {
-                        Ok(()) => break,
-                        Err(_) => return,
-                    },
                 }
             }
-            messages = self.reopen().await;
+            // Stop reading the old consumer while the stream is looked at again.
+            drop(messages);
+            messages = self.reopen(&mut advisories).await;
         }
     }
 
@@ -307,25 +328,39 @@ impl LiveReader {
         }
     }
 
-    /// A new ordered consumer after the last delivered sequence, retried with backoff.
-    async fn reopen(&self) -> Ordered {
+    /// A new ordered consumer after the last delivered sequence, retried with backoff (or at the
+    /// next advisory, when the stream is created again). A stream that was replaced meanwhile is
+    /// read from its start, after the subscriber is told.
+    async fn reopen(&mut self, advisories: &mut async_nats::Subscriber) -> Ordered {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let opened = async {
-                let stream = self.jetstream.get_stream(&self.stream).await.map_err(|e| {
-                    BridgeError::Unavailable(format!("JetStream stream {:?}: {e}", self.stream))
-                })?;
-                messages(NatsBridge::ordered(&stream, &self.filter, self.last + 1).await?).await
-            };
-            match opened.await {
+            match self.try_reopen().await {
                 Ok(messages) => return messages,
                 Err(e) => {
                     tracing::debug!(stream = %self.stream, filter = %self.filter, error = %e, "reopening JetStream consumer")
                 }
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = advisories.next() => {}
+                () = tokio::time::sleep(backoff) => {}
+            }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    }
+
+    async fn try_reopen(&mut self) -> Result<Ordered, BridgeError> {
+        let stream = self.jetstream.get_stream(&self.stream).await.map_err(|e| {
+            BridgeError::Unavailable(format!("JetStream stream {:?}: {e}", self.stream))
+        })?;
+        let created = stream.cached_info().created.unix_timestamp_nanos();
+        if created != self.created {
+            tracing::warn!(stream = %self.stream, filter = %self.filter, "JetStream stream was replaced; reading the new one from its start");
+            self.created = created;
+            self.last = 0;
+            self.sink
+                .interrupted(sluice_bridge::Interruption::StreamReplaced);
+        }
+        messages(NatsBridge::ordered(&stream, &self.filter, self.last + 1).await?).await
     }
 }
 
@@ -453,7 +488,14 @@ impl Bridge for NatsBridge {
         sink: Sink,
     ) -> Result<Subscription, BridgeError> {
         self.check_stream_filter(stream, filter)?;
+        // Subscribed before the stream is looked at, so a replacement after that is not missed.
+        let advisories = self
+            .client
+            .subscribe(format!("$JS.EVENT.ADVISORY.STREAM.*.{stream}"))
+            .await
+            .map_err(|e| BridgeError::Broker(e.to_string()))?;
         let (stream_handle, _, last) = self.stream(stream).await?;
+        let created = stream_handle.cached_info().created.unix_timestamp_nanos();
         // An explicit start rather than "new": a consumer recreated before it delivered anything
         // would otherwise start again from the policy, and everything below it is dropped here too.
         let messages = messages(Self::ordered(&stream_handle, filter, last + 1).await?).await?;
@@ -461,6 +503,7 @@ impl Bridge for NatsBridge {
             jetstream: self.jetstream.clone(),
             stream: stream.to_owned(),
             filter: filter.to_owned(),
+            created,
             last,
             sink,
         };
@@ -469,7 +512,7 @@ impl Bridge for NatsBridge {
             .register(filter, stream.len(), reader.sink.clone());
         let connections = self.connections.subscribe();
         Ok(Subscription::new(AbortOnDrop {
-            reader: tokio::spawn(reader.run(messages, connections)),
+            reader: tokio::spawn(reader.run(messages, advisories, connections)),
             _registered: registered,
         }))
     }

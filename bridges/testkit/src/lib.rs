@@ -172,6 +172,27 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP, by its PID): its connections stay open and nothing answers, as
+    /// with a server that hangs.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {signal} nats-server");
+        }
+    }
+
     /// Starts the server again on the same ports, keeping its JetStream store.
     pub fn restart(&mut self) {
         self.stop();
