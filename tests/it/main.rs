@@ -5,6 +5,7 @@ mod backpressure;
 mod browser;
 mod cdp;
 mod check;
+mod clients;
 mod http;
 mod jetstream;
 mod mqtt;
