@@ -6,6 +6,7 @@ mod broker_rules;
 mod browser;
 mod cdp;
 mod check;
+mod clients;
 mod faults;
 mod http;
 mod jetstream;
