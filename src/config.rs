@@ -122,6 +122,7 @@ struct RawRoute {
     overflow: Option<Spanned<String>>,
     publish: Option<bool>,
     replay: Option<Spanned<usize>>,
+    replay_bytes: Option<Spanned<usize>>,
     linger: Option<Spanned<String>>,
     jetstream: Option<Spanned<String>>,
     retained: Option<Spanned<bool>>,
@@ -256,13 +257,18 @@ impl EventName {
 }
 
 /// How a route's topics keep history for streams that resume with `Last-Event-ID`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Retention {
     /// Live only: events carry no id and a resume starts live.
     Live,
-    /// The last `per_topic` events of each concrete topic stay in memory, and the topic (with its
-    /// broker subscription) outlives its last stream by `linger`.
-    Replay { per_topic: usize, linger: Duration },
+    /// The last `per_topic` events of each concrete topic stay in memory, within `bytes` for all the
+    /// route's topics together (oldest evicted first), and a topic (with its broker subscription)
+    /// outlives its last stream by `linger`.
+    Replay {
+        per_topic: usize,
+        bytes: usize,
+        linger: Duration,
+    },
     /// The broker's JetStream stream holds the history; ids are its sequences.
     JetStream { stream: String },
 }
@@ -318,6 +324,8 @@ pub const DEFAULT_TOKEN_QUERY: &str = "access_token";
 pub const DEFAULT_SIMULATED_DEVICES: usize = 4;
 pub const DEFAULT_SIMULATOR_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_REPLAY: usize = 1_000_000;
+pub const DEFAULT_REPLAY_BYTES: usize = 64 * 1024 * 1024;
+pub const REPLAY_BYTES_RANGE: std::ops::RangeInclusive<usize> = 64 * 1024..=64 * 1024 * 1024 * 1024;
 pub const DEFAULT_MAX_CONTROL_LINE: usize = sluice_nats::DEFAULT_MAX_CONTROL_LINE;
 pub const MAX_CONTROL_LINE_RANGE: std::ops::RangeInclusive<usize> =
     sluice_nats::MIN_MAX_CONTROL_LINE..=16 * 1024 * 1024;
@@ -896,7 +904,15 @@ fn retention(at: &Locator, raw: &RawRoute, broker: &Broker) -> Result<Retention,
             return Err(at.error(stream.span(), "jetstream is for nats brokers only"));
         }
         let name = stream.get_ref();
-        if name.is_empty() || name.contains(|c: char| c.is_whitespace() || ".*>/\\".contains(c)) {
+        if name.len() > 255 {
+            return Err(at.error(
+                stream.span(),
+                "a JetStream stream name is at most 255 bytes",
+            ));
+        }
+        if name.is_empty()
+            || name.contains(|c: char| c.is_whitespace() || c.is_control() || ".*>/\\".contains(c))
+        {
             return Err(at.error(
                 stream.span(),
                 "invalid JetStream stream name: it cannot be empty or contain spaces, '.', '*', '>', '/' or '\\'",
@@ -911,6 +927,9 @@ fn retention(at: &Locator, raw: &RawRoute, broker: &Broker) -> Result<Retention,
         if let Some(l) = &raw.linger {
             return Err(at.error(l.span(), "linger is for replay routes only"));
         }
+        if let Some(b) = &raw.replay_bytes {
+            return Err(at.error(b.span(), "replay_bytes is for replay routes only"));
+        }
         return Ok(Retention::JetStream {
             stream: name.clone(),
         });
@@ -919,10 +938,28 @@ fn retention(at: &Locator, raw: &RawRoute, broker: &Broker) -> Result<Retention,
         if let Some(l) = &raw.linger {
             return Err(at.error(l.span(), "linger needs replay > 0"));
         }
+        if let Some(b) = &raw.replay_bytes {
+            return Err(at.error(b.span(), "replay_bytes needs replay > 0"));
+        }
         return Ok(Retention::Live);
     }
+    let bytes = match &raw.replay_bytes {
+        None => DEFAULT_REPLAY_BYTES,
+        Some(b) if REPLAY_BYTES_RANGE.contains(b.get_ref()) => *b.get_ref(),
+        Some(b) => {
+            return Err(at.error(
+                b.span(),
+                format!(
+                    "replay_bytes must be between {} (64 KiB) and {} (64 GiB)",
+                    REPLAY_BYTES_RANGE.start(),
+                    REPLAY_BYTES_RANGE.end()
+                ),
+            ))
+        }
+    };
     Ok(Retention::Replay {
         per_topic: replay,
+        bytes,
         linger: optional_duration(at, raw.linger.clone(), DEFAULT_LINGER)?,
     })
 }

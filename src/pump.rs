@@ -9,8 +9,8 @@
 //! reader) and the boxed future of its per-stream task, several KiB per stream, are freed.
 
 use crate::sse;
-use crate::stream::{Closed, Next, StreamQueue};
-use bytes::Bytes;
+use crate::stream::{Backlog, Closed, Fill, Next, StreamQueue};
+use bytes::{BufMut, Bytes, BytesMut};
 use h2::SendStream;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
@@ -38,9 +38,10 @@ pub enum End {
 pub trait Wire: Send {
     /// Resolves when the client has gone away.
     fn closed(&mut self) -> impl Future<Output = ()> + Send;
-    /// Writes (and flushes) one piece of the event stream, taking it out of `data`. The pump bounds
-    /// it with the write timeout.
-    fn send(&mut self, data: &mut Bytes) -> impl Future<Output = Result<(), String>> + Send;
+    /// Writes (and flushes) the frames in `frames`, in order, taking each out as it is written. The
+    /// frames are shared (with other streams and the replay ring): a wire copies as little of them as
+    /// it can. The pump bounds it with the write timeout.
+    fn send(&mut self, frames: &mut Vec<Bytes>) -> impl Future<Output = Result<(), String>> + Send;
     /// Ends the response body.
     fn finish(&mut self) -> impl Future<Output = ()> + Send;
 }
@@ -56,6 +57,8 @@ pub struct PumpSettings {
 /// function is stored in its state, and the state of an idle stream is what it costs).
 pub struct Feed<H = ()> {
     pub queue: Arc<StreamQueue>,
+    /// What a resuming stream reads before its queue (see [`crate::hub`]); `None` once caught up.
+    pub backlog: Option<Box<dyn Backlog>>,
     pub settings: Arc<PumpSettings>,
     /// For log lines only.
     pub topic: Box<str>,
@@ -71,14 +74,7 @@ pub struct Feed<H = ()> {
 /// deadline while a write is slow. What an idle stream holds is this function's state, so it is kept
 /// small. A busy stream touches no timer per event: a write that completes at once only sets a flag,
 /// which the heartbeat timer checks when it fires.
-pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &Feed<H>) -> End {
-    let Feed {
-        queue,
-        settings,
-        topic,
-        expires_at,
-        ..
-    } = feed;
+pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
     let timer = tokio::time::sleep_until(next_wake(feed));
     tokio::pin!(timer);
     // Set by every write; the heartbeat timer, when it fires, only re-arms itself if it is set. So
@@ -88,38 +84,67 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &Feed<H>) -> End {
     // Reused for every batch, so taking frames from the queue allocates nothing.
     let mut frames = Vec::new();
     let end = loop {
-        let data = tokio::select! {
-            biased;
-            () = wire.closed() => break End::ClientGone,
-            next = queue.next(&mut frames) => match next {
-                Next::Frames { dropped } => {
-                    if dropped > 0 {
-                        if dropped_total == 0 {
-                            tracing::debug!(%topic, "slow client: drop-oldest started discarding events");
-                        }
-                        dropped_total += dropped;
-                        // Tell the client, before the frames that follow what was discarded.
-                        frames.insert(0, sse::gap(sse::GapReason::Overflow, Some(dropped)));
+        let wake = next_wake(feed);
+        let expires_at = feed.expires_at;
+        let (queue, backlog, settings, topic) = feed.parts();
+        let next = if let Some(source) = backlog {
+            // Catching up: what the queue holds (the opening gap, current values, an interruption)
+            // goes first, then the next batch of the backlog. No heartbeat is due: data flows.
+            match queue.try_next(&mut frames) {
+                Some(next) => next,
+                None => {
+                    let filled = tokio::select! {
+                        biased;
+                        () = wire.closed() => break End::ClientGone,
+                        filled = source.fill(&mut frames, queue.capacity()) => filled,
+                    };
+                    match filled {
+                        Fill::More => {}
+                        Fill::Live => *backlog = None,
+                        Fill::Failed => break End::BrokerError,
                     }
-                    sse::coalesce(&mut frames)
+                    if frames.is_empty() {
+                        continue;
+                    }
+                    Next::Frames { dropped: 0 }
                 }
-                Next::Closed(Closed::Overflow) => break End::Overflow,
-                Next::Closed(Closed::BrokerError) => break End::BrokerError,
-                Next::Closed(Closed::Shutdown) => break End::Shutdown,
-            },
-            () = &mut timer => {
-                if expires_at.is_some_and(|e| e <= Instant::now()) {
-                    break End::TokenExpired;
+            }
+        } else {
+            tokio::select! {
+                biased;
+                () = wire.closed() => break End::ClientGone,
+                next = queue.next(&mut frames) => next,
+                () = &mut timer => {
+                    if expires_at.is_some_and(|e| e <= Instant::now()) {
+                        break End::TokenExpired;
+                    }
+                    timer.as_mut().reset(wake);
+                    if std::mem::take(&mut wrote) {
+                        // Events went out since the timer was armed: no heartbeat is due yet.
+                        continue;
+                    }
+                    frames.push(sse::heartbeat());
+                    Next::Frames { dropped: 0 }
                 }
-                timer.as_mut().reset(next_wake(feed));
-                if std::mem::take(&mut wrote) {
-                    // Events went out since the timer was armed: no heartbeat is due yet.
-                    continue;
-                }
-                sse::heartbeat()
             }
         };
-        match send(wire, data, timer.as_mut(), settings.write_timeout).await {
+        match next {
+            Next::Frames { dropped } => {
+                if dropped > 0 {
+                    if dropped_total == 0 {
+                        tracing::debug!(%topic, "slow client: drop-oldest started discarding events");
+                    }
+                    dropped_total += dropped;
+                    // Tell the client, before the frames that follow what was discarded.
+                    frames.insert(0, sse::gap(sse::GapReason::Overflow, Some(dropped)));
+                }
+            }
+            Next::Closed(Closed::Overflow) => break End::Overflow,
+            Next::Closed(Closed::BrokerError) => break End::BrokerError,
+            Next::Closed(Closed::Shutdown) => break End::Shutdown,
+        }
+        let write_timeout = settings.write_timeout;
+        match send(wire, &mut frames, timer.as_mut(), write_timeout).await {
             Err(e) => break End::WriteFailed(e),
             // A slow write used the timer as its deadline: back to the heartbeat.
             Ok(true) => timer.as_mut().reset(next_wake(feed)),
@@ -130,6 +155,12 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &Feed<H>) -> End {
             frames = Vec::new();
         }
     };
+    let Feed {
+        queue,
+        settings,
+        topic,
+        ..
+    } = &*feed;
     if dropped_total > 0 {
         tracing::debug!(%topic, dropped = dropped_total, "stream ended after dropping events");
     }
@@ -151,8 +182,9 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &Feed<H>) -> End {
         }
         End::Shutdown => {
             // Spread the reconnects of every client over a few seconds.
-            let retry = sse::shutdown_retry(settings.retry);
-            let _ = send(wire, retry, timer.as_mut(), settings.write_timeout).await;
+            frames.clear();
+            frames.push(sse::shutdown_retry(settings.retry));
+            let _ = send(wire, &mut frames, timer.as_mut(), settings.write_timeout).await;
             wire.finish().await;
         }
     }
@@ -165,17 +197,30 @@ fn next_wake<H>(feed: &Feed<H>) -> Instant {
     feed.expires_at.map_or(heartbeat, |e| e.min(heartbeat))
 }
 
-/// Writes `data`, failing when the write is not done within `limit`. Most writes complete at once
+impl<H> Feed<H> {
+    /// Takes what a stream waits on apart from its settings (so the pump can read both at once).
+    fn parts(
+        &mut self,
+    ) -> (
+        &StreamQueue,
+        &mut Option<Box<dyn Backlog>>,
+        &PumpSettings,
+        &str,
+    ) {
+        (&self.queue, &mut self.backlog, &self.settings, &self.topic)
+    }
+}
+
+/// Writes `frames`, failing when the write is not done within `limit`. Most writes complete at once
 /// (room in the socket buffer or the h2 window) and leave the timer alone; a slow one resets the
 /// stream's `timer` to the write deadline, and then `Ok(true)` tells the caller to re-arm it.
 async fn send(
     wire: &mut impl Wire,
-    data: Bytes,
+    frames: &mut Vec<Bytes>,
     mut timer: Pin<&mut Sleep>,
     limit: Duration,
 ) -> Result<bool, String> {
-    let mut data = data;
-    let write = wire.send(&mut data);
+    let write = wire.send(frames);
     tokio::pin!(write);
     if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
         return done.map(|()| false);
@@ -186,6 +231,34 @@ async fn send(
         sent = write => sent.map(|()| true),
         () = timer => Err(format!("no progress writing for {limit:?}")),
     }
+}
+
+/// The largest piece the h2 wire copies small frames together into (h2's default frame size).
+const H2_PIECE: usize = 16 * 1024;
+
+/// Takes the next piece to send from the front of `frames`: a large frame as it is (no copy), or
+/// small ones copied together up to [`H2_PIECE`], so a burst of tiny events is one DATA frame.
+fn next_piece(frames: &mut std::collections::VecDeque<Bytes>) -> Option<Bytes> {
+    let first = frames.pop_front()?;
+    if first.len() >= H2_PIECE
+        || frames
+            .front()
+            .is_none_or(|f| first.len() + f.len() > H2_PIECE)
+    {
+        return Some(first);
+    }
+    let mut piece = BytesMut::with_capacity(
+        H2_PIECE.min(first.len() + frames.iter().map(Bytes::len).sum::<usize>()),
+    );
+    piece.put_slice(&first);
+    while let Some(next) = frames.front() {
+        if piece.len() + next.len() > H2_PIECE {
+            break;
+        }
+        piece.put_slice(next);
+        frames.pop_front();
+    }
+    Some(piece.freeze())
 }
 
 /// An HTTP/2 stream reduced to its h2 send half, after pingora wrote the response head.
@@ -205,19 +278,22 @@ impl Wire for H2Wire {
         let _ = poll_fn(|cx| self.send.poll_reset(cx)).await;
     }
 
-    async fn send(&mut self, data: &mut Bytes) -> Result<(), String> {
-        // h2 queues a DATA frame whatever the window; waiting for capacity first keeps what a
-        // stalled client holds bounded.
-        while !data.is_empty() {
-            self.send.reserve_capacity(data.len());
-            match poll_fn(|cx| self.send.poll_capacity(cx)).await {
-                None => return Err("the stream cannot send".to_owned()),
-                Some(Err(e)) => return Err(e.to_string()),
-                Some(Ok(n)) => {
-                    let part = data.split_to(n.min(data.len()));
-                    self.send
-                        .send_data(part, false)
-                        .map_err(|e| e.to_string())?;
+    async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<(), String> {
+        let mut queue: std::collections::VecDeque<Bytes> = frames.drain(..).collect();
+        while let Some(mut data) = next_piece(&mut queue) {
+            // h2 queues a DATA frame whatever the window; waiting for capacity first keeps what a
+            // stalled client holds bounded.
+            while !data.is_empty() {
+                self.send.reserve_capacity(data.len());
+                match poll_fn(|cx| self.send.poll_capacity(cx)).await {
+                    None => return Err("the stream cannot send".to_owned()),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    Some(Ok(n)) => {
+                        let part = data.split_to(n.min(data.len()));
+                        self.send
+                            .send_data(part, false)
+                            .map_err(|e| e.to_string())?;
+                    }
                 }
             }
         }
@@ -238,9 +314,9 @@ impl Wire for SessionWire<'_> {
         let _ = self.0.read_body_or_idle(true).await;
     }
 
-    async fn send(&mut self, data: &mut Bytes) -> Result<(), String> {
+    async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<(), String> {
         self.0
-            .write_response_body(std::mem::take(data), false)
+            .write_response_body(sse::coalesce(frames), false)
             .await
             .map_err(|e| e.to_string())
     }
@@ -266,30 +342,26 @@ impl RawH1Wire {
         bounded(self.write_timeout, self.io.flush()).await
     }
 
-    /// Writes one chunk of the chunked body with one `writev` (the listener has no write buffer, so
-    /// the shared frame goes to the kernel without being copied into a per-connection buffer).
-    async fn write_chunk(&mut self, data: &[u8]) -> std::io::Result<()> {
+    /// Writes `frames` as one chunk of the chunked body with `writev`: the frames go to the kernel
+    /// as they are, shared, without being copied into a per-connection buffer (the listener has
+    /// none) or together.
+    async fn write_chunk(&mut self, frames: &[Bytes]) -> std::io::Result<()> {
+        let len = frames.iter().map(Bytes::len).sum();
         let mut head_buf = [0u8; 20];
-        let head = chunk_head(data.len(), &mut head_buf);
-        let mut parts = [head, data, b"\r\n"];
-        let mut first = 0;
-        while first < parts.len() {
-            let slices = [
-                IoSlice::new(parts[first]),
-                IoSlice::new(parts.get(first + 1).copied().unwrap_or_default()),
-                IoSlice::new(parts.get(first + 2).copied().unwrap_or_default()),
-            ];
-            let mut written = self.io.write_vectored(&slices).await?;
+        let head = chunk_head(len, &mut head_buf);
+        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() + 2);
+        slices.push(IoSlice::new(head));
+        slices.extend(frames.iter().map(|f| IoSlice::new(f)));
+        slices.push(IoSlice::new(b"\r\n"));
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            // At most IOV_MAX (1024) slices per call.
+            let upto = rest.len().min(1024);
+            let written = self.io.write_vectored(&rest[..upto]).await?;
             if written == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
-            while first < parts.len() && written >= parts[first].len() {
-                written -= parts[first].len();
-                first += 1;
-            }
-            if first < parts.len() {
-                parts[first] = &parts[first][written..];
-            }
+            IoSlice::advance_slices(&mut rest, written);
         }
         self.io.flush().await
     }
@@ -335,12 +407,13 @@ impl Wire for RawH1Wire {
         }
     }
 
-    async fn send(&mut self, data: &mut Bytes) -> Result<(), String> {
-        if data.is_empty() {
+    async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<(), String> {
+        frames.retain(|f| !f.is_empty());
+        if frames.is_empty() {
             return Ok(());
         }
-        self.write_chunk(data).await.map_err(|e| e.to_string())?;
-        data.clear();
+        self.write_chunk(frames).await.map_err(|e| e.to_string())?;
+        frames.clear();
         Ok(())
     }
 

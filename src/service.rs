@@ -4,7 +4,7 @@
 use crate::auth::{query_param, redacted_request_line, Grant};
 use crate::config::{Config, Retention, Route, Topics};
 use crate::error::Error;
-use crate::hub::{Hub, Join, Membership};
+use crate::hub::{Hub, Join, Membership, RouteTopics};
 use crate::limits::{Admitted, Limits, Refused};
 use crate::pump::{pump, Feed, H2Wire, PumpSettings, RawH1Wire, SessionWire};
 use crate::sse;
@@ -38,6 +38,8 @@ const BUSY_RETRY_AFTER: &str = "5";
 pub struct Gateway {
     config: Config,
     hub: Hub,
+    /// What the topics of each route share (by route index), with the route's replay budget.
+    route_topics: Vec<Arc<RouteTopics>>,
     server_options: HttpServerOptions,
     limits: Arc<Limits>,
     /// The timings every stream shares.
@@ -51,7 +53,8 @@ enum Action<'a> {
     Health,
     Preflight,
     File(PathBuf),
-    Stream(&'a Route, Vec<String>),
+    /// A stream of route number `usize` on these topics.
+    Stream(usize, &'a Route, Vec<String>),
     Publish(&'a Route, String),
 }
 
@@ -69,9 +72,16 @@ impl Gateway {
             retry: config.server.retry,
             write_timeout: config.server.write_timeout,
         });
+        let route_topics = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(index, route)| Arc::new(RouteTopics::new(index, route)))
+            .collect();
         Self {
             config,
             hub,
+            route_topics,
             server_options,
             limits,
             pump_settings,
@@ -107,7 +117,7 @@ impl Gateway {
                 _ => Err(Error::MethodNotAllowed("GET, HEAD")),
             };
         }
-        for route in &self.config.routes {
+        for (index, route) in self.config.routes.iter().enumerate() {
             let Some(matched) = route.path.matches(path, route.syntax) else {
                 continue;
             };
@@ -132,7 +142,7 @@ impl Gateway {
                     .ok_or(Error::Internal("no topic"))?;
                 return Ok(Action::Publish(route, topic));
             }
-            return Ok(Action::Stream(route, topics));
+            return Ok(Action::Stream(index, route, topics));
         }
         if let (Some(dir), &Method::GET | &Method::HEAD) = (&self.config.server.static_dir, method)
         {
@@ -253,10 +263,10 @@ impl Gateway {
                 .await?;
                 Ok(Reuse::Yes)
             }
-            Action::Stream(route, topics) => {
+            Action::Stream(index, route, topics) => {
                 let grant = self.authorize(session.req_header(), route, &topics, false)?;
                 Ok(Reuse::Stream(
-                    self.open_stream(session, route, topics, grant, cors_headers)
+                    self.open_stream(session, index, route, topics, grant, cors_headers)
                         .await?,
                 ))
             }
@@ -265,14 +275,14 @@ impl Gateway {
 
     /// Pumps an opened stream. HTTP/1.1 and HTTP/2 streams leave pingora's session for a small task
     /// of their own (see [`crate::pump`]): the raw connection, or the h2 stream's send half.
-    async fn serve_stream(&self, session: ServerSession, feed: Box<StreamFeed>) {
+    async fn serve_stream(&self, session: ServerSession, mut feed: Box<StreamFeed>) {
         match session {
             ServerSession::H1(h1) => {
                 let mut wire = RawH1Wire::new(h1.into_inner(), self.config.server.write_timeout);
                 tokio::spawn(async move {
                     // pingora may still hold the head and preamble in its write buffer (TLS).
                     if wire.flush().await.is_ok() {
-                        pump(&mut wire, &feed).await;
+                        pump(&mut wire, &mut feed).await;
                     }
                     drop(feed);
                 });
@@ -285,13 +295,13 @@ impl Gateway {
                 drop(h2);
                 let mut wire = H2Wire::new(send);
                 tokio::spawn(async move {
-                    pump(&mut wire, &feed).await;
+                    pump(&mut wire, &mut feed).await;
                     drop(feed);
                 });
             }
             mut session => {
                 // Never taken by HTTP/1.1 or HTTP/2; boxed so it does not grow every request's future.
-                Box::pin(pump(&mut SessionWire(&mut session), &feed)).await;
+                Box::pin(pump(&mut SessionWire(&mut session), &mut feed)).await;
                 drop(feed);
             }
         }
@@ -301,6 +311,7 @@ impl Gateway {
     async fn open_stream(
         &self,
         session: &mut ServerSession,
+        route_index: usize,
         route: &Route,
         topics: Vec<String>,
         grant: Option<Grant>,
@@ -324,23 +335,26 @@ impl Gateway {
         };
         // Subscribe before answering, so a broker error is still a status and nothing published after
         // the headers are sent is missed.
+        let route_topics = self
+            .route_topics
+            .get(route_index)
+            .ok_or(Error::Internal("route without topics"))?;
         let mut memberships = Vec::with_capacity(topics.len());
+        let mut backlog = None;
         for topic in &topics {
             let join = Join {
-                broker: route.broker,
+                route: route_topics.clone(),
                 filter: topic.clone(),
-                event: route.event.clone(),
-                retention: route.retention.clone(),
-                retained: route.retained,
-                envelope: route.envelope,
                 last_event_id: last_event_id.clone(),
             };
-            memberships.push(
-                self.hub
-                    .join(join, queue.clone())
-                    .await
-                    .map_err(Error::Bridge)?,
-            );
+            let joined = self
+                .hub
+                .join(join, queue.clone())
+                .await
+                .map_err(Error::Bridge)?;
+            memberships.push(joined.membership);
+            // Only single-topic routes resume (checked with the config).
+            backlog = backlog.or(joined.backlog);
         }
 
         let mut response =
@@ -377,6 +391,7 @@ impl Gateway {
         // pump ends and this is dropped.
         Ok(Box::new(Feed {
             queue,
+            backlog,
             settings: self.pump_settings.clone(),
             topic: topics.join(",").into_boxed_str(),
             expires_at: grant.map(|g| Instant::now() + g.remaining()),

@@ -1,7 +1,10 @@
 //! One client stream's bounded queue: the hub pushes frames without ever waiting, the client's task
-//! takes everything queued at once, and a full queue meets the route's overflow policy.
+//! takes everything queued at once, and a full queue meets the route's overflow policy. A resuming
+//! stream reads its backlog from a [`Backlog`] instead, a batch at a time as it drains, and joins the
+//! live queue once it has caught up.
 
 use crate::config::Overflow;
+use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +29,25 @@ pub enum Closed {
     BrokerError,
     /// The server is shutting down.
     Shutdown,
+}
+
+/// What [`Backlog::fill`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// Frames were added (or none yet); there is more to read.
+    More,
+    /// The stream has caught up: from now on its queue receives the live events.
+    Live,
+    /// The backlog cannot be read (its broker failed): the stream ends.
+    Failed,
+}
+
+/// A resuming stream's backlog, read as the stream drains, so that what a stream holds is one batch
+/// however far back it resumes, and a stream that stops reading holds nothing more.
+#[async_trait]
+pub trait Backlog: Send {
+    /// Appends the next frames, about `max` of them, to `into`.
+    async fn fill(&mut self, into: &mut Vec<Bytes>, max: usize) -> Fill;
 }
 
 /// What the client task gets from [`StreamQueue::next`].
@@ -107,9 +129,9 @@ impl StreamQueue {
         self.capacity
     }
 
-    /// Queues a stream's backlog (a resume, the current values) before any live frame. It is not
-    /// bounded by the capacity: the client asked for it, the frames are shared with the replay buffer,
-    /// and the consumer takes all of it at its next read.
+    /// Queues what a stream starts with (the current values, a `gap`) before any live frame. It is
+    /// not bounded by the capacity: its frames are shared with the topic, and the consumer takes all
+    /// of it at its next read. A resumed backlog goes through a [`Backlog`] instead.
     pub fn preload(&self, frames: Vec<Bytes>) {
         if frames.is_empty() {
             return;
@@ -135,6 +157,20 @@ impl StreamQueue {
         }
         drop(state);
         self.ready.notify_one();
+    }
+
+    /// Like [`Self::next`] without waiting: `None` when nothing is queued.
+    pub fn try_next(&self, into: &mut Vec<Bytes>) -> Option<Next> {
+        let mut state = self.state();
+        if let Some(reason) = state.closed {
+            return Some(Next::Closed(reason));
+        }
+        if state.frames.is_empty() {
+            return None;
+        }
+        into.extend(state.frames.drain(..));
+        let dropped = std::mem::take(&mut state.dropped);
+        Some(Next::Frames { dropped })
     }
 
     /// Waits until something is queued (or the queue is closed) and moves all of it into `into`,

@@ -36,16 +36,18 @@ impl Message {
     }
 }
 
-/// Messages read back from a broker's history (JetStream), oldest first.
-#[derive(Debug, Default)]
-pub struct History {
-    /// Every message after the requested position, up to the end of the stream when it was read.
-    pub messages: Vec<Message>,
-    /// The oldest position the broker still holds (0 for an empty stream); a requested position below
-    /// `first_held - 1` means the messages in between are gone.
-    pub first_held: u64,
-    /// The newest position of the stream when it was read.
-    pub last: u64,
+/// Reads back a broker's history (JetStream) in order, a batch at a time, so a reader that goes
+/// slowly holds one batch.
+#[async_trait]
+pub trait HistoryReader: Send {
+    /// The oldest position the broker held when the reader was opened (0 for an empty stream): a
+    /// requested position below `first_held - 1` means the messages in between are gone.
+    fn first_held(&self) -> u64;
+    /// The newest position of the stream when the reader was opened.
+    fn last(&self) -> u64;
+    /// The next messages after what was read so far, at most `max`, oldest first. Empty when the
+    /// reader has read everything stored so far (and nothing more came within a short wait).
+    async fn next(&mut self, max: usize) -> Result<Vec<Message>, BridgeError>;
 }
 
 /// What a bridge tells one subscription.
@@ -199,29 +201,30 @@ pub trait Bridge: Send + Sync + 'static {
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BridgeError>;
 
     /// Subscribes to the messages stored from now on in the broker's persistent `stream` under `filter`,
-    /// each with its [`Message::seq`], in order. Brokers without persistent streams refuse.
+    /// each with its [`Message::seq`], in order. Returns the subscription and the position it starts
+    /// after (the stream's last position when it was made). Brokers without persistent streams refuse.
     async fn subscribe_stream(
         &self,
         stream: &str,
         filter: &str,
         sink: Sink,
-    ) -> Result<Subscription, BridgeError> {
+    ) -> Result<(Subscription, u64), BridgeError> {
         let _ = (stream, filter, sink);
         Err(BridgeError::Unsupported(
             "this broker has no persistent streams",
         ))
     }
 
-    /// Reads back what `stream` holds under `filter` after position `after`, up to the stream's end
-    /// when the read starts, and at most `limit` messages.
+    /// Opens a reader of what `stream` holds under `filter` after position `after`, which fetches at
+    /// most `batch` messages from the broker at a time.
     async fn read_stream(
         &self,
         stream: &str,
         filter: &str,
         after: u64,
-        limit: usize,
-    ) -> Result<History, BridgeError> {
-        let _ = (stream, filter, after, limit);
+        batch: usize,
+    ) -> Result<Box<dyn HistoryReader>, BridgeError> {
+        let _ = (stream, filter, after, batch);
         Err(BridgeError::Unsupported(
             "this broker has no persistent streams",
         ))

@@ -21,7 +21,7 @@ use async_nats::{ConnectOptions, Event};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use sluice_bridge::{Bridge, BridgeError, History, Message, Sink, Subscription, TopicSyntax};
+use sluice_bridge::{Bridge, BridgeError, HistoryReader, Message, Sink, Subscription, TopicSyntax};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -415,6 +415,77 @@ fn log_event(broker: &str, event: Event) {
     }
 }
 
+/// A resuming client's read-back: a short-lived ordered consumer from the client's position.
+struct NatsHistory {
+    first_held: u64,
+    last: u64,
+    /// The first sequence wanted (a recreated ordered consumer may start earlier).
+    start: u64,
+    /// What the server still had to deliver after the last message read.
+    pending: u64,
+    messages: Ordered,
+}
+
+/// How long a read-back that has read everything stored waits for what is being stored now.
+const CAUGHT_UP_WAIT: Duration = Duration::from_millis(500);
+
+#[async_trait]
+impl HistoryReader for NatsHistory {
+    fn first_held(&self) -> u64 {
+        self.first_held
+    }
+
+    fn last(&self) -> u64 {
+        self.last
+    }
+
+    async fn next(&mut self, max: usize) -> Result<Vec<Message>, BridgeError> {
+        let mut read = Vec::new();
+        let mut errors = 0;
+        while read.len() < max {
+            let caught_up = self.pending == 0;
+            if caught_up && !read.is_empty() {
+                break;
+            }
+            let wait = if caught_up {
+                CAUGHT_UP_WAIT
+            } else {
+                READ_BACK_LIMIT
+            };
+            let msg = match tokio::time::timeout(wait, self.messages.next()).await {
+                Err(_) if caught_up => break,
+                Err(_) => {
+                    return Err(BridgeError::Unavailable(format!(
+                        "reading a JetStream stream back made no progress for {READ_BACK_LIMIT:?}"
+                    )))
+                }
+                Ok(None) => {
+                    return Err(BridgeError::Broker(
+                        "the JetStream read-back consumer ended".into(),
+                    ))
+                }
+                // The ordered consumer recovers from most errors by itself.
+                Ok(Some(Err(e))) => {
+                    errors += 1;
+                    if errors > 10 {
+                        return Err(BridgeError::Broker(format!("JetStream read-back: {e}")));
+                    }
+                    continue;
+                }
+                Ok(Some(Ok(msg))) => msg,
+            };
+            self.pending = msg.info().map_or(1, |i| i.pending);
+            let Some(message) = stream_message(msg) else {
+                continue;
+            };
+            if message.seq.unwrap_or_default() >= self.start {
+                read.push(message);
+            }
+        }
+        Ok(read)
+    }
+}
+
 #[async_trait]
 impl Bridge for NatsBridge {
     fn syntax(&self) -> TopicSyntax {
@@ -486,7 +557,7 @@ impl Bridge for NatsBridge {
         stream: &str,
         filter: &str,
         sink: Sink,
-    ) -> Result<Subscription, BridgeError> {
+    ) -> Result<(Subscription, u64), BridgeError> {
         self.check_stream_filter(stream, filter)?;
         // Subscribed before the stream is looked at, so a replacement after that is not missed.
         let advisories = self
@@ -511,10 +582,11 @@ impl Bridge for NatsBridge {
             .live
             .register(filter, stream.len(), reader.sink.clone());
         let connections = self.connections.subscribe();
-        Ok(Subscription::new(AbortOnDrop {
+        let subscription = Subscription::new(AbortOnDrop {
             reader: tokio::spawn(reader.run(messages, advisories, connections)),
             _registered: registered,
-        }))
+        });
+        Ok((subscription, last))
     }
 
     async fn read_stream(
@@ -522,48 +594,30 @@ impl Bridge for NatsBridge {
         stream: &str,
         filter: &str,
         after: u64,
-        limit: usize,
-    ) -> Result<History, BridgeError> {
+        batch: usize,
+    ) -> Result<Box<dyn HistoryReader>, BridgeError> {
         self.check_stream_filter(stream, filter)?;
         let (stream_handle, first, last) = self.stream(stream).await?;
-        let mut history = History {
-            messages: Vec::new(),
+        let start = (after + 1).max(first);
+        let consumer = stream_handle
+            .create_consumer(OrderedConfig {
+                filter_subject: filter.to_owned(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: start.max(1),
+                },
+                // What the client fetches ahead of the reader: one batch.
+                max_batch: batch.clamp(1, 500) as i64,
+                ..OrderedConfig::default()
+            })
+            .await
+            .map_err(|e| BridgeError::Broker(format!("JetStream consumer: {e}")))?;
+        let pending = consumer.cached_info().num_pending;
+        Ok(Box::new(NatsHistory {
             first_held: first,
             last,
-        };
-        if after >= last || limit == 0 {
-            return Ok(history);
-        }
-        let start = (after + 1).max(first);
-        let consumer = Self::ordered(&stream_handle, filter, start).await?;
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(history);
-        }
-        let mut messages = messages(consumer).await?;
-        let read = async {
-            while let Some(item) = messages.next().await {
-                let Ok(msg) = item else { continue };
-                let pending = msg.info().map(|i| i.pending).unwrap_or(1);
-                let Some(message) = stream_message(msg) else {
-                    continue;
-                };
-                let seq = message.seq.unwrap_or_default();
-                if seq < start {
-                    continue;
-                }
-                history.messages.push(message);
-                if pending == 0 || seq >= last || history.messages.len() >= limit {
-                    break;
-                }
-            }
-        };
-        tokio::time::timeout(READ_BACK_LIMIT, read)
-            .await
-            .map_err(|_| {
-                BridgeError::Unavailable(format!(
-                    "reading JetStream stream {stream:?} back took over {READ_BACK_LIMIT:?}"
-                ))
-            })?;
-        Ok(history)
+            start,
+            pending,
+            messages: messages(consumer).await?,
+        }))
     }
 }
