@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sluice_bridge::TopicSyntax;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
@@ -315,6 +315,25 @@ pub const DEFAULT_TOKEN_QUERY: &str = "access_token";
 pub const DEFAULT_SIMULATED_DEVICES: usize = 4;
 pub const DEFAULT_SIMULATOR_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_REPLAY: usize = 1_000_000;
+
+// ---- bounds: what each key may be, so no accepted value can break sluice after start-up -------
+
+/// Every duration key (`heartbeat`, `retry`, `write_timeout`, `request_timeout`, `linger` unless
+/// "0s", the simulator's `interval`). A millisecond is the resolution of sluice's timers and of
+/// `retry:`; nothing sluice waits for needs more than a day, and far larger values overflow clock
+/// arithmetic (a deadline of now + 300000000000y cannot be represented).
+pub const DURATION: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(24 * 60 * 60);
+/// `max_publish_bytes`: up to 1 MiB, the largest message the brokers take by default (NATS
+/// `max_payload`, sluice's MQTT packet limit), so a body sluice accepts is one a broker accepts.
+pub const PUBLISH_BYTES: RangeInclusive<usize> = 1..=1024 * 1024;
+/// `max_streams_per_connection`: at the top, one HTTP/2 connection holds about 200 MiB of streams.
+pub const STREAMS_PER_CONNECTION: RangeInclusive<u32> = 1..=100_000;
+/// The simulator's `devices`: each publishes three values per interval.
+pub const SIMULATED_DEVICES: RangeInclusive<usize> = 1..=1000;
+/// `sluice --mint-token --ttl`: a demo or test token lives at most a year ("1y", 365.25 days).
+pub const TOKEN_TTL: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(31_557_600);
 
 // ---- loading and validation ------------------------------------------------------------------
 

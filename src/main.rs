@@ -35,9 +35,22 @@ struct Cli {
     /// With --mint-token: a topic pattern the token may publish to (repeatable).
     #[arg(long, value_name = "PATTERN")]
     publish: Vec<String>,
-    /// With --mint-token: how long the token is valid.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    /// With --mint-token: how long the token is valid, from 1s to 1y.
+    #[arg(long, default_value = "1h", value_parser = token_ttl)]
     ttl: Duration,
+}
+
+/// `--ttl`: a humantime duration within [`config::TOKEN_TTL`].
+fn token_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if !config::TOKEN_TTL.contains(&ttl) {
+        return Err(format!(
+            "a token lives from {} to {}",
+            humantime::format_duration(*config::TOKEN_TTL.start()),
+            humantime::format_duration(*config::TOKEN_TTL.end())
+        ));
+    }
+    Ok(ttl)
 }
 
 /// `--mint-token`: signs a token with the configured HS256 secret.

@@ -1,13 +1,16 @@
 //! Property tests with thousands of arbitrary inputs: the route matcher and path-parameter checks, the
 //! SSE encoder, the query and id parsers, topic grants and token checks. No input may panic, forge an
-//! event or widen a subscription.
+//! event or widen a subscription, and a token is accepted only when every claim is well-formed.
 
+use jsonwebtoken::{encode, EncodingKey, Header};
 use proptest::prelude::*;
-use sluice::auth::{query_param, AuthConfig, JwtKey};
+use serde_json::{json, Value};
+use sluice::auth::{query_param, AuthConfig, JwtKey, MAX_NUMERIC_DATE};
 use sluice::replay::{parse_memory_id, parse_sequence};
 use sluice::route::{PathTemplate, TopicTemplate};
 use sluice::sse::{encode_event, encode_event_with_id, BASE64_SUFFIX};
 use sluice_bridge::TopicSyntax;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What a browser dispatches for a stream (the WHATWG parsing rules for `event`, `data` and `id`).
 fn dispatch(stream: &str) -> Vec<(String, String, Option<String>)> {
@@ -47,6 +50,87 @@ fn dispatch(stream: &str) -> Vec<(String, String, Option<String>)> {
         }
     }
     events
+}
+
+fn auth(audience: Option<&str>) -> AuthConfig {
+    AuthConfig {
+        key: JwtKey::secret(b"secret"),
+        cookie: "sluice_token".into(),
+        query: "access_token".into(),
+        audience: audience.map(str::to_owned),
+        secret_env: None,
+    }
+}
+
+fn signed(claims: &Value) -> String {
+    encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(b"secret"),
+    )
+    .expect("encode")
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as f64
+}
+
+/// What a hostile or broken issuer might put in a time claim (`None`: the claim is left out). Values
+/// near now are included so that well-formed tokens are accepted often enough to matter.
+fn time_claim() -> impl Strategy<Value = Option<Value>> {
+    let now = now() as i64;
+    prop_oneof![
+        4 => Just(None),
+        6 => (-100_000i64..100_000).prop_map(move |d| Some(json!(now + d))),
+        2 => (-100_000f64..100_000.0).prop_map(move |d| Some(json!(now as f64 + d))),
+        1 => any::<u64>().prop_map(|n| Some(json!(n))),
+        1 => any::<i64>().prop_map(|n| Some(json!(n))),
+        1 => (0u32..64).prop_map(|p| Some(json!(1u64 << p))),
+        1 => (MAX_NUMERIC_DATE - 2..MAX_NUMERIC_DATE + 2).prop_map(|n| Some(json!(n))),
+        1 => any::<f64>().prop_map(|f| Some(json!(f))),
+        1 => Just(Some(json!(1.8446744073709552e19))),
+        1 => "\\PC{0,20}".prop_map(|t| Some(json!(t))),
+        1 => Just(Some(Value::Null)),
+        1 => any::<bool>().prop_map(|b| Some(json!(b))),
+        1 => Just(Some(json!([now + 60]))),
+        1 => Just(Some(json!({"at": now + 60}))),
+    ]
+}
+
+/// The model: is a time claim a NumericDate in range, and what is it?
+fn numeric_date(value: &Option<Value>) -> Result<Option<f64>, ()> {
+    match value {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(secs) if (0.0..=MAX_NUMERIC_DATE as f64).contains(&secs) => Ok(Some(secs)),
+            _ => Err(()),
+        },
+        Some(_) => Err(()),
+    }
+}
+
+/// The model of a token sluice must accept at time `now` (with 5 s of skew), audience "dash".
+fn acceptable(
+    exp: &Option<Value>,
+    nbf: &Option<Value>,
+    iat: &Option<Value>,
+    aud: &Option<Value>,
+    now: f64,
+) -> bool {
+    let (Ok(Some(exp)), Ok(nbf), Ok(_)) = (numeric_date(exp), numeric_date(nbf), numeric_date(iat))
+    else {
+        return false;
+    };
+    let aud_ok = match aud {
+        Some(Value::String(a)) => a == "dash",
+        Some(Value::Array(list)) => {
+            list.iter().any(|a| a == "dash") && list.iter().all(Value::is_string)
+        }
+        _ => false,
+    };
+    exp + 5.0 >= now && nbf.is_none_or(|nbf| nbf <= now + 5.0) && aud_ok
 }
 
 fn config() -> ProptestConfig {
@@ -136,15 +220,66 @@ proptest! {
     /// Arbitrary tokens are refused, never accepted and never a panic.
     #[test]
     fn arbitrary_tokens_are_refused(token in "\\PC{0,300}", parts in proptest::collection::vec("[A-Za-z0-9_-]{0,40}", 3)) {
-        let auth = AuthConfig {
-            key: JwtKey::secret(b"secret"),
-            cookie: "sluice_token".into(),
-            query: "access_token".into(),
-            audience: None,
-            secret_env: None,
-        };
+        let auth = auth(None);
         prop_assert!(auth.verify(&token).is_err());
         prop_assert!(auth.verify(&parts.join(".")).is_err());
+    }
+
+    /// Signed tokens with extreme or ill-typed time claims never panic, and are accepted exactly when
+    /// every claim is well-formed and current (the audience "dash" is configured).
+    #[test]
+    fn signed_tokens_are_accepted_only_when_well_formed(
+        exp in time_claim(),
+        nbf in time_claim(),
+        iat in time_claim(),
+        aud in prop_oneof![
+            Just(None),
+            Just(Some(json!("dash"))),
+            Just(Some(json!("other"))),
+            Just(Some(json!(["x", "dash"]))),
+            Just(Some(json!([]))),
+            Just(Some(json!(5))),
+            Just(Some(Value::Null)),
+        ],
+    ) {
+        let mut claims = serde_json::Map::new();
+        for (name, value) in [("exp", &exp), ("nbf", &nbf), ("iat", &iat), ("aud", &aud)] {
+            if let Some(value) = value {
+                claims.insert(name.into(), value.clone());
+            }
+        }
+        let token = signed(&Value::Object(claims));
+        let before = now();
+        let verdict = auth(Some("dash")).verify(&token);
+        let after = now();
+        let (then, later) = (
+            acceptable(&exp, &nbf, &iat, &aud, before),
+            acceptable(&exp, &nbf, &iat, &aud, after),
+        );
+        // A second may tick during the call: only judge when the model agrees at both ends.
+        if then == later {
+            prop_assert_eq!(verdict.is_ok(), then, "{:?}", verdict.err().map(|e| e.to_string()));
+        }
+        if let Ok(grant) = verdict {
+            // A grant never outlives what its exp says.
+            let exp = numeric_date(&exp).ok().flatten().unwrap_or_default();
+            prop_assert!(grant.remaining().as_secs_f64() <= exp - before + 1.0);
+        }
+    }
+
+    /// A pattern in a token grants something only when it is a valid filter that covers the topic.
+    #[test]
+    fn only_valid_patterns_grant(pattern in "[ab+#/.*>]{0,8}", filter in "[ab+#/.*>]{1,8}") {
+        let claims = json!({"exp": now() + 600.0, "sluice": {"subscribe": [&pattern], "publish": [&pattern]}});
+        let grant = auth(None).verify(&signed(&claims)).expect("a valid token");
+        for syntax in [TopicSyntax::Mqtt, TopicSyntax::Nats] {
+            for allowed in [grant.may_subscribe(syntax, &filter), grant.may_publish(syntax, &filter)] {
+                if allowed {
+                    prop_assert!(syntax.check_filter(&pattern).is_ok(), "{pattern:?} granted {filter:?}");
+                    prop_assert!(syntax.covers(&pattern, &filter));
+                }
+            }
+        }
     }
 
     /// A grant that covers a filter matches every topic the filter matches.
