@@ -4,7 +4,7 @@
 //! `EventSource` cannot set headers, so besides `Authorization: Bearer` a token is taken from a cookie
 //! or a query parameter. The query parameter's value is redacted wherever a request is logged.
 
-use crate::config::TOKEN_TTL;
+use crate::config::TOKEN_TTL_RANGE;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pingora::http::RequestHeader;
@@ -44,21 +44,10 @@ impl JwtKey {
         }
     }
 
-    /// An RS256 or ES256 public key in PEM.
+    /// An RS256 or ES256 public key in PEM (see [`crate::keys::jwt_public_key`]).
     pub fn public_pem(pem: &[u8]) -> Result<Self, String> {
-        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-            return Ok(Self {
-                algorithm: Algorithm::RS256,
-                key,
-            });
-        }
-        if let Ok(key) = DecodingKey::from_ec_pem(pem) {
-            return Ok(Self {
-                algorithm: Algorithm::ES256,
-                key,
-            });
-        }
-        Err("not an RSA or EC (P-256) public key in PEM".into())
+        let (algorithm, key) = crate::keys::jwt_public_key(pem)?;
+        Ok(Self { algorithm, key })
     }
 }
 
@@ -77,7 +66,7 @@ pub struct AuthConfig {
 }
 
 /// Signs an HS256 token granting `subscribe` and `publish` patterns for `ttl`, which must lie in
-/// [`TOKEN_TTL`] (for demos and tests; production tokens come from the site's own login).
+/// [`TOKEN_TTL_RANGE`] (for demos and tests; production tokens come from the site's own login).
 pub fn mint(
     secret: &[u8],
     subscribe: &[String],
@@ -85,11 +74,11 @@ pub fn mint(
     ttl: Duration,
     audience: Option<&str>,
 ) -> Result<String, String> {
-    if !TOKEN_TTL.contains(&ttl) {
+    if !TOKEN_TTL_RANGE.contains(&ttl) {
         return Err(format!(
             "the lifetime must be between {} and {}",
-            humantime::format_duration(*TOKEN_TTL.start()),
-            humantime::format_duration(*TOKEN_TTL.end())
+            humantime::format_duration(*TOKEN_TTL_RANGE.start()),
+            humantime::format_duration(*TOKEN_TTL_RANGE.end())
         ));
     }
     let now = SystemTime::now()
@@ -541,12 +530,13 @@ mod tests {
     fn minting_refuses_absurd_lifetimes() {
         for ttl in [
             Duration::ZERO,
-            *TOKEN_TTL.end() + Duration::from_secs(1),
+            *TOKEN_TTL_RANGE.end() + Duration::from_secs(1),
             Duration::from_secs(u64::MAX),
         ] {
             assert!(mint(b"s3cret", &[], &[], ttl, None).is_err(), "{ttl:?}");
         }
-        let longest = mint(b"s3cret", &["#".into()], &[], *TOKEN_TTL.end(), None).expect("mint");
+        let longest =
+            mint(b"s3cret", &["#".into()], &[], *TOKEN_TTL_RANGE.end(), None).expect("mint");
         assert!(config().verify(&longest).is_ok());
     }
 

@@ -4,13 +4,16 @@
 //! after start-up sees the serde layer: the runtime types below cannot hold an invalid value.
 
 use crate::auth::{AuthConfig, JwtKey};
+use crate::keys;
 use crate::route::{parse_template, PathTemplate, Piece, TopicTemplate};
+use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 use sluice_bridge::TopicSyntax;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -186,6 +189,8 @@ pub struct Tls {
     pub listen: Vec<SocketAddr>,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The certificate chain and key from those files, loaded and matched.
+    pub certified: Arc<CertifiedKey>,
 }
 
 #[derive(Clone, Debug)]
@@ -293,6 +298,25 @@ pub struct Route {
     pub retained: bool,
 }
 
+// ---- bounds: what each key may be, so no accepted value can break sluice after start-up -------
+
+/// Every duration key (`heartbeat`, `retry`, `write_timeout`, `request_timeout`, `linger` unless
+/// "0s", the simulator's `interval`). A millisecond is the resolution of sluice's timers and of
+/// `retry:`; nothing sluice waits for needs more than a day, and far larger values overflow clock
+/// arithmetic (a deadline of now + 300000000000y cannot be represented).
+pub const DURATION_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(24 * 60 * 60);
+/// `max_publish_bytes`: up to 1 MiB, what brokers take by default (a NATS server's `max_payload`;
+/// sluice's MQTT client caps packets at 1 MiB). Past a broker's own limit a publish gets `502`.
+pub const PUBLISH_BYTES_RANGE: RangeInclusive<usize> = 1..=1024 * 1024;
+/// `max_streams_per_connection`: at the top, one HTTP/2 connection holds about 200 MiB of streams.
+pub const STREAMS_PER_CONNECTION_RANGE: RangeInclusive<u32> = 1..=100_000;
+/// The simulator's `devices`: each publishes three values per interval.
+pub const SIMULATED_DEVICES_RANGE: RangeInclusive<usize> = 1..=1000;
+/// `sluice --mint-token --ttl`: a demo or test token lives at most a year ("1y", 365.25 days).
+pub const TOKEN_TTL_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(31_557_600);
+
 // ---- defaults: the one home of every default value --------------------------------------------
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
@@ -315,25 +339,6 @@ pub const DEFAULT_TOKEN_QUERY: &str = "access_token";
 pub const DEFAULT_SIMULATED_DEVICES: usize = 4;
 pub const DEFAULT_SIMULATOR_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_REPLAY: usize = 1_000_000;
-
-// ---- bounds: what each key may be, so no accepted value can break sluice after start-up -------
-
-/// Every duration key (`heartbeat`, `retry`, `write_timeout`, `request_timeout`, `linger` unless
-/// "0s", the simulator's `interval`). A millisecond is the resolution of sluice's timers and of
-/// `retry:`; nothing sluice waits for needs more than a day, and far larger values overflow clock
-/// arithmetic (a deadline of now + 300000000000y cannot be represented).
-pub const DURATION: RangeInclusive<Duration> =
-    Duration::from_millis(1)..=Duration::from_secs(24 * 60 * 60);
-/// `max_publish_bytes`: up to 1 MiB, the largest message the brokers take by default (NATS
-/// `max_payload`, sluice's MQTT packet limit), so a body sluice accepts is one a broker accepts.
-pub const PUBLISH_BYTES: RangeInclusive<usize> = 1..=1024 * 1024;
-/// `max_streams_per_connection`: at the top, one HTTP/2 connection holds about 200 MiB of streams.
-pub const STREAMS_PER_CONNECTION: RangeInclusive<u32> = 1..=100_000;
-/// The simulator's `devices`: each publishes three values per interval.
-pub const SIMULATED_DEVICES: RangeInclusive<usize> = 1..=1000;
-/// `sluice --mint-token --ttl`: a demo or test token lives at most a year ("1y", 365.25 days).
-pub const TOKEN_TTL: RangeInclusive<Duration> =
-    Duration::from_secs(1)..=Duration::from_secs(31_557_600);
 
 // ---- loading and validation ------------------------------------------------------------------
 
@@ -588,17 +593,31 @@ fn validate_server(at: &Locator, raw: RawServer, base: &Path) -> Result<Server, 
     let tls = match raw.tls {
         None => None,
         Some(tls) => {
-            let resolve = |p: &Spanned<String>| -> Result<PathBuf, ConfigError> {
+            let read = |p: &Spanned<String>| -> Result<(PathBuf, Vec<u8>), ConfigError> {
                 let path = base.join(p.get_ref());
                 if p.get_ref().is_empty() || !path.is_file() {
                     return Err(at.error(p.span(), format!("no such file: {}", path.display())));
                 }
-                Ok(path)
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    at.error(p.span(), format!("cannot read {}: {e}", path.display()))
+                })?;
+                Ok((path, bytes))
             };
+            let ((cert, cert_pem), (key, key_pem)) = (read(&tls.cert)?, read(&tls.key)?);
+            // Loaded here, as rustls will use them: pingora would only panic on a bad pair at
+            // start, on a thread of its own, and take the cleartext listeners down with it.
+            let certified = keys::tls_certified_key(&cert_pem, &key_pem).map_err(|(file, e)| {
+                let (raw, path) = match file {
+                    keys::TlsFile::Cert => (&tls.cert, &cert),
+                    keys::TlsFile::Key => (&tls.key, &key),
+                };
+                at.error(raw.span(), format!("{}: {e}", path.display()))
+            })?;
             Some(Tls {
-                cert: resolve(&tls.cert)?,
-                key: resolve(&tls.key)?,
                 listen: addresses(at, tls.listen)?,
+                cert,
+                key,
+                certified,
             })
         }
     };

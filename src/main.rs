@@ -10,10 +10,12 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 use sluice::config;
 use sluice::hub::Hub;
+use sluice::keys::OneCertificate;
 use sluice::service::Gateway;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// An SSE gateway that streams NATS and MQTT topics to browsers.
@@ -40,14 +42,14 @@ struct Cli {
     ttl: Duration,
 }
 
-/// `--ttl`: a humantime duration within [`config::TOKEN_TTL`].
+/// `--ttl`: a humantime duration within [`config::TOKEN_TTL_RANGE`].
 fn token_ttl(text: &str) -> Result<Duration, String> {
     let ttl = humantime::parse_duration(text).map_err(|e| e.to_string())?;
-    if !config::TOKEN_TTL.contains(&ttl) {
+    if !config::TOKEN_TTL_RANGE.contains(&ttl) {
         return Err(format!(
             "a token lives from {} to {}",
-            humantime::format_duration(*config::TOKEN_TTL.start()),
-            humantime::format_duration(*config::TOKEN_TTL.end())
+            humantime::format_duration(*config::TOKEN_TTL_RANGE.start()),
+            humantime::format_duration(*config::TOKEN_TTL_RANGE.end())
         ));
     }
     Ok(ttl)
@@ -210,6 +212,9 @@ fn run(config: config::Config) -> anyhow::Result<()> {
         for addr in &tls.listen {
             let mut settings = TlsSettings::intermediate(&cert, &key)
                 .map_err(|e| anyhow::anyhow!("TLS certificate {cert} or key {key}: {e}"))?;
+            // The pair the configuration loaded and matched; with a resolver set, pingora does
+            // not read the files again.
+            settings.set_cert_resolver(Arc::new(OneCertificate(tls.certified.clone())));
             settings.enable_h2();
             service.add_listener(
                 ListenerConfig::tcp(addr.to_string())
