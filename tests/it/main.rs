@@ -2,6 +2,7 @@
 
 mod access;
 mod backpressure;
+mod bounds;
 mod browser;
 mod cdp;
 mod check;
