@@ -225,10 +225,9 @@ impl AuthConfig {
             ErrorKind::InvalidAlgorithm => {
                 format!("the token must be signed with {:?}", self.key.algorithm)
             }
-            ErrorKind::InvalidAudience | ErrorKind::MissingRequiredClaim(_) => format!(
-                "aud must name the audience {:?}",
-                self.audience.as_deref().unwrap_or_default()
-            ),
+            ErrorKind::InvalidAudience | ErrorKind::MissingRequiredClaim(_) => {
+                "the token needs an aud that names this server's audience".into()
+            }
             _ => error.to_string(),
         }
     }
