@@ -4,15 +4,22 @@
 //! `EventSource` cannot set headers, so besides `Authorization: Bearer` a token is taken from a cookie
 //! or a query parameter. The query parameter's value is redacted wherever a request is logged.
 
+use crate::config::TOKEN_TTL_RANGE;
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pingora::http::RequestHeader;
 use serde::Deserialize;
+use serde_json::{Map, Value};
 use sluice_bridge::TopicSyntax;
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 5;
+
+/// The latest `exp`, `nbf` or `iat` accepted: 9999-12-31T23:59:59Z. A later, negative or non-numeric
+/// time claim is a broken issuer; past 2^63 seconds it is not even a time this machine can hold.
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 
 /// A verification key and the one algorithm it is for.
 #[derive(Clone)]
@@ -37,21 +44,10 @@ impl JwtKey {
         }
     }
 
-    /// An RS256 or ES256 public key in PEM.
+    /// An RS256 or ES256 public key in PEM (see [`crate::keys::jwt_public_key`]).
     pub fn public_pem(pem: &[u8]) -> Result<Self, String> {
-        if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-            return Ok(Self {
-                algorithm: Algorithm::RS256,
-                key,
-            });
-        }
-        if let Ok(key) = DecodingKey::from_ec_pem(pem) {
-            return Ok(Self {
-                algorithm: Algorithm::ES256,
-                key,
-            });
-        }
-        Err("not an RSA or EC (P-256) public key in PEM".into())
+        let (algorithm, key) = crate::keys::jwt_public_key(pem)?;
+        Ok(Self { algorithm, key })
     }
 }
 
@@ -69,8 +65,8 @@ pub struct AuthConfig {
     pub secret_env: Option<String>,
 }
 
-/// Signs an HS256 token granting `subscribe` and `publish` patterns for `ttl` (for demos and tests;
-/// production tokens come from the site's own login).
+/// Signs an HS256 token granting `subscribe` and `publish` patterns for `ttl`, which must lie in
+/// [`TOKEN_TTL_RANGE`] (for demos and tests; production tokens come from the site's own login).
 pub fn mint(
     secret: &[u8],
     subscribe: &[String],
@@ -78,6 +74,13 @@ pub fn mint(
     ttl: Duration,
     audience: Option<&str>,
 ) -> Result<String, String> {
+    if !TOKEN_TTL_RANGE.contains(&ttl) {
+        return Err(format!(
+            "the lifetime must be between {} and {}",
+            humantime::format_duration(*TOKEN_TTL_RANGE.start()),
+            humantime::format_duration(*TOKEN_TTL_RANGE.end())
+        ));
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|e| e.to_string())?;
@@ -108,13 +111,6 @@ pub enum AuthError {
     Invalid(String),
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    exp: u64,
-    #[serde(default)]
-    sluice: Grants,
-}
-
 #[derive(Clone, Debug, Default, Deserialize)]
 struct Grants {
     #[serde(default)]
@@ -134,18 +130,12 @@ pub struct Grant {
 impl Grant {
     /// True when one of the token's `subscribe` patterns covers `filter`.
     pub fn may_subscribe(&self, syntax: TopicSyntax, filter: &str) -> bool {
-        self.grants
-            .subscribe
-            .iter()
-            .any(|pattern| syntax.covers(pattern, filter))
+        grants(&self.grants.subscribe, syntax, filter)
     }
 
     /// True when one of the token's `publish` patterns matches `topic`.
     pub fn may_publish(&self, syntax: TopicSyntax, topic: &str) -> bool {
-        self.grants
-            .publish
-            .iter()
-            .any(|pattern| syntax.covers(pattern, topic))
+        grants(&self.grants.publish, syntax, topic)
     }
 
     /// How long until the token expires (zero if it already has).
@@ -184,21 +174,62 @@ impl AuthConfig {
             .map(|token| Cow::Owned(token.into_owned()))
     }
 
-    /// Verifies a token: signature, `exp` (required), `nbf` when present, `aud` when configured.
+    /// Verifies a token: signature, `exp` (required), `nbf` when present, `aud` when configured, and
+    /// that every time claim (`exp`, `nbf`, `iat`) is a NumericDate in range.
     pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
         let mut validation = Validation::new(self.key.algorithm);
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_nbf = true;
+        // jsonwebtoken skips a time claim it cannot read as a number (an `nbf` string is ignored)
+        // and rounds fractions: the time claims are all checked below instead, strictly.
+        validation.validate_exp = false;
+        validation.required_spec_claims.clear();
         match &self.audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                // Without this a token with no `aud` at all would pass.
+                validation.required_spec_claims.insert("aud".to_owned());
+            }
             None => validation.validate_aud = false,
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key.key, &validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
-        Ok(Grant {
-            grants: data.claims.sluice,
-            expires: UNIX_EPOCH + Duration::from_secs(data.claims.exp),
-        })
+        let claims =
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &self.key.key, &validation) {
+                Ok(data) => data.claims,
+                Err(e) => {
+                    // jsonwebtoken reads the claims only once the signature verified, and fails on
+                    // some ill-typed time claims (an object, an array) with a bare JSON error: name the claim.
+                    if let (ErrorKind::Json(_), Some(claims)) = (e.kind(), signed_claims(token)) {
+                        time_claims(&claims)?;
+                    }
+                    return Err(AuthError::Invalid(self.reason(&e)));
+                }
+            };
+        let exp = time_claims(&claims)?;
+        let grants = match claims.get("sluice") {
+            None => Grants::default(),
+            Some(claim) => Grants::deserialize(claim).map_err(|e| {
+                AuthError::Invalid(format!(
+                    "the sluice claim must be {{\"subscribe\": [patterns], \"publish\": [patterns]}}: {e}"
+                ))
+            })?,
+        };
+        // time_claims kept exp within 0..=MAX_NUMERIC_DATE: neither the cast nor the sum overflows.
+        let expires = UNIX_EPOCH
+            .checked_add(Duration::from_secs(exp.floor() as u64))
+            .ok_or_else(|| AuthError::Invalid("exp is out of range".into()))?;
+        Ok(Grant { grants, expires })
+    }
+
+    /// A 401 reason for a token jsonwebtoken refused.
+    fn reason(&self, error: &jsonwebtoken::errors::Error) -> String {
+        match error.kind() {
+            ErrorKind::InvalidSignature => "the signature does not verify".into(),
+            ErrorKind::InvalidAlgorithm => {
+                format!("the token must be signed with {:?}", self.key.algorithm)
+            }
+            ErrorKind::InvalidAudience | ErrorKind::MissingRequiredClaim(_) => {
+                "the token needs an aud that names this server's audience".into()
+            }
+            _ => error.to_string(),
+        }
     }
 
     pub fn missing(&self) -> AuthError {
@@ -207,6 +238,73 @@ impl AuthConfig {
             query: self.query.clone(),
         }
     }
+}
+
+/// True when one of `patterns` is a valid filter in `syntax` that covers `filter`. A pattern that is
+/// not valid grants nothing: `covers` stops at the first `#`, so `sensors/#/x` would grant `sensors/#`.
+fn grants(patterns: &[String], syntax: TopicSyntax, filter: &str) -> bool {
+    patterns
+        .iter()
+        .any(|pattern| syntax.check_filter(pattern).is_ok() && syntax.covers(pattern, filter))
+}
+
+/// Checks `exp` (required), `nbf` and `iat` (when present) against the clock, with [`LEEWAY_SECS`]
+/// of skew; returns `exp`.
+fn time_claims(claims: &Map<String, Value>) -> Result<f64, AuthError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as f64;
+    let leeway = LEEWAY_SECS as f64;
+    let exp = numeric_date(claims, "exp")?
+        .ok_or_else(|| AuthError::Invalid("the token has no exp (expiry) claim".into()))?;
+    if exp + leeway < now {
+        return Err(AuthError::Invalid("the token has expired (exp)".into()));
+    }
+    if numeric_date(claims, "nbf")?.is_some_and(|nbf| nbf > now + leeway) {
+        return Err(AuthError::Invalid(
+            "the token is not valid yet (nbf)".into(),
+        ));
+    }
+    numeric_date(claims, "iat")?;
+    Ok(exp)
+}
+
+/// The claims of a token whose signature jsonwebtoken has already verified, read directly.
+fn signed_claims(token: &str) -> Option<Map<String, Value>> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice(&json).ok()
+}
+
+/// The time claim `name` in seconds since 1970, if present: a JSON number (RFC 7519 allows
+/// fractions) from 0 to [`MAX_NUMERIC_DATE`]. Anything else present is refused, `null` included.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, AuthError> {
+    let Some(value) = claims.get(name) else {
+        return Ok(None);
+    };
+    let kind = match value {
+        Value::Number(n) => {
+            // as_f64 is exact for every integer in range (they are below 2^53).
+            return match n.as_f64() {
+                Some(secs) if (0.0..=MAX_NUMERIC_DATE as f64).contains(&secs) => Ok(Some(secs)),
+                _ => Err(AuthError::Invalid(format!(
+                    "{name} is out of range: a time claim must be from 0 to {MAX_NUMERIC_DATE} \
+                     seconds since 1970 (the end of the year 9999)"
+                ))),
+            };
+        }
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    Err(AuthError::Invalid(format!(
+        "{name} must be a number of seconds since 1970, not {kind}"
+    )))
 }
 
 /// Every value of query parameter `name`, percent-decoded (`+` is a space).
@@ -346,6 +444,99 @@ mod tests {
         let wrong = token(serde_json::json!({"exp": now() + 60, "aud": "other"}));
         assert!(auth.verify(&right).is_ok());
         assert!(auth.verify(&wrong).is_err());
+    }
+
+    #[test]
+    fn a_token_without_aud_is_refused_when_an_audience_is_configured() {
+        let mut auth = config();
+        auth.audience = Some("dash".into());
+        let none = token(serde_json::json!({"exp": now() + 60}));
+        let number = token(serde_json::json!({"exp": now() + 60, "aud": 5}));
+        for token in [none, number] {
+            let error = auth.verify(&token).expect_err("no usable aud").to_string();
+            assert!(error.contains("aud"), "{error}");
+        }
+        // Without a configured audience, aud is not looked at.
+        auth.audience = None;
+        let any = token(serde_json::json!({"exp": now() + 60, "aud": "other"}));
+        assert!(auth.verify(&any).is_ok());
+    }
+
+    #[test]
+    fn time_claims_out_of_range_or_ill_typed_are_refused_with_a_reason() {
+        let auth = config();
+        let later = now() + 600;
+        let cases = [
+            ("exp", serde_json::json!({"exp": 1u64 << 63})),
+            ("exp", serde_json::json!({"exp": u64::MAX})),
+            ("exp", serde_json::json!({"exp": 1.8446744073709552e19})),
+            ("exp", serde_json::json!({"exp": -1})),
+            ("exp", serde_json::json!({"exp": "2030-01-01"})),
+            ("exp", serde_json::json!({"exp": null})),
+            ("exp", serde_json::json!({"exp": [later]})),
+            ("exp", serde_json::json!({"exp": MAX_NUMERIC_DATE + 1})),
+            (
+                "nbf",
+                serde_json::json!({"exp": later, "nbf": "2020-01-01"}),
+            ),
+            (
+                "nbf",
+                serde_json::json!({"exp": later, "nbf": 1.8446744073709552e19}),
+            ),
+            ("nbf", serde_json::json!({"exp": later, "nbf": -5})),
+            ("nbf", serde_json::json!({"exp": later, "nbf": null})),
+            ("nbf", serde_json::json!({"exp": later, "nbf": {"at": 1}})),
+            ("iat", serde_json::json!({"exp": later, "iat": 1u64 << 63})),
+            ("iat", serde_json::json!({"exp": later, "iat": "yesterday"})),
+            ("iat", serde_json::json!({"exp": later, "iat": true})),
+        ];
+        for (claim, claims) in cases {
+            let error = auth
+                .verify(&token(claims.clone()))
+                .expect_err("refused")
+                .to_string();
+            assert!(error.contains(claim), "{claims}: {error}");
+        }
+        // Well-formed values still pass: integers, and fractional NumericDates (RFC 7519, 2).
+        for claims in [
+            serde_json::json!({"exp": later, "nbf": now() - 5, "iat": now()}),
+            serde_json::json!({"exp": later as f64 + 0.5, "nbf": now() as f64 - 0.5}),
+            serde_json::json!({"exp": MAX_NUMERIC_DATE}),
+        ] {
+            let grant = auth.verify(&token(claims.clone())).expect("valid");
+            assert!(grant.remaining() > Duration::from_secs(500), "{claims}");
+        }
+    }
+
+    #[test]
+    fn invalid_grant_patterns_grant_nothing() {
+        let auth = config();
+        let grant = auth
+            .verify(&token(serde_json::json!({
+                "exp": now() + 60,
+                "sluice": {"subscribe": ["sensors/#/x", "a/b+", "", "ok/+"], "publish": ["cmd/#/x", "n.*x"]}
+            })))
+            .expect("valid");
+        for topic in ["sensors/#", "sensors/a", "sensors/a/x", "a/b+", "a/b"] {
+            assert!(!grant.may_subscribe(TopicSyntax::Mqtt, topic), "{topic}");
+        }
+        assert!(grant.may_subscribe(TopicSyntax::Mqtt, "ok/a"));
+        assert!(!grant.may_publish(TopicSyntax::Mqtt, "cmd/a/x"));
+        assert!(!grant.may_publish(TopicSyntax::Nats, "n.ax"));
+    }
+
+    #[test]
+    fn minting_refuses_absurd_lifetimes() {
+        for ttl in [
+            Duration::ZERO,
+            *TOKEN_TTL_RANGE.end() + Duration::from_secs(1),
+            Duration::from_secs(u64::MAX),
+        ] {
+            assert!(mint(b"s3cret", &[], &[], ttl, None).is_err(), "{ttl:?}");
+        }
+        let longest =
+            mint(b"s3cret", &["#".into()], &[], *TOKEN_TTL_RANGE.end(), None).expect("mint");
+        assert!(config().verify(&longest).is_ok());
     }
 
     #[test]

@@ -4,13 +4,16 @@
 //! after start-up sees the serde layer: the runtime types below cannot hold an invalid value.
 
 use crate::auth::{AuthConfig, JwtKey};
+use crate::keys;
 use crate::route::{parse_template, PathTemplate, Piece, TopicTemplate};
+use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 use sluice_bridge::TopicSyntax;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::ops::Range;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::{Range, RangeInclusive};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -188,6 +191,8 @@ pub struct Tls {
     pub listen: Vec<SocketAddr>,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The certificate chain and key from those files, loaded and matched.
+    pub certified: Arc<CertifiedKey>,
 }
 
 #[derive(Clone, Debug)]
@@ -301,6 +306,26 @@ pub struct Route {
     /// MQTT: each stream starts with the current (retained) value of each topic, marked `.retained`.
     pub retained: bool,
 }
+
+// ---- bounds: what each key may be, so no accepted value can break sluice after start-up -------
+
+/// Every duration key (`heartbeat`, `retry`, `write_timeout`, `request_timeout`, `linger` unless
+/// "0s", the simulator's `interval`). A millisecond is the resolution of sluice's timers and of
+/// `retry:`; nothing sluice waits for needs more than a day, and far larger values overflow clock
+/// arithmetic (a deadline of now + 300000000000y cannot be represented).
+pub const DURATION_RANGE: RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(24 * 60 * 60);
+/// `max_publish_bytes`: up to 64 MiB, NATS's own ceiling for `max_payload`. A body is read into
+/// memory whole before it is published; past the broker's own limit (its announced `max_payload` or
+/// maximum packet size) a publish gets `413`.
+pub const PUBLISH_BYTES_RANGE: RangeInclusive<usize> = 1..=64 * 1024 * 1024;
+/// `max_streams_per_connection`: at the top, one HTTP/2 connection holds about 200 MiB of streams.
+pub const STREAMS_PER_CONNECTION_RANGE: RangeInclusive<u32> = 1..=100_000;
+/// The simulator's `devices`: each publishes three values per interval.
+pub const SIMULATED_DEVICES_RANGE: RangeInclusive<usize> = 1..=1000;
+/// `sluice --mint-token --ttl`: a demo or test token lives at most a year ("1y", 365.25 days).
+pub const TOKEN_TTL_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(31_557_600);
 
 // ---- defaults: the one home of every default value --------------------------------------------
 
@@ -483,7 +508,12 @@ fn validate_auth(at: &Locator, raw: RawAuth, base: &Path) -> Result<AuthConfig, 
         key,
         cookie: name(&raw.cookie, DEFAULT_COOKIE)?,
         query: name(&raw.query, DEFAULT_TOKEN_QUERY)?,
-        audience: raw.audience.map(Spanned::into_inner),
+        audience: match raw.audience {
+            Some(a) if a.get_ref().is_empty() => {
+                return Err(at.error(a.span(), "audience cannot be empty"))
+            }
+            a => a.map(Spanned::into_inner),
+        },
         secret_env: raw.jwt_secret_env.map(Spanned::into_inner),
     })
 }
@@ -505,19 +535,33 @@ fn validate_simulator(
             ),
         ));
     };
-    let devices = match &raw.devices {
-        None => DEFAULT_SIMULATED_DEVICES,
-        Some(d) if (1..=1000).contains(d.get_ref()) => *d.get_ref(),
-        Some(d) => return Err(at.error(d.span(), "devices must be between 1 and 1000")),
-    };
     Ok(Simulator {
         broker,
-        devices,
+        devices: bounded(
+            at,
+            "devices",
+            raw.devices,
+            DEFAULT_SIMULATED_DEVICES,
+            SIMULATED_DEVICES_RANGE,
+        )?,
         interval: duration(at, raw.interval, DEFAULT_SIMULATOR_INTERVAL)?,
     })
 }
 
+/// A duration key: a humantime string within [`DURATION_RANGE`].
 fn duration(
+    at: &Locator,
+    value: Option<Spanned<String>>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(value) => in_duration_range(at, &value, parse_duration(at, &value)?),
+    }
+}
+
+/// A duration that may also be zero ("0s" turns the feature off).
+fn optional_duration(
     at: &Locator,
     value: Option<Spanned<String>>,
     default: Duration,
@@ -525,7 +569,19 @@ fn duration(
     let Some(value) = value else {
         return Ok(default);
     };
-    let parsed = humantime::parse_duration(value.get_ref()).map_err(|e| {
+    match parse_duration(at, &value)? {
+        zero if zero.is_zero() => Ok(zero),
+        parsed => in_duration_range(at, &value, parsed),
+    }
+}
+
+fn parse_duration(at: &Locator, value: &Spanned<String>) -> Result<Duration, ConfigError> {
+    let text = value.get_ref().trim();
+    // humantime wants a unit even on zero.
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text).map_err(|e| {
         at.error(
             value.span(),
             format!(
@@ -533,22 +589,47 @@ fn duration(
                 value.get_ref()
             ),
         )
-    })?;
-    if parsed.is_zero() {
-        return Err(at.error(value.span(), "the duration must be greater than zero"));
-    }
-    Ok(parsed)
+    })
 }
 
-/// A duration that may be zero ("0s" turns the feature off).
-fn optional_duration(
+fn in_duration_range(
     at: &Locator,
-    value: Option<Spanned<String>>,
-    default: Duration,
+    value: &Spanned<String>,
+    parsed: Duration,
 ) -> Result<Duration, ConfigError> {
+    if DURATION_RANGE.contains(&parsed) {
+        return Ok(parsed);
+    }
+    Err(at.error(
+        value.span(),
+        format!(
+            "duration {:?} is out of range: it must be between {} and {}",
+            value.get_ref(),
+            humantime::format_duration(*DURATION_RANGE.start()),
+            humantime::format_duration(*DURATION_RANGE.end())
+        ),
+    ))
+}
+
+/// A number key within `range`, or `default` when it is not set.
+fn bounded<T: Copy + PartialOrd + std::fmt::Display>(
+    at: &Locator,
+    key: &str,
+    value: Option<Spanned<T>>,
+    default: T,
+    range: RangeInclusive<T>,
+) -> Result<T, ConfigError> {
     match value {
-        Some(v) if v.get_ref().trim() == "0" || v.get_ref().trim() == "0s" => Ok(Duration::ZERO),
-        other => duration(at, other, default),
+        None => Ok(default),
+        Some(v) if range.contains(v.get_ref()) => Ok(v.into_inner()),
+        Some(v) => Err(at.error(
+            v.span(),
+            format!(
+                "{key} must be between {} and {}",
+                range.start(),
+                range.end()
+            ),
+        )),
     }
 }
 
@@ -562,41 +643,174 @@ fn addresses(at: &Locator, value: Spanned<OneOrMany>) -> Result<Vec<SocketAddr>,
         return Err(at.error(span, "listen needs at least one address"));
     }
     list.iter()
-        .map(|a| {
-            a.parse::<SocketAddr>().map_err(|_| {
-                at.error(
-                    span.clone(),
-                    format!(
-                        "invalid listen address {a:?}: expected IP:PORT, e.g. \"127.0.0.1:8080\""
-                    ),
-                )
-            })
+        .map(|a| match a.parse::<SocketAddr>() {
+            Ok(addr) if addr.port() == 0 => Err(at.error(
+                span.clone(),
+                format!("listen address {a:?}: port 0 would listen on a random port"),
+            )),
+            Ok(addr) => Ok(addr),
+            Err(_) => Err(at.error(
+                span.clone(),
+                format!("invalid listen address {a:?}: expected IP:PORT, e.g. \"127.0.0.1:8080\""),
+            )),
         })
         .collect()
 }
 
+/// Refuses listen addresses that cannot all be bound at once: the same one twice (in `listen` or
+/// `tls.listen`), or a wildcard beside another address on its port (`0.0.0.0:P` takes port P on
+/// every IPv4 address, `[::]:P` on every address, IPv4 included, as Linux binds it by default).
+/// Each list comes with its span; an error names the later list.
+fn check_overlaps(
+    at: &Locator,
+    lists: &[(&[SocketAddr], Range<usize>)],
+) -> Result<(), ConfigError> {
+    let all: Vec<(SocketAddr, &Range<usize>)> = lists
+        .iter()
+        .flat_map(|(addrs, span)| addrs.iter().map(move |a| (*a, span)))
+        .collect();
+    for (i, (later, span)) in all.iter().enumerate() {
+        for (earlier, _) in &all[..i] {
+            if later.port() != earlier.port() {
+                continue;
+            }
+            let (a, b) = (plain_ip(earlier.ip()), plain_ip(later.ip()));
+            let covers =
+                |w: IpAddr, other: IpAddr| w.is_unspecified() && (w.is_ipv6() || other.is_ipv4());
+            let wildcard = [(a, b), (b, a)]
+                .into_iter()
+                .find_map(|(w, other)| covers(w, other).then_some(w));
+            let message = if a == b {
+                format!("listen address \"{later}\" is listed twice")
+            } else if let Some(w) = wildcard {
+                let every = if w.is_ipv6() {
+                    "every address, IPv4 included"
+                } else {
+                    "every IPv4 address"
+                };
+                format!(
+                    "listen address \"{later}\" overlaps \"{earlier}\": {w} takes port {} on {every}",
+                    later.port()
+                )
+            } else {
+                continue;
+            };
+            return Err(at.error((*span).clone(), message));
+        }
+    }
+    Ok(())
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) binds its IPv4 address.
+fn plain_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Why `origin` can never equal an `Origin` header a browser sends, if it cannot. Browsers send
+/// `scheme://host[:port]` with the host in lower case (IDN as punycode, IPv6 in brackets, compressed)
+/// and no default port; what is listed is also echoed in a response header, so nothing else may pass.
+fn origin_problem(origin: &str) -> Option<&'static str> {
+    let (rest, default_port) = match origin.split_once("://") {
+        Some(("https", rest)) => (rest, "443"),
+        Some(("http", rest)) => (rest, "80"),
+        _ => return Some("the scheme must be http:// or https://"),
+    };
+    // The host, and what follows it: nothing, or ":PORT".
+    let (host_ok, after) = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let Some((ip, after)) = v6.split_once(']') else {
+                return Some("an IPv6 host needs its closing ']'");
+            };
+            let canonical = ip
+                .parse::<std::net::Ipv6Addr>()
+                .is_ok_and(|parsed| parsed.to_string() == ip);
+            (canonical, after)
+        }
+        None => {
+            let host = rest.find(':').map_or(rest, |colon| &rest[..colon]);
+            let host_ok = !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
+            (host_ok, &rest[host.len()..])
+        }
+    };
+    if !host_ok {
+        return Some(
+            "the host must be lower-case letters, digits, '-' and '.' (punycode for other names), \
+             or a compressed IPv6 address in brackets: no \"*\", no path, no spaces or control characters",
+        );
+    }
+    if after.is_empty() {
+        return None;
+    }
+    match after.strip_prefix(':') {
+        Some(port) if port == default_port => {
+            Some("browsers leave out the scheme's default port: drop it")
+        }
+        Some(port)
+            if (1..=5).contains(&port.len())
+                && !port.starts_with('0')
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && port.parse::<u32>().is_ok_and(|p| p <= 65_535) =>
+        {
+            None
+        }
+        _ => Some("the port must be a number from 1 to 65535, after a ':'"),
+    }
+}
+
 fn validate_server(at: &Locator, raw: RawServer, base: &Path) -> Result<Server, ConfigError> {
-    let listen = match raw.listen {
-        Some(l) => addresses(at, l)?,
-        None => vec![DEFAULT_LISTEN],
+    let (listen, listen_span) = match raw.listen {
+        Some(l) => {
+            let span = l.span();
+            (addresses(at, l)?, span)
+        }
+        None => (vec![DEFAULT_LISTEN], 0..0),
     };
     let tls = match raw.tls {
         None => None,
         Some(tls) => {
-            let resolve = |p: &Spanned<String>| -> Result<PathBuf, ConfigError> {
+            let read = |p: &Spanned<String>| -> Result<(PathBuf, Vec<u8>), ConfigError> {
                 let path = base.join(p.get_ref());
                 if p.get_ref().is_empty() || !path.is_file() {
                     return Err(at.error(p.span(), format!("no such file: {}", path.display())));
                 }
-                Ok(path)
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    at.error(p.span(), format!("cannot read {}: {e}", path.display()))
+                })?;
+                Ok((path, bytes))
             };
-            Some(Tls {
-                cert: resolve(&tls.cert)?,
-                key: resolve(&tls.key)?,
-                listen: addresses(at, tls.listen)?,
-            })
+            let ((cert, cert_pem), (key, key_pem)) = (read(&tls.cert)?, read(&tls.key)?);
+            // Loaded here, as rustls will use them: pingora would only panic on a bad pair at
+            // start, on a thread of its own, and take the cleartext listeners down with it.
+            let certified = keys::tls_certified_key(&cert_pem, &key_pem).map_err(|(file, e)| {
+                let (raw, path) = match file {
+                    keys::TlsFile::Cert => (&tls.cert, &cert),
+                    keys::TlsFile::Key => (&tls.key, &key),
+                };
+                at.error(raw.span(), format!("{}: {e}", path.display()))
+            })?;
+            let span = tls.listen.span();
+            Some((
+                Tls {
+                    listen: addresses(at, tls.listen)?,
+                    cert,
+                    key,
+                    certified,
+                },
+                span,
+            ))
         }
     };
+    let mut lists = vec![(listen.as_slice(), listen_span)];
+    if let Some((tls, span)) = &tls {
+        lists.push((tls.listen.as_slice(), span.clone()));
+    }
+    check_overlaps(at, &lists)?;
     let positive = |v: Option<Spanned<usize>>, default: usize| -> Result<usize, ConfigError> {
         match v {
             None => Ok(default),
@@ -604,25 +818,14 @@ fn validate_server(at: &Locator, raw: RawServer, base: &Path) -> Result<Server, 
             Some(v) => Ok(v.into_inner()),
         }
     };
-    let max_streams = match raw.max_streams_per_connection {
-        None => DEFAULT_MAX_STREAMS_PER_CONNECTION,
-        Some(v) if *v.get_ref() == 0 => return Err(at.error(v.span(), "must be greater than zero")),
-        Some(v) => v.into_inner(),
-    };
     let cors = match raw.cors {
         None => None,
         Some(cors) => {
             for origin in cors.allow_origins.get_ref() {
-                let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
-                    && !origin.ends_with('/')
-                    && origin
-                        .split("://")
-                        .nth(1)
-                        .is_some_and(|host| !host.is_empty() && !host.contains('/'));
-                if !valid {
+                if let Some(problem) = origin_problem(origin) {
                     return Err(at.error(
                         cors.allow_origins.span(),
-                        format!("invalid origin {origin:?}: expected scheme://host[:port], e.g. \"https://dash.example.com\" (no \"*\", no path)"),
+                        format!("invalid origin {origin:?}: {problem} (expected scheme://host[:port], e.g. \"https://dash.example.com\")"),
                     ));
                 }
             }
@@ -644,7 +847,7 @@ fn validate_server(at: &Locator, raw: RawServer, base: &Path) -> Result<Server, 
     };
     Ok(Server {
         listen,
-        tls,
+        tls: tls.map(|(tls, _)| tls),
         cors,
         static_dir,
         max_connections: positive(raw.max_connections, DEFAULT_MAX_CONNECTIONS)?,
@@ -653,8 +856,20 @@ fn validate_server(at: &Locator, raw: RawServer, base: &Path) -> Result<Server, 
         heartbeat: duration(at, raw.heartbeat, DEFAULT_HEARTBEAT)?,
         retry: duration(at, raw.retry, DEFAULT_RETRY)?,
         write_timeout: duration(at, raw.write_timeout, DEFAULT_WRITE_TIMEOUT)?,
-        max_publish_bytes: positive(raw.max_publish_bytes, DEFAULT_MAX_PUBLISH_BYTES)?,
-        max_streams_per_connection: max_streams,
+        max_publish_bytes: bounded(
+            at,
+            "max_publish_bytes",
+            raw.max_publish_bytes,
+            DEFAULT_MAX_PUBLISH_BYTES,
+            PUBLISH_BYTES_RANGE,
+        )?,
+        max_streams_per_connection: bounded(
+            at,
+            "max_streams_per_connection",
+            raw.max_streams_per_connection,
+            DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            STREAMS_PER_CONNECTION_RANGE,
+        )?,
     })
 }
 

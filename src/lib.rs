@@ -8,7 +8,8 @@
 //! - [`replay`]: event ids, `Last-Event-ID` parsing and the in-memory replay buffer of a topic.
 //! - [`stream`]: each stream's bounded queue and overflow policy (`disconnect` or `drop-oldest`).
 //! - [`cors`], [`files`] (the dashboard folder), [`limits`] (connections per server and per IP).
-//! - [`auth`]: JWT verification and topic grants for routes with `auth = true`.
+//! - [`auth`]: JWT verification and topic grants for routes with `auth = true`; [`keys`]: the JWT
+//!   and TLS key files, checked as they will be used.
 //! - [`service`]: the pingora app: HTTP/1.1, h2c and TLS h2; routing ([`route`]); writes each stream
 //!   with heartbeats, coalescing what queued up; maps [`error`]s to statuses.
 //! - [`simulator`]: simulated IoT devices publishing on a memory broker, for the demo dashboard.
@@ -21,6 +22,7 @@ pub mod cors;
 pub mod error;
 pub mod files;
 pub mod hub;
+pub mod keys;
 pub mod limits;
 pub mod pump;
 pub mod replay;

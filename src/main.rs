@@ -10,10 +10,12 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 use sluice::config;
 use sluice::hub::Hub;
+use sluice::keys::OneCertificate;
 use sluice::service::Gateway;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// An SSE gateway that streams NATS and MQTT topics to browsers.
@@ -35,9 +37,22 @@ struct Cli {
     /// With --mint-token: a topic pattern the token may publish to (repeatable).
     #[arg(long, value_name = "PATTERN")]
     publish: Vec<String>,
-    /// With --mint-token: how long the token is valid.
-    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    /// With --mint-token: how long the token is valid, from 1s to 1y.
+    #[arg(long, default_value = "1h", value_parser = token_ttl)]
     ttl: Duration,
+}
+
+/// `--ttl`: a humantime duration within [`config::TOKEN_TTL_RANGE`].
+fn token_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if !config::TOKEN_TTL_RANGE.contains(&ttl) {
+        return Err(format!(
+            "a token lives from {} to {}",
+            humantime::format_duration(*config::TOKEN_TTL_RANGE.start()),
+            humantime::format_duration(*config::TOKEN_TTL_RANGE.end())
+        ));
+    }
+    Ok(ttl)
 }
 
 /// `--mint-token`: signs a token with the configured HS256 secret.
@@ -115,24 +130,80 @@ fn socket_options() -> TcpSocketOptions {
     options
 }
 
-/// Binds and releases `addr` (with SO_REUSEADDR, as pingora binds) to report a busy port up front.
-fn ensure_bindable(addr: SocketAddr) -> anyhow::Result<()> {
-    let socket = match addr {
-        SocketAddr::V4(_) => {
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-        }
-        SocketAddr::V6(_) => {
-            socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+/// Binds every address (with SO_REUSEADDR, as pingora binds) and listens on all of them at once,
+/// then releases them: a busy port, or two addresses that cannot both be bound, is reported up front.
+/// pingora itself would retry a busy port for 30 s and then fail on a thread of its own.
+fn ensure_bindable(addrs: impl IntoIterator<Item = SocketAddr>) -> anyhow::Result<()> {
+    let mut held = Vec::new();
+    for addr in addrs {
+        let domain = match addr {
+            SocketAddr::V4(_) => socket2::Domain::IPV4,
+            SocketAddr::V6(_) => socket2::Domain::IPV6,
+        };
+        let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)
+            .context("creating a socket")?;
+        socket
+            .set_reuse_address(true)
+            .context("setting SO_REUSEADDR")?;
+        socket
+            .bind(&addr.into())
+            .and_then(|()| socket.listen(1))
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        held.push(socket);
+    }
+    Ok(())
+}
+
+/// The listening service, made fatal: if pingora cannot start its listeners (it panics then, on the
+/// service's own thread, and would leave the process running without them), sluice exits with
+/// status 1 and the reason.
+struct MustListen {
+    inner: Option<Service<Gateway>>,
+    name: String,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::Service for MustListen {
+    async fn start_service(
+        &mut self,
+        fds: Option<pingora::server::ListenFds>,
+        shutdown: pingora::server::ShutdownWatch,
+        listeners_per_fd: usize,
+    ) {
+        let Some(mut inner) = self.inner.take() else {
+            return;
+        };
+        let run = tokio::spawn(async move {
+            pingora::services::Service::start_service(&mut inner, fds, shutdown, listeners_per_fd)
+                .await
+        });
+        // A cancelled task is the runtime shutting down: nothing to report then.
+        if let Err(Ok(panic)) = run.await.map_err(|e| e.try_into_panic()) {
+            let reason = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a panic".to_owned());
+            tracing::error!("the listeners could not start: {reason}");
+            std::process::exit(1);
         }
     }
-    .context("creating a socket")?;
-    socket
-        .set_reuse_address(true)
-        .context("setting SO_REUSEADDR")?;
-    socket
-        .bind(&addr.into())
-        .and_then(|()| socket.listen(1))
-        .with_context(|| format!("cannot listen on {addr}"))
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.inner
+            .as_ref()
+            .and_then(pingora::services::Service::threads)
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        self.inner
+            .as_ref()
+            .and_then(pingora::services::Service::listen_addresses)
+    }
 }
 
 /// Per-connection buffers of the cleartext listeners: none. pingora's 64 KiB read buffer pays off
@@ -176,11 +247,8 @@ fn run(config: config::Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    // pingora retries a busy port forever; fail fast with a clear message instead.
     let tls_listen = config.server.tls.iter().flat_map(|t| t.listen.iter());
-    for addr in config.server.listen.iter().chain(tls_listen) {
-        ensure_bindable(*addr)?;
-    }
+    ensure_bindable(config.server.listen.iter().chain(tls_listen).copied())?;
 
     let gateway = Gateway::new(config.clone(), Hub::new(bridges));
     let mut service = Service::new("sluice".to_owned(), gateway);
@@ -197,6 +265,9 @@ fn run(config: config::Config) -> anyhow::Result<()> {
         for addr in &tls.listen {
             let mut settings = TlsSettings::intermediate(&cert, &key)
                 .map_err(|e| anyhow::anyhow!("TLS certificate {cert} or key {key}: {e}"))?;
+            // The pair the configuration loaded and matched; with a resolver set, pingora does
+            // not read the files again.
+            settings.set_cert_resolver(Arc::new(OneCertificate(tls.certified.clone())));
             settings.enable_h2();
             service.add_listener(
                 ListenerConfig::tcp(addr.to_string())
@@ -206,7 +277,10 @@ fn run(config: config::Config) -> anyhow::Result<()> {
             tracing::info!("listening on https://{addr} (TLS: h2 and HTTP/1.1 by ALPN)");
         }
     }
-    server.add_service(service);
+    server.add_service(MustListen {
+        inner: Some(service),
+        name: "sluice".to_owned(),
+    });
     server.run(RunArgs {
         shutdown_signal: Box::new(sluice::shutdown::TwoStepShutdown),
     });

@@ -1,13 +1,23 @@
 //! Property tests with thousands of arbitrary inputs: the route matcher and path-parameter checks, the
-//! SSE encoder, the query and id parsers, topic grants and token checks. No input may panic, forge an
-//! event or widen a subscription.
+//! SSE encoder, the query and id parsers, topic grants and token checks, and configuration values. No
+//! input may panic, forge an event or widen a subscription; a token is accepted only when every claim
+//! is well-formed; a config value is either usable at runtime or refused at its line.
 
+use jsonwebtoken::{encode, EncodingKey, Header};
 use proptest::prelude::*;
-use sluice::auth::{query_param, AuthConfig, JwtKey};
+use serde_json::{json, Value};
+use sluice::auth::{query_param, AuthConfig, JwtKey, MAX_NUMERIC_DATE};
+use sluice::config::{
+    parse, Retention, DURATION_RANGE, PUBLISH_BYTES_RANGE, SIMULATED_DEVICES_RANGE,
+    STREAMS_PER_CONNECTION_RANGE,
+};
 use sluice::replay::{parse_memory_id, parse_sequence};
 use sluice::route::{PathTemplate, TopicTemplate};
 use sluice::sse::{encode_event, encode_event_with_id, BASE64_SUFFIX};
 use sluice_bridge::TopicSyntax;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What a browser dispatches for a stream (the WHATWG parsing rules for `event`, `data` and `id`).
 fn dispatch(stream: &str) -> Vec<(String, String, Option<String>)> {
@@ -47,6 +57,152 @@ fn dispatch(stream: &str) -> Vec<(String, String, Option<String>)> {
         }
     }
     events
+}
+
+fn auth(audience: Option<&str>) -> AuthConfig {
+    AuthConfig {
+        key: JwtKey::secret(b"secret"),
+        cookie: "sluice_token".into(),
+        query: "access_token".into(),
+        audience: audience.map(str::to_owned),
+        secret_env: None,
+    }
+}
+
+fn signed(claims: &Value) -> String {
+    encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(b"secret"),
+    )
+    .expect("encode")
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as f64
+}
+
+/// What a hostile or broken issuer might put in a time claim (`None`: the claim is left out). Values
+/// near now are included so that well-formed tokens are accepted often enough to matter.
+fn time_claim() -> impl Strategy<Value = Option<Value>> {
+    let now = now() as i64;
+    prop_oneof![
+        4 => Just(None),
+        6 => (-100_000i64..100_000).prop_map(move |d| Some(json!(now + d))),
+        2 => (-100_000f64..100_000.0).prop_map(move |d| Some(json!(now as f64 + d))),
+        1 => any::<u64>().prop_map(|n| Some(json!(n))),
+        1 => any::<i64>().prop_map(|n| Some(json!(n))),
+        1 => (0u32..64).prop_map(|p| Some(json!(1u64 << p))),
+        1 => (MAX_NUMERIC_DATE - 2..MAX_NUMERIC_DATE + 2).prop_map(|n| Some(json!(n))),
+        1 => any::<f64>().prop_map(|f| Some(json!(f))),
+        1 => Just(Some(json!(1.8446744073709552e19))),
+        1 => "\\PC{0,20}".prop_map(|t| Some(json!(t))),
+        1 => Just(Some(Value::Null)),
+        1 => any::<bool>().prop_map(|b| Some(json!(b))),
+        1 => Just(Some(json!([now + 60]))),
+        1 => Just(Some(json!({"at": now + 60}))),
+    ]
+}
+
+/// The model: is a time claim a NumericDate in range, and what is it?
+fn numeric_date(value: &Option<Value>) -> Result<Option<f64>, ()> {
+    match value {
+        None => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(secs) if (0.0..=MAX_NUMERIC_DATE as f64).contains(&secs) => Ok(Some(secs)),
+            _ => Err(()),
+        },
+        Some(_) => Err(()),
+    }
+}
+
+/// The model of a token sluice must accept at time `now` (with 5 s of skew), audience "dash".
+fn acceptable(
+    exp: &Option<Value>,
+    nbf: &Option<Value>,
+    iat: &Option<Value>,
+    aud: &Option<Value>,
+    now: f64,
+) -> bool {
+    let (Ok(Some(exp)), Ok(nbf), Ok(_)) = (numeric_date(exp), numeric_date(nbf), numeric_date(iat))
+    else {
+        return false;
+    };
+    let aud_ok = match aud {
+        Some(Value::String(a)) => a == "dash",
+        Some(Value::Array(list)) => {
+            list.iter().any(|a| a == "dash") && list.iter().all(Value::is_string)
+        }
+        _ => false,
+    };
+    exp + 5.0 >= now && nbf.is_none_or(|nbf| nbf <= now + 5.0) && aud_ok
+}
+
+/// A duration as someone might write one: plausible, at the bounds, absurd, or not a duration.
+fn duration_text() -> impl Strategy<Value = String> {
+    let units = || {
+        proptest::sample::select(vec![
+            "ns", "us", "ms", "s", "m", "h", "d", "day", "days", "w", "M", "y",
+        ])
+    };
+    prop_oneof![
+        (0u64..5000, units()).prop_map(|(n, unit)| format!("{n}{unit}")),
+        (any::<u64>(), units()).prop_map(|(n, unit)| format!("{n}{unit}")),
+        (0u64..100, units(), 0u64..100, units()).prop_map(|(a, u, b, v)| format!("{a}{u} {b}{v}")),
+        proptest::sample::select(vec![
+            "0",
+            "0s",
+            "1ms",
+            "999us",
+            "1day",
+            "24h",
+            "1day 1ms",
+            "86401s",
+            "300000000000y",
+            "600000000000y",
+            "",
+        ])
+        .prop_map(str::to_owned),
+        "\\PC{0,12}",
+    ]
+}
+
+/// A memory route (line 5 on) and a simulator (line 12 on) after two lines of `[server]`.
+fn config_text(server_line: &str, route_line: &str, simulator_line: &str) -> String {
+    format!(
+        "[server]\n{server_line}\n[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a\"\nbroker = \"m\"\ntopic = \"a\"\nreplay = 1\n{route_line}\n[simulator]\nbroker = \"m\"\n{simulator_line}\n"
+    )
+}
+
+/// True when a duration survives what sluice does with it: deadlines (now + 3x) and `retry:` in ms.
+fn usable(d: Duration) -> bool {
+    Instant::now().checked_add(d.saturating_mul(3)).is_some()
+        && d.as_millis()
+            .checked_mul(3)
+            .is_some_and(|ms| u64::try_from(ms).is_ok())
+}
+
+/// True when `[::]:P` also takes IPv4 port P here (`net.ipv6.bindv6only = 0`, Linux's default).
+fn dual_stack() -> bool {
+    let Ok(v6) = TcpListener::bind("[::]:0") else {
+        return false;
+    };
+    v6.local_addr()
+        .is_ok_and(|a| TcpListener::bind(("0.0.0.0", a.port())).is_err())
+}
+
+/// Two ports free on every address (their holders are dropped before they are used).
+fn free_ports() -> [u16; 2] {
+    let take = || {
+        TcpListener::bind("[::]:0")
+            .or_else(|_| TcpListener::bind("0.0.0.0:0"))
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port")
+    };
+    [take(), take()]
 }
 
 fn config() -> ProptestConfig {
@@ -136,15 +292,175 @@ proptest! {
     /// Arbitrary tokens are refused, never accepted and never a panic.
     #[test]
     fn arbitrary_tokens_are_refused(token in "\\PC{0,300}", parts in proptest::collection::vec("[A-Za-z0-9_-]{0,40}", 3)) {
-        let auth = AuthConfig {
-            key: JwtKey::secret(b"secret"),
-            cookie: "sluice_token".into(),
-            query: "access_token".into(),
-            audience: None,
-            secret_env: None,
-        };
+        let auth = auth(None);
         prop_assert!(auth.verify(&token).is_err());
         prop_assert!(auth.verify(&parts.join(".")).is_err());
+    }
+
+    /// Signed tokens with extreme or ill-typed time claims never panic, and are accepted exactly when
+    /// every claim is well-formed and current (the audience "dash" is configured).
+    #[test]
+    fn signed_tokens_are_accepted_only_when_well_formed(
+        exp in time_claim(),
+        nbf in time_claim(),
+        iat in time_claim(),
+        aud in prop_oneof![
+            Just(None),
+            Just(Some(json!("dash"))),
+            Just(Some(json!("other"))),
+            Just(Some(json!(["x", "dash"]))),
+            Just(Some(json!([]))),
+            Just(Some(json!(5))),
+            Just(Some(Value::Null)),
+        ],
+    ) {
+        let mut claims = serde_json::Map::new();
+        for (name, value) in [("exp", &exp), ("nbf", &nbf), ("iat", &iat), ("aud", &aud)] {
+            if let Some(value) = value {
+                claims.insert(name.into(), value.clone());
+            }
+        }
+        let token = signed(&Value::Object(claims));
+        let before = now();
+        let verdict = auth(Some("dash")).verify(&token);
+        let after = now();
+        let (then, later) = (
+            acceptable(&exp, &nbf, &iat, &aud, before),
+            acceptable(&exp, &nbf, &iat, &aud, after),
+        );
+        // A second may tick during the call: only judge when the model agrees at both ends.
+        if then == later {
+            prop_assert_eq!(verdict.is_ok(), then, "{:?}", verdict.err().map(|e| e.to_string()));
+        }
+        if let Ok(grant) = verdict {
+            // A grant never outlives what its exp says.
+            let exp = numeric_date(&exp).ok().flatten().unwrap_or_default();
+            prop_assert!(grant.remaining().as_secs_f64() <= exp - before + 1.0);
+        }
+    }
+
+    /// A pattern in a token grants something only when it is a valid filter that covers the topic.
+    #[test]
+    fn only_valid_patterns_grant(pattern in "[ab+#/.*>]{0,8}", filter in "[ab+#/.*>]{1,8}") {
+        let claims = json!({"exp": now() + 600.0, "sluice": {"subscribe": [&pattern], "publish": [&pattern]}});
+        let grant = auth(None).verify(&signed(&claims)).expect("a valid token");
+        for syntax in [TopicSyntax::Mqtt, TopicSyntax::Nats] {
+            for allowed in [grant.may_subscribe(syntax, &filter), grant.may_publish(syntax, &filter)] {
+                if allowed {
+                    prop_assert!(syntax.check_filter(&pattern).is_ok(), "{pattern:?} granted {filter:?}");
+                    prop_assert!(syntax.covers(&pattern, &filter));
+                }
+            }
+        }
+    }
+
+    /// Every duration key is usable at runtime and within its bounds once accepted; refused, the error
+    /// names its line.
+    #[test]
+    fn durations_are_usable_or_refused_at_their_line(
+        key in proptest::sample::select(vec!["heartbeat", "retry", "write_timeout", "request_timeout", "linger", "interval"]),
+        value in duration_text(),
+    ) {
+        let line = format!("{key} = {value:?}");
+        let (text, at_line) = match key {
+            "linger" => (config_text("", &line, ""), 10),
+            "interval" => (config_text("", "", &line), 13),
+            _ => (config_text(&line, "", ""), 2),
+        };
+        match parse("F", &text, Path::new(".")) {
+            Ok(config) => {
+                let server = &config.server;
+                let simulator = config.simulator.as_ref().map(|s| s.interval);
+                let parsed = match key {
+                    "heartbeat" => server.heartbeat,
+                    "retry" => server.retry,
+                    "write_timeout" => server.write_timeout,
+                    "request_timeout" => server.request_timeout,
+                    "interval" => simulator.unwrap_or_default(),
+                    _ => match config.routes[0].retention {
+                        Retention::Replay { linger, .. } => linger,
+                        ref other => panic!("{other:?}"),
+                    },
+                };
+                prop_assert!(usable(parsed), "{line} -> {parsed:?}");
+                let zero_allowed = key == "linger" && parsed.is_zero();
+                prop_assert!(zero_allowed || DURATION_RANGE.contains(&parsed), "{line} -> {parsed:?}");
+            }
+            Err(e) => prop_assert_eq!(e.line, at_line, "{}", e),
+        }
+    }
+
+    /// Every bounded number key is within its bounds once accepted; refused, the error names its line.
+    #[test]
+    fn numbers_are_in_bounds_or_refused_at_their_line(
+        key in proptest::sample::select(vec!["max_publish_bytes", "max_streams_per_connection", "devices"]),
+        value in prop_oneof![
+            any::<i64>(),
+            -2i64..3,
+            1_048_570i64..1_048_580,
+            99_995i64..100_005,
+            995i64..1005,
+            Just(i64::from(u32::MAX) + 1),
+        ],
+    ) {
+        let line = format!("{key} = {value}");
+        let (text, at_line) = match key {
+            "devices" => (config_text("", "", &line), 13),
+            _ => (config_text(&line, "", ""), 2),
+        };
+        match parse("F", &text, Path::new(".")) {
+            Ok(config) => {
+                let in_bounds = match key {
+                    "max_publish_bytes" => PUBLISH_BYTES_RANGE.contains(&config.server.max_publish_bytes),
+                    "max_streams_per_connection" => {
+                        STREAMS_PER_CONNECTION_RANGE.contains(&config.server.max_streams_per_connection)
+                    }
+                    _ => config
+                        .simulator
+                        .is_some_and(|s| SIMULATED_DEVICES_RANGE.contains(&s.devices)),
+                };
+                prop_assert!(in_bounds, "{line}");
+            }
+            Err(e) => prop_assert_eq!(e.line, at_line, "{}", e),
+        }
+    }
+
+    /// Listen addresses that `--check` accepts can all be bound at once, as pingora binds them; refused
+    /// ones cannot, and the error names the line. (An address this machine lacks, such as `::1` without
+    /// IPv6, is left out.)
+    #[test]
+    fn accepted_listen_addresses_can_all_be_bound(
+        picks in proptest::collection::vec((0usize..6, 0usize..2), 1..4),
+    ) {
+        let ips = ["127.0.0.1", "0.0.0.0", "[::]", "[::1]", "[::ffff:127.0.0.1]", "127.0.0.2"];
+        let ports = free_ports();
+        let addrs: Vec<SocketAddr> = picks
+            .iter()
+            .filter_map(|(ip, port)| format!("{}:{}", ips[*ip], ports[*port]).parse().ok())
+            .filter(|addr| TcpListener::bind(addr).is_ok())
+            .collect();
+        prop_assume!(!addrs.is_empty());
+        let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+        let text = config_text(&format!("listen = [{}]", list.join(", ")), "", "");
+        let accepted = parse("F", &text, Path::new("."));
+        // Held together, as sluice checks them before it starts (std binds with SO_REUSEADDR).
+        let mut held = Vec::new();
+        let mut all_bound = true;
+        for addr in &addrs {
+            match TcpListener::bind(addr) {
+                Ok(listener) => held.push(listener),
+                Err(_) => all_bound = false,
+            }
+        }
+        drop(held);
+        match accepted {
+            Ok(_) => prop_assert!(all_bound, "accepted but not bindable together: {list:?}"),
+            Err(e) => {
+                prop_assert_eq!(e.line, 2, "{}", e);
+                // The check assumes a dual-stack [::] (Linux's default); a v6-only host could bind more.
+                prop_assert!(!all_bound || !dual_stack(), "bindable together but refused: {list:?}: {e}");
+            }
+        }
     }
 
     /// A grant that covers a filter matches every topic the filter matches.

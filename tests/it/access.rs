@@ -443,3 +443,162 @@ async fn mint_token_signs_what_the_server_accepts() {
     let denied = get_with(&sluice, "/sensors/b/temp", &[("authorization", &bearer)]).await;
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
 }
+
+/// An HS256 token with exactly these claims.
+fn signed(claims: serde_json::Value) -> String {
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("encode token")
+}
+
+#[tokio::test]
+async fn hostile_time_claims_are_refused_with_a_reason_and_nothing_breaks() {
+    let sluice = start().await;
+    let later = now() + 600;
+    let grant = serde_json::json!({"subscribe": ["sensors/#"]});
+    for (claim, claims) in [
+        // exp >= 2^63 once panicked the request: the client got an empty reply.
+        (
+            "exp",
+            serde_json::json!({"exp": 1u64 << 63, "sluice": grant}),
+        ),
+        ("exp", serde_json::json!({"exp": u64::MAX, "sluice": grant})),
+        (
+            "exp",
+            serde_json::json!({"exp": "2030-01-01", "sluice": grant}),
+        ),
+        // An nbf that is not a number was ignored, and the token accepted.
+        (
+            "nbf",
+            serde_json::json!({"exp": later, "nbf": "2999-01-01", "sluice": grant}),
+        ),
+        (
+            "nbf",
+            serde_json::json!({"exp": later, "nbf": 1.8446744073709552e19, "sluice": grant}),
+        ),
+        (
+            "iat",
+            serde_json::json!({"exp": later, "iat": [1], "sluice": grant}),
+        ),
+    ] {
+        let bearer = format!("Bearer {}", signed(claims.clone()));
+        let resp = get_with(&sluice, "/sensors/a/temp", &[("authorization", &bearer)]).await;
+        assert_eq!(resp.status, StatusCode::UNAUTHORIZED, "{claims}");
+        assert!(
+            resp.text().contains("invalid token") && resp.text().contains(claim),
+            "{claims}: {}",
+            resp.text()
+        );
+    }
+    let good = format!("Bearer {}", token(600, &["sensors/#"], &[]));
+    let ok = get_with(&sluice, "/sensors/a/temp", &[("authorization", &good)]).await;
+    assert_eq!(ok.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn invalid_grant_patterns_grant_nothing() {
+    let sluice = start().await;
+    // `sensors/#/x` is not a valid MQTT filter; it once granted all of `sensors/#`.
+    let bad = format!(
+        "Bearer {}",
+        token(600, &["sensors/#/x", "sensors/+a"], &["sensors/#/x"])
+    );
+    for path in ["/sensors/a/temp", "/sensors/a/x"] {
+        let resp = get_with(&sluice, path, &[("authorization", &bad)]).await;
+        assert_eq!(
+            resp.status,
+            StatusCode::FORBIDDEN,
+            "{path}: {}",
+            resp.text()
+        );
+    }
+    let publish = raw_request(
+        sluice.addr,
+        "POST",
+        "/sensors/a/x",
+        &[("authorization", &bad)],
+        "open",
+    )
+    .await;
+    assert_eq!(publish.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_configured_audience_is_required_in_every_token() {
+    let sluice = Sluice::start_opts(
+        r#"
+[auth]
+jwt_secret_env = "TEST_JWT_SECRET"
+audience = "dashboards"
+
+[brokers.m]
+type = "memory"
+
+[[routes]]
+path = "/s/{x}"
+broker = "m"
+topic = "s/{x}"
+auth = true
+"#,
+        Options {
+            env: vec![("TEST_JWT_SECRET".into(), SECRET.into())],
+            ..Options::default()
+        },
+    )
+    .await;
+    let grant = serde_json::json!({"subscribe": ["s/+"]});
+    let later = now() + 600;
+    for (claims, status) in [
+        (
+            serde_json::json!({"exp": later, "sluice": grant}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            serde_json::json!({"exp": later, "aud": 7, "sluice": grant}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            serde_json::json!({"exp": later, "aud": "other", "sluice": grant}),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            serde_json::json!({"exp": later, "aud": "dashboards", "sluice": grant}),
+            StatusCode::OK,
+        ),
+        (
+            serde_json::json!({"exp": later, "aud": ["x", "dashboards"], "sluice": grant}),
+            StatusCode::OK,
+        ),
+    ] {
+        let bearer = format!("Bearer {}", signed(claims.clone()));
+        let resp = get_with(&sluice, "/s/a", &[("authorization", &bearer)]).await;
+        assert_eq!(resp.status, status, "{claims}: {}", resp.text());
+    }
+}
+
+#[test]
+fn mint_token_refuses_absurd_lifetimes() {
+    let dir = TempDir::new("mint");
+    let config = dir.0.join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[auth]\njwt_secret_env = \"TEST_JWT_SECRET\"\n[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a\"\nbroker = \"m\"\ntopic = \"a\"\n",
+    )
+    .expect("write config");
+    for ttl in ["500000000000y", "2y", "0s"] {
+        let out = std::process::Command::new(sluice_bin())
+            .arg("--config")
+            .arg(&config)
+            .args(["--mint-token", "--subscribe", "#", "--ttl", ttl])
+            .env("TEST_JWT_SECRET", SECRET)
+            .output()
+            .expect("run --mint-token");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{ttl}: {stderr}");
+        assert!(out.stdout.is_empty(), "{ttl}: a token was printed");
+        assert!(stderr.contains("1year"), "{ttl}: {stderr}");
+    }
+}

@@ -234,3 +234,29 @@ async fn a_busy_port_is_a_clear_start_up_error() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn static_files_are_regular_files_directly_in_the_folder() {
+    let dir = TempDir::new("static");
+    let (site, outside) = (dir.0.join("site"), dir.0.join("outside"));
+    std::fs::create_dir_all(site.join("sub")).expect("create folders");
+    std::fs::create_dir_all(&outside).expect("create folders");
+    std::fs::write(site.join("index.html"), "<p>dashboard</p>").expect("write");
+    std::fs::write(site.join("sub").join("inner.js"), "inner").expect("write");
+    std::fs::write(outside.join("secret.txt"), "secret").expect("write");
+    std::os::unix::fs::symlink(outside.join("secret.txt"), site.join("passwd")).expect("symlink");
+    std::os::unix::fs::symlink("/etc/passwd", site.join("etc")).expect("symlink");
+    let sluice = Sluice::start(&format!("static_dir = \"{}\"\n{MEMORY}", site.display())).await;
+    let index = get(sluice.addr, "/").await.expect("GET /");
+    assert_eq!(index.status, StatusCode::OK);
+    assert_eq!(index.text(), "<p>dashboard</p>");
+    for path in ["/passwd", "/etc", "/sub/inner.js", "/sub"] {
+        let resp = get(sluice.addr, path).await.expect("GET");
+        assert_eq!(
+            resp.status,
+            StatusCode::NOT_FOUND,
+            "{path}: {}",
+            resp.text()
+        );
+    }
+}

@@ -2,6 +2,7 @@
 
 mod access;
 mod backpressure;
+mod bounds;
 mod broker_rules;
 mod browser;
 mod cdp;
