@@ -206,3 +206,97 @@ async fn a_wildcard_stream_resumes_across_its_topics() {
         "nothing twice"
     );
 }
+
+/// A room of big events, as in the attack on the shipped configuration.
+const BIG_ROOM: &str = r#"
+write_timeout = "60s"
+
+[brokers.mem]
+type = "memory"
+
+[[routes]]
+path = "/demo/{room}"
+broker = "mem"
+topic = "demo/{room}"
+publish = true
+replay = 1000
+"#;
+
+/// Sends a resuming request on a raw socket and waits until the response has started to arrive;
+/// the socket is then never read again.
+async fn stalled_h1_resume(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nlast-event-id: x\r\n\r\n");
+    socket
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
+    let mut probe = [0u8; 1];
+    within("response started", socket.peek(&mut probe))
+        .await
+        .expect("peek");
+    socket
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_resumes_hold_a_batch_not_a_copy_of_the_backlog() {
+    let sluice = Sluice::start(BIG_ROOM).await;
+    // A stream on the room keeps its topic (and so its replay ring) alive while it fills.
+    let mut watcher = h1_stream(sluice.addr, "/demo/big").await;
+    watcher.opened().await;
+    let watching = tokio::spawn(async move {
+        for _ in 0..300 {
+            watcher.next_event().await;
+        }
+        watcher
+    });
+    let mut publisher = Publisher::connect(sluice.addr).await;
+    let payload = "x".repeat(64 * 1024 - 3);
+    for n in 0..300 {
+        publisher
+            .publish("/demo/big", format!("{n:03}{payload}"))
+            .await;
+    }
+    let watcher = within("the watcher read every event", watching)
+        .await
+        .expect("watcher");
+    let before = sluice.rss_kib();
+
+    // Ten HTTP/1.1 clients that never read, and five HTTP/2 streams on one connection whose window
+    // is zero: each asks for the whole 19 MiB backlog.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        held.push(stalled_h1_resume(sluice.addr, "/demo/big").await);
+    }
+    let tcp = tokio::net::TcpStream::connect(sluice.addr)
+        .await
+        .expect("connect");
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    let mut responses = Vec::new();
+    for _ in 0..5 {
+        let request = http::Request::get(format!("http://{}/demo/big", sluice.addr))
+            .header("last-event-id", "x")
+            .body(())
+            .expect("request");
+        let mut client = within("h2 ready", client.clone().ready())
+            .await
+            .expect("ready");
+        let (response, _) = client.send_request(request, true).expect("send");
+        responses.push(within("h2 response", response).await.expect("response"));
+    }
+    // Every stream is open, and its pump has its first batch in hand.
+    let after = sluice.rss_kib();
+    let grown = after.saturating_sub(before);
+    // Before, each resume encoded and copied the whole backlog: 15 of them grew RSS by 288 MiB.
+    assert!(
+        grown < 48 * 1024,
+        "15 stalled resumes grew RSS by {grown} KiB (from {before} KiB)"
+    );
+    drop((held, responses, watcher));
+}

@@ -180,6 +180,17 @@ impl Sluice {
         sluice
     }
 
+    /// The resident memory of the sluice process, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
     /// What sluice logged, when started with `capture_log`.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("sluice.log")).unwrap_or_default()
@@ -595,6 +606,10 @@ impl Publisher {
             .header("host", &self.authority)
             .body(Full::new(body.into()))
             .expect("request");
+        // The connection takes the next request only once it has finished with the last one.
+        within("publisher ready", self.sender.ready())
+            .await
+            .expect("publisher connection");
         let resp = within("publish", self.sender.send_request(req))
             .await
             .expect("publish response");
