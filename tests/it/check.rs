@@ -473,6 +473,31 @@ fn errors_name_line_and_column() {
             "FILE:7:10: linger needs replay > 0",
         ),
         (
+            "replay_bytes without replay",
+            "[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a\"\nbroker = \"m\"\ntopic = \"a\"\nreplay_bytes = 100000\n",
+            "FILE:7:16: replay_bytes needs replay > 0",
+        ),
+        (
+            "replay_bytes too small",
+            "[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a\"\nbroker = \"m\"\ntopic = \"a\"\nreplay = 5\nreplay_bytes = 1000\n",
+            "FILE:8:16: replay_bytes must be between 65536 (64 KiB) and 68719476736 (64 GiB)",
+        ),
+        (
+            "max_control_line too small",
+            "[brokers.n]\ntype = \"nats\"\nurl = \"nats://x\"\nmax_control_line = 100\n",
+            "FILE:4:20: max_control_line must be between 1024 and 16777216 bytes",
+        ),
+        (
+            "max_control_line on mqtt",
+            "[brokers.q]\ntype = \"mqtt\"\nurl = \"mqtt://x\"\nmax_control_line = 4096\n",
+            "FILE:4:20: max_control_line is for nats brokers only",
+        ),
+        (
+            "a long stream name",
+            &format!("[brokers.n]\ntype = \"nats\"\nurl = \"nats://x\"\n[[routes]]\npath = \"/a\"\nbroker = \"n\"\ntopic = \"a\"\njetstream = \"{}\"\n", "S".repeat(256)),
+            "FILE:8:13: a JetStream stream name is at most 255 bytes",
+        ),
+        (
             "bad linger",
             "[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a\"\nbroker = \"m\"\ntopic = \"a\"\nreplay = 5\nlinger = \"soon\"\n",
             "FILE:8:10: invalid duration",
