@@ -12,6 +12,7 @@ mod faults;
 mod http;
 mod jetstream;
 mod mqtt;
+mod mqtt_faults;
 mod nats;
 mod protocols;
 mod resume;

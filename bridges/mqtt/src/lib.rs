@@ -11,14 +11,20 @@
 //! again right after sluice (re)connects, what sluice sent since its last stable connection is given
 //! up (see [`Breaker`]) instead of being re-sent forever: pending publishes are dropped and counted,
 //! and recent subscriptions fail, which closes their streams.
+//!
+//! A QoS 1 message comes again after a reconnect when sluice's acknowledgement of it was lost with
+//! the connection (rumqttc acknowledges a message as soon as it reads it, so sluice had delivered it
+//! already). Such a redelivery is recognised and dropped (see [`Redeliveries`]): each message gets
+//! one replay id, once.
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{ConnAckProperties, Packet, SubscribeProperties};
+use rumqttc::v5::mqttbytes::v5::{ConnAckProperties, Packet, Publish, SubscribeProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request};
 use sluice_bridge::{Bridge, BridgeError, Message, Sink, Subscription, TopicSyntax};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -29,6 +35,13 @@ use tokio::time::Instant;
 /// disconnects: long enough for a broker or network blip, short enough not to pile up after sluice
 /// itself is gone.
 const SESSION_EXPIRY_SECS: u32 = 300;
+
+/// How many QoS 1 messages the broker may send before sluice acknowledges them (MQTT 5 receive
+/// maximum). Announced rather than left to the broker (mosquitto would take 20, the protocol 65,535):
+/// it bounds how many messages can come again after a reconnect, and so how many [`Redeliveries`]
+/// must remember. Sluice acknowledges as soon as it reads, so the window only needs to cover the
+/// round trip.
+const RECEIVE_MAXIMUM: u16 = 1024;
 
 /// How the MQTT bridge connects.
 #[derive(Clone, Debug)]
@@ -154,7 +167,8 @@ impl MqttBridge {
         let mut options = MqttOptions::new(settings.client_id.clone(), host, port);
         options
             .set_keep_alive(Duration::from_secs(20))
-            .set_max_packet_size(Some(MAX_INCOMING_PACKET));
+            .set_max_packet_size(Some(MAX_INCOMING_PACKET))
+            .set_receive_maximum(Some(RECEIVE_MAXIMUM));
         if qos == QoS::AtLeastOnce {
             // A persistent session: the broker keeps the subscriptions and queues QoS 1 messages while
             // sluice is briefly away, and delivers them when it reconnects.
@@ -267,6 +281,71 @@ fn subscribe_request(client: &AsyncClient, shared: &Shared, filter: &str, id: us
     });
 }
 
+/// Recognises a QoS 1 message that the broker sends again, after a reconnect, because sluice's
+/// acknowledgement did not reach it. rumqttc acknowledges a message as soon as it reads it and sluice
+/// delivers it at once; when the connection drops before that PUBACK reaches the broker (a broker
+/// that hangs and then drops sluice for its keep-alive before reading what sluice sent; a network
+/// cut), the resumed session sends the message again with DUP set and the same packet id. Without
+/// this it would reach the streams a second time, under a second replay id.
+///
+/// A DUP publish is a repeat when the latest QoS 1 message sluice received with that packet id has
+/// the same topic and payload. A broker reuses a packet id only once the previous message with it was
+/// acknowledged, so a newer message with that id replaces the entry, and a DUP=0 publish is always
+/// delivered. A DUP publish that matches nothing is one sluice never received (it was lost with the
+/// connection): it is delivered. The one ambiguity is a broker that reuses a packet id at once for
+/// a message identical in topic and payload, lost as the connection dropped: it is taken for a
+/// repeat. (mosquitto counts packet ids up: it reuses one after 65,535 other messages.)
+struct Redeliveries {
+    /// (packet id, fingerprint of topic and payload) of the latest QoS 1 messages, oldest first.
+    recent: VecDeque<(u16, u64)>,
+    /// Keyed per process, so that nobody who publishes can aim for a collision.
+    hasher: RandomState,
+}
+
+impl Redeliveries {
+    /// The broker holds at most [`RECEIVE_MAXIMUM`] unacknowledged messages, and a repeat is one of
+    /// them, so it is among the latest messages received; twice that covers the messages received
+    /// again in between when reconnects follow each other.
+    const WINDOW: usize = 2 * RECEIVE_MAXIMUM as usize;
+
+    fn new() -> Self {
+        Self {
+            recent: VecDeque::new(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Records a received publish; true when it is a repeat of one already delivered.
+    fn is_repeat(&mut self, publish: &Publish) -> bool {
+        // QoS 0 is never sent again; sluice subscribes at QoS 1 at most.
+        if publish.qos != QoS::AtLeastOnce {
+            return false;
+        }
+        let fingerprint = self
+            .hasher
+            .hash_one((publish.topic.as_ref(), publish.payload.as_ref()));
+        let repeat = publish.dup
+            && self
+                .recent
+                .iter()
+                .rev()
+                .find(|(pkid, _)| *pkid == publish.pkid)
+                .is_some_and(|(_, seen)| *seen == fingerprint);
+        if self.recent.len() == Self::WINDOW {
+            self.recent.pop_front();
+        }
+        // A repeat is recorded again: it is unacknowledged again until this connection's PUBACK
+        // arrives.
+        self.recent.push_back((publish.pkid, fingerprint));
+        repeat
+    }
+
+    /// The broker did not keep the session: it sends nothing again.
+    fn session_lost(&mut self) {
+        self.recent.clear();
+    }
+}
+
 /// What the event loop task works with.
 struct Connection {
     broker: String,
@@ -329,6 +408,9 @@ async fn run_event_loop(conn: Connection, mut event_loop: EventLoop) {
         last_stable: None,
         quick_drops: 0,
     };
+    let mut redeliveries = Redeliveries::new();
+    // Whether this connection dropped a redelivery yet: one log line per reconnect, not per message.
+    let mut dropped_repeat = false;
     loop {
         match event_loop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
@@ -337,6 +419,10 @@ async fn run_event_loop(conn: Connection, mut event_loop: EventLoop) {
                 warned = false;
                 backoff = MIN_BACKOFF;
                 conn.shared.connected(connack.properties.as_ref());
+                if !connack.session_present {
+                    redeliveries.session_lost();
+                }
+                dropped_repeat = false;
                 if conn.shared.qos(*qos) != *qos {
                     tracing::warn!(%broker, "the mqtt broker takes QoS 0 only: publishing and subscribing at QoS 0");
                 }
@@ -353,7 +439,16 @@ async fn run_event_loop(conn: Connection, mut event_loop: EventLoop) {
                     subscribe_request(&conn.client, &conn.shared, &filter, id, *qos);
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => deliver(&conn.filters, publish),
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if redeliveries.is_repeat(&publish) {
+                    if !dropped_repeat {
+                        dropped_repeat = true;
+                        tracing::info!(%broker, "the mqtt broker sends again messages whose acknowledgements were lost with the connection; sluice drops those it delivered already");
+                    }
+                } else {
+                    deliver(&conn.filters, publish);
+                }
+            }
             Ok(_) => {}
             Err(e) => {
                 let was_connected = breaker.connected_at.is_some();
@@ -413,7 +508,7 @@ fn give_up_recent(conn: &Connection, event_loop: &mut EventLoop, since: Option<I
     }
 }
 
-fn deliver(filters: &Filters, publish: rumqttc::v5::mqttbytes::v5::Publish) {
+fn deliver(filters: &Filters, publish: Publish) {
     let Ok(topic) = std::str::from_utf8(&publish.topic) else {
         tracing::debug!("mqtt message with a non-UTF-8 topic ignored");
         return;
@@ -584,6 +679,69 @@ mod tests {
             "the third quick drop in a row after the stable one trips"
         );
         assert_eq!(breaker.last_stable, stable);
+    }
+
+    fn publish(pkid: u16, dup: bool, topic: &str, payload: &str) -> Publish {
+        let mut publish = Publish::new(topic, QoS::AtLeastOnce, payload.to_owned(), None);
+        publish.pkid = pkid;
+        publish.dup = dup;
+        publish
+    }
+
+    #[test]
+    fn a_redelivery_of_a_delivered_message_is_a_repeat_and_nothing_else_is() {
+        let mut seen = Redeliveries::new();
+        assert!(!seen.is_repeat(&publish(7, false, "t", "a")));
+        assert!(
+            seen.is_repeat(&publish(7, true, "t", "a")),
+            "sent again after a lost PUBACK"
+        );
+        assert!(
+            seen.is_repeat(&publish(7, true, "t", "a")),
+            "and again after one more reconnect"
+        );
+        assert!(
+            !seen.is_repeat(&publish(7, false, "t", "a")),
+            "DUP=0: a new message that reuses the packet id"
+        );
+        assert!(
+            !seen.is_repeat(&publish(8, true, "t", "a")),
+            "never received: lost with the connection"
+        );
+        assert!(
+            !seen.is_repeat(&publish(7, true, "t", "b")),
+            "other payload"
+        );
+        assert!(!seen.is_repeat(&publish(7, true, "u", "b")), "other topic");
+        // The latest message with a packet id is the one a redelivery can repeat.
+        assert!(!seen.is_repeat(&publish(9, false, "t", "old")));
+        assert!(!seen.is_repeat(&publish(9, false, "t", "new")));
+        assert!(seen.is_repeat(&publish(9, true, "t", "new")));
+        assert!(!seen.is_repeat(&publish(9, true, "t", "old")));
+
+        let mut qos0 = publish(10, true, "t", "a");
+        qos0.qos = QoS::AtMostOnce;
+        assert!(!seen.is_repeat(&qos0));
+        assert!(!seen.is_repeat(&qos0), "QoS 0 is never a repeat");
+
+        assert!(!seen.is_repeat(&publish(11, false, "t", "a")));
+        seen.session_lost();
+        assert!(
+            !seen.is_repeat(&publish(11, true, "t", "a")),
+            "a new session repeats nothing"
+        );
+    }
+
+    #[test]
+    fn redeliveries_remember_a_bounded_window() {
+        let mut seen = Redeliveries::new();
+        let total = Redeliveries::WINDOW as u16 + 10;
+        for pkid in 1..=total {
+            assert!(!seen.is_repeat(&publish(pkid, false, "t", "x")));
+        }
+        assert_eq!(seen.recent.len(), Redeliveries::WINDOW);
+        assert!(!seen.is_repeat(&publish(1, true, "t", "x")), "forgotten");
+        assert!(seen.is_repeat(&publish(total, true, "t", "x")));
     }
 
     #[test]

@@ -46,6 +46,15 @@ fn terminate(child: &mut Child) {
     kill(child);
 }
 
+/// Sends `signal` (e.g. `-STOP`) to this child only, by its PID.
+fn signal_pid(child: &Child, signal: &str, program: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {program}");
+}
+
 /// A fresh private directory under the system temp dir, removed by the guard that owns it.
 fn scratch_dir(kind: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -185,11 +194,7 @@ impl NatsServer {
 
     fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
-            let status = Command::new("kill")
-                .args([signal, &child.id().to_string()])
-                .status()
-                .expect("run kill");
-            assert!(status.success(), "kill {signal} nats-server");
+            signal_pid(child, signal, "nats-server");
         }
     }
 
@@ -301,6 +306,23 @@ impl Mosquitto {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             kill(&mut child);
+        }
+    }
+
+    /// Freezes mosquitto (SIGSTOP, by its PID): its connections stay open, the kernel still accepts
+    /// new ones and buffers what clients send, and nothing answers, as with a broker that hangs.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused mosquitto go on (SIGCONT): it then reads everything that was buffered meanwhile.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            signal_pid(child, signal, "mosquitto");
         }
     }
 
