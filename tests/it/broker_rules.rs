@@ -13,6 +13,16 @@ async fn status(addr: SocketAddr, method: &str, path: &str, body: &str) -> Statu
     stream.status
 }
 
+/// Reads what a stream still receives of the probes [`SseStream::publish_until_received`] sent, so
+/// the events that follow are exactly what the test publishes next.
+async fn settle(stream: &mut SseStream) {
+    while stream
+        .try_next_event(std::time::Duration::from_millis(200))
+        .await
+        .is_some()
+    {}
+}
+
 /// The value of `field` in nats-server's `/varz` (e.g. `total_connections`).
 async fn varz(server: &NatsServer, field: &str) -> u64 {
     let url = server.monitor_url("/varz");
@@ -65,6 +75,7 @@ async fn mqtt_noncharacters_are_refused_and_the_connection_stays_up() {
             |data| async move { publish(addr, "/mq/ok", data).await },
         )
         .await;
+    settle(&mut healthy).await;
 
     // U+FFFE, U+FFFF, U+FDD0, U+1FFFF, U+0085 (a C1 control): mosquitto drops a connection for each.
     for bad in [
@@ -120,6 +131,7 @@ async fn mqtt_a_broker_that_takes_qos_0_only_gets_qos_0() {
             |data| async move { publish(addr, "/mq/ok", data).await },
         )
         .await;
+    settle(&mut stream).await;
     for n in 0..5 {
         publish(addr, "/mq/ok", format!("n{n}")).await;
         assert_eq!(stream.next_event().await.data, format!("n{n}"));
@@ -149,6 +161,7 @@ async fn mqtt_a_publish_the_broker_refuses_is_given_up_not_resent_forever() {
             |data| async move { publish(addr, "/mq/ok", data).await },
         )
         .await;
+    settle(&mut stream).await;
 
     // Accepted while the broker is away (checked against the limits it announced before), then
     // too large for the broker that comes back: it can never be sent, and the QoS 1 session would
@@ -169,6 +182,7 @@ async fn mqtt_a_publish_the_broker_refuses_is_given_up_not_resent_forever() {
             publish(addr, "/mq/ok", data).await
         })
         .await;
+    settle(&mut fresh).await;
     let reconnects = sluice.log().matches("mqtt connected").count();
     assert!(
         reconnects < 10,
@@ -227,6 +241,7 @@ async fn nats_subjects_past_the_control_line_and_payloads_past_max_payload_are_r
             publish(addr, "/alerts/ok", data).await
         })
         .await;
+    settle(&mut healthy).await;
     let connections = varz(&server, "total_connections").await;
 
     let long = "a".repeat(5000);
@@ -284,6 +299,7 @@ async fn nats_a_subscription_the_server_refuses_is_given_up_not_resent_forever()
             publish(addr, "/alerts/ok", data).await
         })
         .await;
+    settle(&mut healthy).await;
 
     let long = "a".repeat(5000);
     let mut refused = h1_stream(addr, &format!("/alerts/{long}")).await;
@@ -300,6 +316,7 @@ async fn nats_a_subscription_the_server_refuses_is_given_up_not_resent_forever()
             publish(addr, "/alerts/ok", data).await
         })
         .await;
+    settle(&mut healthy).await;
     let connections = varz(&server, "total_connections").await;
     for n in 0..5 {
         publish(addr, "/alerts/ok", format!("n{n}")).await;

@@ -45,6 +45,9 @@ struct Cli {
     /// Skip the stalled-subscriber (overload) runs.
     #[arg(long)]
     no_overload: bool,
+    /// Skip the resume storm (clients resuming at once from a big replay buffer, never reading).
+    #[arg(long)]
+    no_resume_storm: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -388,6 +391,134 @@ async fn fan_out(kind: Kind, proto: Proto, n: usize, phases: &Phases) -> anyhow:
     Ok(rows)
 }
 
+/// The events of the replay ring in the resume storm: `epoch` 9 (never measured), 1 KiB each.
+fn ring_payload(seq: u64) -> bytes::Bytes {
+    let mut text = format!("9 {seq} {} ", stats::now_micros());
+    text.extend(std::iter::repeat_n(
+        'r',
+        1024usize.saturating_sub(text.len()),
+    ));
+    bytes::Bytes::from(text)
+}
+
+/// `resumers` clients resume at once with an unknown id on a replay route holding `replay` events of
+/// 1 KiB, and never read, while `live` streams get 100 msg/s: RSS growth against the ring's own size,
+/// and the live streams' p99 against the same run just before the storm.
+async fn resume_storm(
+    live: usize,
+    resumers: usize,
+    replay: usize,
+    seconds: u64,
+) -> anyhow::Result<Vec<Row>> {
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let routes = format!(
+        "[[routes]]\npath = \"/replay/{{t}}\"\nbroker = \"b\"\ntopic = \"replay/{{t}}\"\npublish = true\nreplay = {replay}\n"
+    );
+    // Stalled resumers stay until the measurement is over (they are not dropped by the write timeout).
+    let mut server =
+        Running::start_with(Kind::SluiceMemory, "write_timeout = \"600s\"", &routes).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pids = server.pids();
+    let stats = Arc::new(Stats::new());
+    let mut tasks = JoinSet::new();
+    spawn_h1(&mut tasks, &server, run, live, 0, &stats).await;
+    wait_until("live subscribers ready", Duration::from_secs(60), || {
+        stats.ready.load(Ordering::Relaxed) >= live as u64
+    })
+    .await;
+    let mut publisher = server.publisher().await?;
+    let mut warm_seq = 0;
+    let warm_start = Instant::now();
+    while stats.warm.load(Ordering::Relaxed) < live as u64
+        && warm_start.elapsed() < Duration::from_secs(60)
+    {
+        warm_seq += 1;
+        publisher.send(payload(0, warm_seq)).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Fill the ring, with one reading stream on the room keeping its topic alive.
+    let keeper = Arc::new(Stats::new());
+    keeper.begin(9);
+    tasks.spawn(subscribers::h1(
+        1,
+        source_ip(run, live + 1),
+        server.addr,
+        "/replay/room".into(),
+        keeper.clone(),
+        false,
+    ));
+    wait_until("the ring's keeper ready", Duration::from_secs(30), || {
+        keeper.ready.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_empty = procfs::rss_kib(&pids);
+    let mut filler = Publisher::http(server.addr, "/replay/room").await?;
+    for seq in 1..=replay as u64 {
+        filler.send(ring_payload(seq)).await?;
+    }
+    wait_until("the keeper read the ring", Duration::from_secs(60), || {
+        keeper.received.load(Ordering::Relaxed) >= replay as u64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_ring = procfs::rss_kib(&pids);
+    let ring_kib = rss_ring.saturating_sub(rss_empty).max(1);
+
+    let mut publishers = [publisher];
+    let count = 100 * seconds;
+    let (calm, _) = measure(&stats, &pids, &mut publishers, 2, 100.0, count, live as u64).await;
+
+    let storm = Arc::new(Stats::new());
+    let before_storm = procfs::rss_kib(&pids);
+    for i in 0..resumers {
+        tasks.spawn(subscribers::stalled_resume(
+            source_ip(run, live + 2 + i),
+            server.addr,
+            "/replay/room".into(),
+            "unknown".into(),
+            storm.clone(),
+        ));
+    }
+    let all_in = wait_until("every resume answered", Duration::from_secs(60), || {
+        storm.ready.load(Ordering::Relaxed) >= resumers as u64
+    })
+    .await;
+    let (stormy, rss_after) =
+        measure(&stats, &pids, &mut publishers, 3, 100.0, count, live as u64).await;
+    let grown = rss_after.saturating_sub(before_storm);
+    let p99_ratio = stormy.p99_ms / calm.p99_ms;
+    let base = Row {
+        server: Kind::SluiceMemory.label(),
+        proto: "h1".into(),
+        subscribers: live,
+        rate: "100/s".into(),
+        ..Row::default()
+    };
+    let rows = vec![
+        Row {
+            test: "resume storm".into(),
+            note: format!("before the storm; ring of {replay} x 1 KiB: RSS +{ring_kib} KiB"),
+            ..calm.over(&base)
+        },
+        Row {
+            test: "resume storm".into(),
+            note: format!(
+                "{resumers} stalled resumes{}: RSS +{grown} KiB = {:.2}x the ring; p99 {:.2}x before",
+                if all_in { "" } else { " (not all answered)" },
+                grown as f64 / ring_kib as f64,
+                p99_ratio
+            ),
+            ..stormy.over(&base)
+        },
+    ];
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    server.stop();
+    Ok(rows)
+}
+
 /// Raises the publish rate at 1,000 subscribers until delivered events/s stops growing.
 async fn saturation(kind: Kind, n: usize, step_seconds: u64) -> anyhow::Result<Row> {
     let run = RUN.fetch_add(1, Ordering::Relaxed);
@@ -597,6 +728,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(r) => report(&mut rows, r),
                 Err(e) => eprintln!("  failed: {e:#}"),
             }
+        }
+    }
+    if !cli.no_resume_storm && kinds.contains(&Kind::SluiceMemory) {
+        let (live, resumers, replay) = if cli.quick {
+            (200, 200, 2000)
+        } else {
+            (1000, 1000, 10_000)
+        };
+        eprintln!("resume storm: {resumers} stalled resumes of {replay} x 1 KiB, {live} live h1");
+        match resume_storm(live, resumers, replay, phases.rate_seconds.max(2)).await {
+            Ok(r) => report(&mut rows, r),
+            Err(e) => eprintln!("  failed: {e:#}"),
         }
     }
     if !cli.no_saturation {

@@ -77,6 +77,12 @@ async fn wait_for_port(addr: SocketAddr) -> anyhow::Result<()> {
 
 impl Running {
     pub async fn start(kind: Kind) -> anyhow::Result<Self> {
+        Self::start_with(kind, "", "").await
+    }
+
+    /// Like [`Self::start`]; a sluice server gets `server` as more `[server]` keys and `routes` as
+    /// more routes on its broker `b`.
+    pub async fn start_with(kind: Kind, server: &str, routes: &str) -> anyhow::Result<Self> {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let dir = scratch(&kind.label().replace(' ', "-"))?;
@@ -125,8 +131,8 @@ impl Running {
                     "bench/{t}"
                 };
                 let config = format!(
-                    "[server]\nlisten = \"{addr}\"\nheartbeat = \"60s\"\nmax_streams_per_connection = 1000\n\n{broker}\n\
-                     [[routes]]\npath = \"/bench/{{t}}\"\nbroker = \"b\"\ntopic = \"{topic}\"\npublish = true\nbuffer = 1024\n"
+                    "[server]\nlisten = \"{addr}\"\nheartbeat = \"60s\"\nmax_streams_per_connection = 1000\n{server}\n\n{broker}\n\
+                     [[routes]]\npath = \"/bench/{{t}}\"\nbroker = \"b\"\ntopic = \"{topic}\"\npublish = true\nbuffer = 1024\n{routes}\n"
                 );
                 let path = dir.join("sluice.toml");
                 std::fs::write(&path, config)?;

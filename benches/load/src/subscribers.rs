@@ -107,6 +107,34 @@ pub async fn h1(
     stats.closed.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A client that resumes on `path` with `last_event_id` and then never reads (a tiny receive
+/// buffer): what a stalled resume costs the server.
+pub async fn stalled_resume(
+    source: IpAddr,
+    server: SocketAddr,
+    path: String,
+    last_event_id: String,
+    stats: Arc<Stats>,
+) {
+    let Ok(mut socket) = connect(source, server, Some(4096)).await else {
+        stats.closed.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\nlast-event-id: {last_event_id}\r\n\r\n"
+    );
+    if socket.write_all(request.as_bytes()).await.is_err() {
+        stats.closed.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    // Ready once the server has started to answer: the resume has been taken in.
+    let mut probe = [0u8; 1];
+    if socket.peek(&mut probe).await.is_ok() {
+        stats.ready.fetch_add(1, Ordering::Relaxed);
+    }
+    std::future::pending::<()>().await;
+}
+
 fn decode_and_count(
     dechunker: Option<&mut Dechunker>,
     input: &[u8],
