@@ -326,15 +326,21 @@ impl Wire for SessionWire<'_> {
     }
 }
 
-/// An HTTP/1.1 stream on the raw connection, after pingora wrote the chunked response head.
+/// An HTTP/1.x stream on the raw connection, after pingora wrote the response head: a chunked body
+/// for HTTP/1.1, a close-delimited one for HTTP/1.0 (which knows no chunks).
 pub struct RawH1Wire {
     io: Stream,
     write_timeout: Duration,
+    chunked: bool,
 }
 
 impl RawH1Wire {
-    pub fn new(io: Stream, write_timeout: Duration) -> Self {
-        Self { io, write_timeout }
+    pub fn new(io: Stream, write_timeout: Duration, chunked: bool) -> Self {
+        Self {
+            io,
+            write_timeout,
+            chunked,
+        }
     }
 
     /// Sends whatever pingora left buffered on the connection.
@@ -350,9 +356,13 @@ impl RawH1Wire {
         let mut head_buf = [0u8; 20];
         let head = chunk_head(len, &mut head_buf);
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() + 2);
-        slices.push(IoSlice::new(head));
+        if self.chunked {
+            slices.push(IoSlice::new(head));
+        }
         slices.extend(frames.iter().map(|f| IoSlice::new(f)));
-        slices.push(IoSlice::new(b"\r\n"));
+        if self.chunked {
+            slices.push(IoSlice::new(b"\r\n"));
+        }
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
             // At most IOV_MAX (1024) slices per call.
@@ -419,8 +429,13 @@ impl Wire for RawH1Wire {
 
     async fn finish(&mut self) {
         let last = async {
-            self.io.write_all(b"0\r\n\r\n").await?;
-            self.io.flush().await
+            if self.chunked {
+                self.io.write_all(b"0\r\n\r\n").await?;
+            }
+            self.io.flush().await?;
+            // A close-delimited body ends with the connection; a chunked one could go on, but an
+            // SSE stream is the last thing on its connection.
+            self.io.shutdown().await
         };
         let _ = tokio::time::timeout(self.write_timeout, last).await;
     }

@@ -23,6 +23,7 @@ use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 /// How long a `POST` may wait for its broker before it is answered `503`.
@@ -103,6 +104,27 @@ impl Gateway {
                 hub.shutdown();
             });
         });
+    }
+
+    /// Answers an HTTP/1.x request head that does not parse with `400` and a short reason, then
+    /// closes: a client sees why, where pingora would just drop the connection. HTTP/2 has its own
+    /// protocol errors for this.
+    async fn refuse_unparsable(&self, session: ServerSession) {
+        let ServerSession::H1(h1) = session else {
+            return;
+        };
+        let mut io = h1.into_inner();
+        let body = "bad request: the request head does not parse as HTTP/1.1\n";
+        let response = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = async {
+            io.write_all(response.as_bytes()).await?;
+            io.flush().await?;
+            io.shutdown().await
+        };
+        let _ = tokio::time::timeout(self.config.server.write_timeout, answer).await;
     }
 
     /// Matches method and path to an action, or to the error status that answers it.
@@ -278,7 +300,9 @@ impl Gateway {
     async fn serve_stream(&self, session: ServerSession, mut feed: Box<StreamFeed>) {
         match session {
             ServerSession::H1(h1) => {
-                let mut wire = RawH1Wire::new(h1.into_inner(), self.config.server.write_timeout);
+                let chunked = h1.req_header().version != http::Version::HTTP_10;
+                let mut wire =
+                    RawH1Wire::new(h1.into_inner(), self.config.server.write_timeout, chunked);
                 tokio::spawn(async move {
                     // pingora may still hold the head and preamble in its write buffer (TLS).
                     if wire.flush().await.is_ok() {
@@ -371,7 +395,12 @@ impl Gateway {
                 .insert_header(*name, value.as_str())
                 .map_err(Error::Http)?;
         }
-        if !session.is_http2() {
+        if session.req_header().version == http::Version::HTTP_10 {
+            // HTTP/1.0 knows no chunks: the body runs until the connection closes.
+            response
+                .insert_header("connection", "close")
+                .map_err(Error::Http)?;
+        } else if !session.is_http2() {
             // Without it an HTTP/1.1 response is close-delimited; chunks are also flushed one by one.
             response
                 .insert_header("transfer-encoding", "chunked")
@@ -548,6 +577,9 @@ impl HttpServerApp for Gateway {
             Ok(Ok(false)) => return None,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "could not read a request");
+                if *e.etype() == pingora::ErrorType::InvalidHTTPHeader {
+                    self.refuse_unparsable(session).await;
+                }
                 return None;
             }
             Err(_) => {

@@ -260,3 +260,81 @@ async fn static_files_are_regular_files_directly_in_the_folder() {
         );
     }
 }
+
+/// Sends `request` on a fresh socket and reads until the server closes it or `until` appears.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8], until: Option<&[u8]>) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket.write_all(request).await.expect("send");
+    let mut received = Vec::new();
+    within("the server's answer", async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            received.extend_from_slice(&buf[..n]);
+            if until.is_some_and(|u| received.windows(u.len()).any(|w| w == u)) {
+                return;
+            }
+        }
+    })
+    .await;
+    received
+}
+
+#[tokio::test]
+async fn an_http_1_0_client_gets_a_close_delimited_stream() {
+    let sluice = Sluice::start(MEMORY).await;
+    let addr = sluice.addr;
+    let reader = tokio::spawn(async move {
+        raw_exchange(
+            addr,
+            b"GET /rooms/old HTTP/1.0\r\n\r\n",
+            Some(b"data: hello\n\n"),
+        )
+        .await
+    });
+    // Publish until the stream has it (its subscription is live once its preamble went out).
+    let received = within("the HTTP/1.0 stream gets an event", async {
+        loop {
+            publish(addr, "/rooms/old", "hello").await;
+            if reader.is_finished() {
+                return reader.await.expect("reader");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&received).to_ascii_lowercase();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    // No chunk sizes: the body is the event stream itself.
+    assert!(body.starts_with("retry: "), "{body:?}");
+    assert!(body.contains("\n\ndata: hello\n\n"), "{body:?}");
+}
+
+#[tokio::test]
+async fn a_request_head_that_does_not_parse_gets_a_400_with_a_reason() {
+    let sluice = Sluice::start(MEMORY).await;
+    for request in [
+        &b"GET /rooms/a>b HTTP/1.1\r\nhost: x\r\n\r\n"[..],
+        b"GET /rooms/a HTTP/1.1\r\nhost: x\r\na header line without a colon\r\n\r\n",
+        b"GET /rooms/a HTTP/1.1\r\nho st: x\r\n\r\n",
+    ] {
+        let answer = raw_exchange(sluice.addr, request, None).await;
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "{:?}: {text:?}",
+            String::from_utf8_lossy(request)
+        );
+        assert!(text.ends_with("does not parse as HTTP/1.1\n"), "{text:?}");
+    }
+    // The server is fine afterwards.
+    let health = get(sluice.addr, "/healthz").await.expect("healthz");
+    assert_eq!(health.status, StatusCode::OK);
+}
