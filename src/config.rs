@@ -85,6 +85,7 @@ struct RawServer {
     max_streams_per_connection: Option<Spanned<u32>>,
     max_connections: Option<Spanned<usize>>,
     max_connections_per_ip: Option<Spanned<usize>>,
+    max_memory: Option<Spanned<u64>>,
     request_timeout: Option<Spanned<String>>,
     static_dir: Option<Spanned<String>>,
     tls: Option<RawTls>,
@@ -179,6 +180,8 @@ pub struct Server {
     pub max_connections: usize,
     /// The same, per client IP address; 0 is no limit.
     pub max_connections_per_ip: usize,
+    /// Past this resident memory (bytes), new streams and publishes get `503`; `None`: no bound.
+    pub max_memory: Option<u64>,
     /// A request's head must arrive within this time, or the connection is dropped.
     pub request_timeout: Duration,
     /// Files served at `/` (the dashboard), if any.
@@ -319,6 +322,8 @@ pub const DURATION_RANGE: RangeInclusive<Duration> =
 /// memory whole before it is published; past the broker's own limit (its announced `max_payload` or
 /// maximum packet size) a publish gets `413`.
 pub const PUBLISH_BYTES_RANGE: RangeInclusive<usize> = 1..=64 * 1024 * 1024;
+/// `max_memory`, in bytes: from 16 MiB (sluice itself takes about 10) to 16 TiB.
+pub const MAX_MEMORY_RANGE: RangeInclusive<u64> = 16 * 1024 * 1024..=16 * 1024 * 1024 * 1024 * 1024;
 /// `max_streams_per_connection`: at the top, one HTTP/2 connection holds about 200 MiB of streams.
 pub const STREAMS_PER_CONNECTION_RANGE: RangeInclusive<u32> = 1..=100_000;
 /// The simulator's `devices`: each publishes three values per interval.
@@ -852,6 +857,10 @@ fn validate_server(at: &Locator, raw: RawServer, base: &Path) -> Result<Server, 
         static_dir,
         max_connections: positive(raw.max_connections, DEFAULT_MAX_CONNECTIONS)?,
         max_connections_per_ip: raw.max_connections_per_ip.map_or(0, Spanned::into_inner),
+        max_memory: match raw.max_memory {
+            None => None,
+            Some(m) => Some(bounded(at, "max_memory", Some(m), 0, MAX_MEMORY_RANGE)?),
+        },
         request_timeout: duration(at, raw.request_timeout, DEFAULT_REQUEST_TIMEOUT)?,
         heartbeat: duration(at, raw.heartbeat, DEFAULT_HEARTBEAT)?,
         retry: duration(at, raw.retry, DEFAULT_RETRY)?,

@@ -1,12 +1,15 @@
 //! Connection limits for streams: how many client connections may hold open streams, in all and per
-//! client IP. Past a limit a new stream is answered `503` with `retry-after`, never a crash.
+//! client IP, and how much memory the process may use before it refuses new work. Past a limit a new
+//! stream is answered `503` with `retry-after`, never a crash.
 //!
 //! A connection is identified by its client address (IP and port); an HTTP/2 connection with many
 //! streams counts once.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 /// The limits and what is open now.
 pub struct Limits {
@@ -115,9 +118,92 @@ impl Drop for Admitted {
     }
 }
 
+/// `[server] max_memory`: past it, new streams and publishes are refused (`503`), so a memory limit
+/// is met with refusals rather than an allocation failure, which aborts the process with every stream.
+///
+/// Memory is the process's resident set (what a cgroup's `memory.max` charges it for, besides the
+/// kernel's socket buffers), read from /proc at most every [`MemoryGuard::REFRESH_MS`]. Freed memory
+/// is not always returned to the system at once, so refusals may go on a while after the load fell.
+pub struct MemoryGuard {
+    limit: Option<u64>,
+    started: Instant,
+    /// The last reading, and when it was taken (milliseconds since `started`, plus one; 0: never).
+    rss: AtomicU64,
+    read_at: AtomicU64,
+}
+
+impl MemoryGuard {
+    const REFRESH_MS: u64 = 100;
+
+    pub fn new(limit: Option<u64>) -> Self {
+        if let (Some(limit), Some(cgroup)) = (limit, cgroup_memory_max()) {
+            if limit > cgroup / 10 * 9 {
+                tracing::warn!(
+                    max_memory = limit,
+                    cgroup_memory_max = cgroup,
+                    "max_memory is close to or above the cgroup's memory.max: the kernel may kill \
+                     sluice before it refuses anything (leave room for socket buffers)"
+                );
+            }
+        }
+        Self {
+            limit,
+            started: Instant::now(),
+            rss: AtomicU64::new(0),
+            read_at: AtomicU64::new(0),
+        }
+    }
+
+    /// True when the process uses more memory than `max_memory`.
+    pub fn over(&self) -> bool {
+        let Some(limit) = self.limit else {
+            return false;
+        };
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let read_at = self.read_at.load(Ordering::Relaxed);
+        if read_at == 0 || now.saturating_sub(read_at) >= Self::REFRESH_MS {
+            if let Some(rss) = resident_bytes() {
+                self.rss.store(rss, Ordering::Relaxed);
+            }
+            self.read_at.store(now, Ordering::Relaxed);
+        }
+        self.rss.load(Ordering::Relaxed) > limit
+    }
+}
+
+/// The process's resident memory in bytes, from /proc/self/status.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// The cgroup (v2) memory limit of this process, if it has one.
+fn cgroup_memory_max() -> Option<u64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let max = std::fs::read_to_string(format!("/sys/fs/cgroup{}/memory.max", path.trim())).ok()?;
+    max.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_guard_reads_this_process() {
+        assert!(!MemoryGuard::new(None).over());
+        assert!(MemoryGuard::new(Some(1)).over(), "any process uses a byte");
+        assert!(!MemoryGuard::new(Some(u64::MAX)).over());
+        assert!(resident_bytes().is_some_and(|b| b > 1024 * 1024));
+    }
 
     fn addr(ip: [u8; 4], port: u16) -> SocketAddr {
         SocketAddr::from((ip, port))

@@ -5,7 +5,7 @@ use crate::auth::{query_param, redacted_request_line, Grant};
 use crate::config::{Config, Retention, Route, Topics};
 use crate::error::Error;
 use crate::hub::{Hub, Join, Membership, RouteTopics};
-use crate::limits::{Admitted, Limits, Refused};
+use crate::limits::{Admitted, Limits, MemoryGuard, Refused};
 use crate::pump::{pump, Feed, H2Wire, PumpSettings, RawH1Wire, SessionWire};
 use crate::sse;
 use crate::stream::StreamQueue;
@@ -43,6 +43,7 @@ pub struct Gateway {
     route_topics: Vec<Arc<RouteTopics>>,
     server_options: HttpServerOptions,
     limits: Arc<Limits>,
+    memory: MemoryGuard,
     /// The timings every stream shares.
     pump_settings: Arc<PumpSettings>,
     /// Starts the one task that closes every stream's queue when the server shuts down.
@@ -79,10 +80,12 @@ impl Gateway {
             .enumerate()
             .map(|(index, route)| Arc::new(RouteTopics::new(index, route)))
             .collect();
+        let memory = MemoryGuard::new(config.server.max_memory);
         Self {
             config,
             hub,
             route_topics,
+            memory,
             server_options,
             limits,
             pump_settings,
@@ -257,6 +260,9 @@ impl Gateway {
                 Ok(Reuse::Yes)
             }
             Action::Publish(route, topic) => {
+                if self.memory.over() {
+                    return Err(Error::Busy("memory use is above max_memory"));
+                }
                 self.authorize(
                     session.req_header(),
                     route,
@@ -341,6 +347,9 @@ impl Gateway {
         grant: Option<Grant>,
         cors_headers: &[(&'static str, String)],
     ) -> Result<Box<StreamFeed>, Error> {
+        if self.memory.over() {
+            return Err(Error::Busy("memory use is above max_memory"));
+        }
         let admitted = match session.client_addr().and_then(|a| a.as_inet()) {
             Some(client) => Some(self.limits.admit(*client, session.is_http2()).map_err(
                 |refused| {

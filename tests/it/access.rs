@@ -602,3 +602,72 @@ fn mint_token_refuses_absurd_lifetimes() {
         assert!(stderr.contains("1year"), "{ttl}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_memory_new_streams_and_publishes_get_503_and_the_rest_goes_on() {
+    const MAX_MEMORY: u64 = 48 * 1024 * 1024;
+    let config = format!(
+        r#"
+max_memory = {MAX_MEMORY}
+
+[brokers.mem]
+type = "memory"
+
+[[routes]]
+path = "/room/{{r}}"
+broker = "mem"
+topic = "room/{{r}}"
+publish = true
+replay = 5000
+"#
+    );
+    let sluice = Sluice::start(&config).await;
+    let addr = sluice.addr;
+    assert!(
+        sluice.rss_kib() * 1024 < MAX_MEMORY,
+        "sluice starts below max_memory ({} KiB)",
+        sluice.rss_kib()
+    );
+    let mut watcher = h1_stream(addr, "/room/a").await;
+    watcher.opened().await;
+    let watching = tokio::spawn(async move {
+        let mut seen = 0usize;
+        while watcher
+            .try_next_event(std::time::Duration::from_secs(1))
+            .await
+            .is_some()
+        {
+            seen += 1;
+        }
+        (seen, watcher.ended)
+    });
+    // Fill the room's replay buffer (64 KiB events) until sluice refuses.
+    let payload = bytes::Bytes::from("x".repeat(64 * 1024));
+    let refused = within("a publish is refused past max_memory", async {
+        loop {
+            let resp = request(addr, "POST", "/room/a", payload.clone())
+                .await
+                .expect("publish request");
+            if resp.status != StatusCode::ACCEPTED {
+                return resp;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text()
+    );
+    assert!(refused.header("retry-after").is_some());
+    assert!(refused.text().contains("max_memory"), "{}", refused.text());
+    let stream = raw_request(addr, "GET", "/room/b", &[], "").await;
+    assert_eq!(stream.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(stream.header("retry-after").is_some());
+    // Nothing else stops: the health check answers, the open stream got its events and is open.
+    let health = get(addr, "/healthz").await.expect("healthz");
+    assert_eq!(health.status, StatusCode::OK);
+    let (seen, ended) = within("the watcher", watching).await.expect("watcher");
+    assert!(seen > 0 && !ended, "seen {seen}, ended {ended}");
+}
