@@ -8,8 +8,8 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use sluice::auth::{query_param, AuthConfig, JwtKey, MAX_NUMERIC_DATE};
 use sluice::config::{
-    parse, Retention, DURATION_RANGE, PUBLISH_BYTES_RANGE, SIMULATED_DEVICES_RANGE,
-    STREAMS_PER_CONNECTION_RANGE,
+    parse, Retention, DURATION_RANGE, MAX_MEMORY_RANGE, PUBLISH_BYTES_RANGE, REPLAY_BYTES_RANGE,
+    SIMULATED_DEVICES_RANGE, STREAMS_PER_CONNECTION_RANGE,
 };
 use sluice::replay::{parse_memory_id, parse_sequence};
 use sluice::route::{PathTemplate, TopicTemplate};
@@ -57,6 +57,94 @@ fn dispatch(stream: &str) -> Vec<(String, String, Option<String>)> {
         }
     }
     events
+}
+
+/// mosquitto's rules for a topic (`mosquitto_validate_utf8` and the length prefix), written from the
+/// broker's documentation rather than from sluice's code: well-formed UTF-8 (no overlong forms, no
+/// surrogates), no U+0000, no control characters U+0001 to U+001F and U+007F to U+009F, no
+/// noncharacters (U+FDD0 to U+FDEF, U+xFFFE and U+xFFFF), at most 65,535 bytes.
+fn mosquitto_accepts(topic: &[u8]) -> bool {
+    if topic.is_empty() || topic.len() > 65_535 {
+        return false;
+    }
+    let mut i = 0;
+    while i < topic.len() {
+        let b = topic[i];
+        let (len, min, mut cp) = match b {
+            0x00..=0x7f => (1, 0, u32::from(b)),
+            0xc0..=0xdf => (2, 0x80, u32::from(b & 0x1f)),
+            0xe0..=0xef => (3, 0x800, u32::from(b & 0x0f)),
+            0xf0..=0xf7 => (4, 0x10000, u32::from(b & 0x07)),
+            _ => return false,
+        };
+        if i + len > topic.len() {
+            return false;
+        }
+        for &c in &topic[i + 1..i + len] {
+            if c & 0xc0 != 0x80 {
+                return false;
+            }
+            cp = (cp << 6) | u32::from(c & 0x3f);
+        }
+        if cp < min || cp > 0x10ffff || (0xd800..=0xdfff).contains(&cp) {
+            return false;
+        }
+        if cp == 0 || cp <= 0x1f || (0x7f..=0x9f).contains(&cp) {
+            return false;
+        }
+        if (0xfdd0..=0xfdef).contains(&cp) || cp & 0xfffe == 0xfffe {
+            return false;
+        }
+        i += len;
+    }
+    true
+}
+
+/// What nats-server's protocol parser takes as one subject argument: no argument separators (space,
+/// tab) or line ends, and, to subscribe, no empty tokens.
+fn nats_server_accepts(subject: &[u8]) -> bool {
+    !subject.is_empty()
+        && !subject
+            .iter()
+            .any(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+        && !subject.starts_with(b".")
+        && !subject.ends_with(b".")
+        && !subject.windows(2).any(|w| w == b"..")
+}
+
+/// Text with a good share of what brokers refuse: noncharacters, C0 and C1 controls, separators and
+/// wildcards of both brokers.
+fn hostile_text() -> impl Strategy<Value = String> {
+    let special = proptest::sample::select(vec![
+        '\u{FFFE}',
+        '\u{FFFF}',
+        '\u{FDD0}',
+        '\u{FDEF}',
+        '\u{1FFFE}',
+        '\u{10FFFF}',
+        '\u{85}',
+        '\u{9F}',
+        '\u{7F}',
+        '\0',
+        '\t',
+        ' ',
+        '+',
+        '#',
+        '/',
+        '.',
+        '*',
+        '>',
+        '\u{FFFD}',
+        '\u{A0}',
+        'é',
+        '\u{2028}',
+    ]);
+    proptest::collection::vec(
+        prop_oneof![3 => any::<char>(), 2 => special, 3 => "[a-z0-9]"
+        .prop_map(|s| s.chars().next().unwrap_or('a'))],
+        0..24,
+    )
+    .prop_map(|chars| chars.into_iter().collect())
 }
 
 fn auth(audience: Option<&str>) -> AuthConfig {
@@ -247,6 +335,54 @@ proptest! {
         }
     }
 
+    /// Checked against mosquitto's own rules: every parameter sluice accepts makes a topic mosquitto
+    /// accepts (so one request can never make it drop sluice's connection), and every parameter
+    /// without MQTT separators or wildcards that mosquitto would take is accepted.
+    #[test]
+    fn mqtt_parameters_follow_mosquittos_rules(text in hostile_text(), raw in proptest::collection::vec(any::<u8>(), 0..16)) {
+        let template = PathTemplate::parse("/mq/{site}").expect("path");
+        let topic = TopicTemplate::parse("sensors/{site}/temp", TopicSyntax::Mqtt, &["site"]).expect("topic");
+        let mut bytes = text.clone().into_bytes();
+        bytes.extend_from_slice(&raw);
+        let encoded: String = bytes.iter().map(|b| format!("%{b:02X}")).collect();
+        match template.matches(&format!("/mq/{encoded}"), TopicSyntax::Mqtt) {
+            Some(Ok(params)) => {
+                let filled = topic.fill(&params);
+                prop_assert!(mosquitto_accepts(filled.as_bytes()), "accepted {filled:?}");
+                prop_assert!(TopicSyntax::Mqtt.check_topic(&filled).is_ok());
+            }
+            Some(Err(_)) => {
+                let candidate = [b"sensors/".as_slice(), &bytes, b"/temp"].concat();
+                let separator = bytes.iter().any(|b| matches!(b, b'/' | b'+' | b'#'));
+                prop_assert!(
+                    separator || bytes.is_empty() || !mosquitto_accepts(&candidate),
+                    "refused {:?}, which mosquitto takes", String::from_utf8_lossy(&bytes)
+                );
+            }
+            None => prop_assert!(false, "the route must match"),
+        }
+    }
+
+    /// Checked against nats-server's protocol parser: every parameter sluice accepts makes one
+    /// well-formed subject argument, and `?topic=` filters likewise.
+    #[test]
+    fn nats_parameters_and_filters_follow_the_servers_parser(text in hostile_text()) {
+        let template = PathTemplate::parse("/alerts/{site}").expect("path");
+        let topic = TopicTemplate::parse("alerts.{site}", TopicSyntax::Nats, &["site"]).expect("topic");
+        let encoded: String = text.bytes().map(|b| format!("%{b:02X}")).collect();
+        if let Some(Ok(params)) = template.matches(&format!("/alerts/{encoded}"), TopicSyntax::Nats) {
+            let filled = topic.fill(&params);
+            prop_assert!(nats_server_accepts(filled.as_bytes()), "accepted {filled:?}");
+        }
+        let filter = format!("alerts.{text}");
+        if TopicSyntax::Nats.check_filter(&filter).is_ok() {
+            prop_assert!(nats_server_accepts(filter.as_bytes()), "accepted filter {filter:?}");
+        }
+        if TopicSyntax::Mqtt.check_filter(&text).is_ok() {
+            prop_assert!(mosquitto_accepts(text.as_bytes()), "accepted filter {text:?}");
+        }
+    }
+
     /// Any payload and any event name become exactly one event, with the payload intact.
     #[test]
     fn payloads_never_forge_events(payload in proptest::collection::vec(any::<u8>(), 0..256), name in "\\PC{0,12}", text in "[a-z\r\n:]{0,40}") {
@@ -393,19 +529,31 @@ proptest! {
     /// Every bounded number key is within its bounds once accepted; refused, the error names its line.
     #[test]
     fn numbers_are_in_bounds_or_refused_at_their_line(
-        key in proptest::sample::select(vec!["max_publish_bytes", "max_streams_per_connection", "devices"]),
+        key in proptest::sample::select(vec![
+            "max_publish_bytes",
+            "max_streams_per_connection",
+            "devices",
+            "max_memory",
+            "replay_bytes",
+        ]),
         value in prop_oneof![
             any::<i64>(),
             -2i64..3,
             1_048_570i64..1_048_580,
+            67_108_860i64..67_108_870,
             99_995i64..100_005,
             995i64..1005,
+            65_530i64..65_540,
+            16_777_210i64..16_777_220,
+            68_719_476_730i64..68_719_476_740,
+            17_592_186_044_410i64..17_592_186_044_420,
             Just(i64::from(u32::MAX) + 1),
         ],
     ) {
         let line = format!("{key} = {value}");
         let (text, at_line) = match key {
             "devices" => (config_text("", "", &line), 13),
+            "replay_bytes" => (config_text("", &line, ""), 10),
             _ => (config_text(&line, "", ""), 2),
         };
         match parse("F", &text, Path::new(".")) {
@@ -415,6 +563,14 @@ proptest! {
                     "max_streams_per_connection" => {
                         STREAMS_PER_CONNECTION_RANGE.contains(&config.server.max_streams_per_connection)
                     }
+                    "max_memory" => config
+                        .server
+                        .max_memory
+                        .is_some_and(|m| MAX_MEMORY_RANGE.contains(&m)),
+                    "replay_bytes" => matches!(
+                        config.routes[0].retention,
+                        Retention::Replay { bytes, .. } if REPLAY_BYTES_RANGE.contains(&bytes)
+                    ),
                     _ => config
                         .simulator
                         .is_some_and(|s| SIMULATED_DEVICES_RANGE.contains(&s.devices)),

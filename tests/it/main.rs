@@ -3,6 +3,7 @@
 mod access;
 mod backpressure;
 mod bounds;
+mod broker_props;
 mod broker_rules;
 mod browser;
 mod cdp;
