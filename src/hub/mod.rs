@@ -22,7 +22,7 @@ use crate::replay::Budget;
 use crate::stream::{Backlog, Closed, OverflowStats, StreamQueue};
 use sluice_bridge::{Bridge, BridgeError, Delivery, Sink};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use topic::{lock, Member, Topic};
 
@@ -32,9 +32,17 @@ pub struct Hub {
     inner: Arc<HubInner>,
 }
 
+/// The most topics that linger at once (their last stream gone, their subscription and replay ring
+/// kept for a returning client). A client that opens and leaves streams on ever new topics would
+/// otherwise keep a broker subscription for each for the linger time; past this, a topic whose last
+/// stream leaves is dropped at once.
+pub const MAX_LINGERING: usize = 10_000;
+
 struct HubInner {
     bridges: Vec<Arc<dyn Bridge>>,
     topics: Mutex<HashMap<TopicKey, Arc<Topic>>>,
+    /// Linger timers running now (see [`MAX_LINGERING`]).
+    lingering: AtomicUsize,
     stats: Arc<OverflowStats>,
     /// Set by [`Hub::shutdown`]: every queue, including those of streams that join later, is closed.
     shutting_down: AtomicBool,
@@ -128,6 +136,7 @@ impl Hub {
             inner: Arc::new(HubInner {
                 bridges,
                 topics: Mutex::new(HashMap::new()),
+                lingering: AtomicUsize::new(0),
                 stats: Arc::new(OverflowStats::default()),
                 shutting_down: AtomicBool::new(false),
             }),
@@ -326,14 +335,17 @@ impl Drop for Membership {
             members.emptied
         };
         let linger = self.topic.linger();
-        if !linger.is_zero() && !self.topic.retired.load(Ordering::Acquire) {
+        let room = self.hub.lingering.load(Ordering::Relaxed) < MAX_LINGERING;
+        if !linger.is_zero() && room && !self.topic.retired.load(Ordering::Acquire) {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 // Keep the subscription and the replay ring, so a client that reconnects within the
                 // linger time misses nothing.
                 let (hub, topic) = (self.hub.clone(), self.topic.clone());
+                hub.lingering.fetch_add(1, Ordering::Relaxed);
                 runtime.spawn(async move {
                     tokio::time::sleep(linger).await;
                     hub.retire_if_idle(&topic, emptied);
+                    hub.lingering.fetch_sub(1, Ordering::Relaxed);
                 });
                 return;
             }
@@ -550,6 +562,28 @@ mod tests {
             .collect();
         assert_eq!(texts(&frames), expected);
         drop((joined, resumed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_max_lingering_topics_linger() {
+        let memory = Arc::new(MemoryBridge::new());
+        let hub = Hub::new(vec![memory.clone()]);
+        let route = replay_route();
+        for n in 0..MAX_LINGERING + 5 {
+            let queue = Arc::new(StreamQueue::new(1, Overflow::Disconnect));
+            let joined = hub
+                .join(replay(&route, &format!("t/{n}"), None), queue)
+                .await
+                .expect("join");
+            drop(joined);
+        }
+        assert_eq!(hub.topic_count(), MAX_LINGERING);
+        assert_eq!(memory.subscription_count(), MAX_LINGERING);
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(hub.topic_count(), 0, "all released after the linger");
     }
 
     #[tokio::test]
