@@ -45,6 +45,9 @@ pub enum GapReason {
     /// The broker confirmed the topic's subscription only after the stream had opened (it was hung or
     /// away): what was published in between may be missing.
     LateSubscription,
+    /// Sluice lost its connection to the broker and got it back: what was published meanwhile (and
+    /// the broker does not keep) is missing.
+    BrokerDisconnected,
 }
 
 impl GapReason {
@@ -55,6 +58,7 @@ impl GapReason {
             GapReason::Overflow => "overflow",
             GapReason::StreamReplaced => "stream-replaced",
             GapReason::LateSubscription => "late-subscription",
+            GapReason::BrokerDisconnected => "broker-disconnected",
         }
     }
 }

@@ -263,6 +263,7 @@ impl Topic {
                 GapReason::StreamReplaced
             }
             Interruption::LateSubscription => GapReason::LateSubscription,
+            Interruption::Disconnected => GapReason::BrokerDisconnected,
         };
         tracing::info!(route = self.key.route, filter = %self.key.filter, reason = reason.as_str(), "broker interruption; telling every stream");
         let frame = sse::gap(reason, None);

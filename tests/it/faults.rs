@@ -126,3 +126,47 @@ async fn a_stream_opened_while_the_server_hangs_is_told_what_it_may_have_missed(
     other.flush().await.expect("flush");
     assert_eq!(stream.next_event().await.data, "after");
 }
+
+#[tokio::test]
+async fn an_mqtt_reconnection_without_a_session_is_announced_with_a_gap() {
+    let mut broker = sluice_testkit::Mosquitto::start();
+    let config = format!(
+        r#"
+[brokers.plant]
+type = "mqtt"
+url = "{}"
+qos = 0
+
+[[routes]]
+path = "/mq/{{site}}"
+broker = "plant"
+topic = "sensors/{{site}}"
+publish = true
+"#,
+        broker.url()
+    );
+    let sluice = Sluice::start(&config).await;
+    let addr = sluice.addr;
+    let mut stream = h1_stream(addr, "/mq/a").await;
+    stream.opened().await;
+    stream
+        .publish_until_received(
+            "warm",
+            |data| async move { publish(addr, "/mq/a", data).await },
+        )
+        .await;
+    // A clean session: what is published while sluice reconnects is gone.
+    broker.restart();
+    let mut seen = stream
+        .publish_until_received("after", |data| async move {
+            // While sluice reconnects its publishes may be refused; only delivery counts here.
+            let _ = request(addr, "POST", "/mq/a", data.into()).await;
+        })
+        .await;
+    if !seen.iter().any(|e| e.event == "gap") {
+        seen.push(stream.next_event().await);
+    }
+    let gaps: Vec<&Event> = seen.iter().filter(|e| e.event == "gap").collect();
+    assert_eq!(gaps.len(), 1, "{seen:?}");
+    assert!(gaps[0].data.contains("broker-disconnected"), "{seen:?}");
+}

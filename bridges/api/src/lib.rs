@@ -72,6 +72,9 @@ pub enum Interruption {
     /// The broker confirmed the subscription only after the stream had been answered as live: what was
     /// published in between may not have been delivered.
     LateSubscription,
+    /// The connection to the broker was lost and is back: what was published meanwhile, and that
+    /// the broker does not keep for sluice, is gone.
+    Disconnected,
 }
 
 /// Where a bridge delivers what happens on one subscription. Calls must return quickly and never

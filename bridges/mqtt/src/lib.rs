@@ -121,15 +121,21 @@ struct Filters {
     inner: Mutex<FilterTable>,
 }
 
+/// One broker subscription per distinct filter: MQTT keeps one subscription per filter and client
+/// (a second SUBSCRIBE to the same filter replaces the first), so subscribers of the same filter
+/// (several routes) share it.
 #[derive(Default)]
 struct FilterTable {
     next_id: usize,
+    next_sink: u64,
     by_id: HashMap<usize, Filter>,
+    by_filter: HashMap<String, usize>,
 }
 
 struct Filter {
     filter: String,
-    sink: Sink,
+    /// Every subscriber of this filter, by a token of its own.
+    sinks: Vec<(u64, Sink)>,
     /// When it was subscribed, to tell recent filters from proven ones (see [`Breaker`]).
     since: Instant,
 }
@@ -138,6 +144,15 @@ impl Filters {
     fn table(&self) -> MutexGuard<'_, FilterTable> {
         // The table is consistent after every statement, so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every subscriber of every filter.
+    fn all_sinks(&self) -> Vec<Sink> {
+        self.table()
+            .by_id
+            .values()
+            .flat_map(|f| f.sinks.iter().map(|(_, sink)| sink.clone()))
+            .collect()
     }
 }
 
@@ -403,6 +418,8 @@ async fn run_event_loop(conn: Connection, mut event_loop: EventLoop) {
     } = &conn;
     let mut backoff = MIN_BACKOFF;
     let mut warned = false;
+    // Whether a connection was made before (a CONNACK after it is a reconnection).
+    let mut connected_before = false;
     let mut breaker = Breaker {
         connected_at: None,
         last_stable: None,
@@ -421,6 +438,13 @@ async fn run_event_loop(conn: Connection, mut event_loop: EventLoop) {
                 conn.shared.connected(connack.properties.as_ref());
                 if !connack.session_present {
                     redeliveries.session_lost();
+                }
+                // Without a session kept for it (QoS 0, or a broker that lost it), what was published
+                // while sluice was away is gone: tell every stream.
+                if std::mem::replace(&mut connected_before, true) && !connack.session_present {
+                    for sink in conn.filters.all_sinks() {
+                        sink.interrupted(sluice_bridge::Interruption::Disconnected);
+                    }
                 }
                 dropped_repeat = false;
                 if conn.shared.qos(*qos) != *qos {
@@ -485,11 +509,18 @@ fn give_up_recent(conn: &Connection, event_loop: &mut EventLoop, since: Option<I
             .filter(|(_, f)| since.is_none_or(|stable| f.since >= stable))
             .map(|(id, _)| *id)
             .collect();
-        recent
-            .iter()
-            .filter_map(|id| table.by_id.remove(id))
-            .map(|f| (f.filter, f.sink))
-            .collect()
+        let mut failed = Vec::new();
+        for id in recent {
+            if let Some(f) = table.by_id.remove(&id) {
+                table.by_filter.remove(&f.filter);
+                failed.extend(
+                    f.sinks
+                        .into_iter()
+                        .map(|(_, sink)| (f.filter.clone(), sink)),
+                );
+            }
+        }
+        failed
     };
     conn.shared
         .dropped_publishes
@@ -529,11 +560,12 @@ fn deliver(filters: &Filters, publish: Publish) {
                 .by_id
                 .values()
                 .filter(|f| TopicSyntax::Mqtt.matches(&f.filter, topic))
-                .map(|f| f.sink.clone())
+                .flat_map(|f| f.sinks.iter().map(|(_, sink)| sink.clone()))
                 .collect()
         } else {
             ids.iter()
-                .filter_map(|id| table.by_id.get(id).map(|f| f.sink.clone()))
+                .filter_map(|id| table.by_id.get(id))
+                .flat_map(|f| f.sinks.iter().map(|(_, sink)| sink.clone()))
                 .collect()
         }
     };
@@ -542,17 +574,30 @@ fn deliver(filters: &Filters, publish: Publish) {
     }
 }
 
-/// Removes the filter and unsubscribes when the subscription is dropped.
+/// Removes its subscriber when dropped, and the filter with an UNSUBSCRIBE when it was the last.
 struct Unsubscribe {
     client: AsyncClient,
     filters: Arc<Filters>,
     id: usize,
+    token: u64,
 }
 
 impl Drop for Unsubscribe {
     fn drop(&mut self) {
-        let Some(Filter { filter, .. }) = self.filters.table().by_id.remove(&self.id) else {
-            return;
+        let filter = {
+            let mut table = self.filters.table();
+            let Some(entry) = table.by_id.get_mut(&self.id) else {
+                return;
+            };
+            entry.sinks.retain(|(token, _)| *token != self.token);
+            if !entry.sinks.is_empty() {
+                return;
+            }
+            let Some(Filter { filter, .. }) = table.by_id.remove(&self.id) else {
+                return;
+            };
+            table.by_filter.remove(&filter);
+            filter
         };
         if self.client.try_unsubscribe(filter.clone()).is_err() {
             let client = self.client.clone();
@@ -581,24 +626,41 @@ impl Bridge for MqttBridge {
                     format!("too long for the broker's maximum packet size of {limit} bytes"),
                 )
             })?;
-        let id = {
+        let (id, token) = {
             let mut table = self.filters.table();
-            // Subscription identifiers run from 1 to 268,435,455.
-            table.next_id = table.next_id % 268_435_455 + 1;
-            let id = table.next_id;
-            let entry = Filter {
-                filter: filter.to_owned(),
-                sink,
-                since: Instant::now(),
+            table.next_sink += 1;
+            let token = table.next_sink;
+            let existing = table.by_filter.get(filter).copied();
+            let existing = existing.and_then(|id| Some((id, table.by_id.get_mut(&id)?)));
+            let id = match existing {
+                Some((id, entry)) => {
+                    entry.sinks.push((token, sink));
+                    id
+                }
+                None => {
+                    // Subscription identifiers run from 1 to 268,435,455.
+                    table.next_id = table.next_id % 268_435_455 + 1;
+                    let id = table.next_id;
+                    let entry = Filter {
+                        filter: filter.to_owned(),
+                        sinks: vec![(token, sink)],
+                        since: Instant::now(),
+                    };
+                    table.by_id.insert(id, entry);
+                    table.by_filter.insert(filter.to_owned(), id);
+                    id
+                }
             };
-            table.by_id.insert(id, entry);
-            id
+            (id, token)
         };
+        // Sent for a shared filter too: the broker replaces its subscription with the same one and
+        // sends the retained messages again, which a new (`retained = true`) subscriber wants.
         subscribe_request(&self.client, &self.shared, filter, id, self.qos);
         Ok(Subscription::new(Unsubscribe {
             client: self.client.clone(),
             filters: self.filters.clone(),
             id,
+            token,
         }))
     }
 

@@ -69,12 +69,22 @@ struct Live {
     /// The longest protocol line the server takes, as far as the bridge knows.
     max_control_line: AtomicUsize,
     next_id: AtomicU64,
-    /// Each live subscription: its subject, what its protocol lines add to it, and its sink.
-    by_id: Mutex<HashMap<u64, (String, usize, Sink)>>,
+    by_id: Mutex<HashMap<u64, Entry>>,
+}
+
+/// One live subscription.
+struct Entry {
+    subject: String,
+    /// What its protocol lines add to the subject (the stream name on JetStream).
+    extra: usize,
+    sink: Sink,
+    /// A core NATS subscription, which loses what is published while sluice is disconnected
+    /// (a JetStream consumer resumes from its last sequence).
+    core: bool,
 }
 
 impl Live {
-    fn table(&self) -> MutexGuard<'_, HashMap<u64, (String, usize, Sink)>> {
+    fn table(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
         // Every update is a single insert or remove: a poisoned lock still holds a consistent map.
         self.by_id.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -93,9 +103,21 @@ impl Live {
     }
 
     /// Registers a live subscription; dropping the guard removes it.
-    fn register(self: &Arc<Self>, subject: &str, extra: usize, sink: Sink) -> Registered {
+    fn register(
+        self: &Arc<Self>,
+        subject: &str,
+        extra: usize,
+        sink: Sink,
+        core: bool,
+    ) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.table().insert(id, (subject.to_owned(), extra, sink));
+        let entry = Entry {
+            subject: subject.to_owned(),
+            extra,
+            sink,
+            core,
+        };
+        self.table().insert(id, entry);
         Registered {
             live: self.clone(),
             id,
@@ -112,8 +134,8 @@ impl Live {
         let failed: Vec<(String, Sink)> = self
             .table()
             .values()
-            .filter(|(subject, extra, _)| self.check(subject, *extra).is_err())
-            .map(|(subject, _, sink)| (subject.clone(), sink.clone()))
+            .filter(|e| self.check(&e.subject, e.extra).is_err())
+            .map(|e| (e.subject.clone(), e.sink.clone()))
             .collect();
         tracing::error!(
             broker,
@@ -129,6 +151,23 @@ impl Live {
                 "the server refused the subject as too long ({} bytes)",
                 subject.len()
             ));
+        }
+    }
+}
+
+impl Live {
+    /// Sluice reconnected to the server: what was published on core subjects while it was away is
+    /// lost, so every core subscription is told.
+    fn reconnected(&self) {
+        let sinks: Vec<Sink> = self
+            .table()
+            .values()
+            .filter(|e| e.core)
+            .map(|e| e.sink.clone())
+            .collect();
+        // Outside the lock, as sinks may call back into the bridge.
+        for sink in sinks {
+            sink.interrupted(sluice_bridge::Interruption::Disconnected);
         }
     }
 }
@@ -179,7 +218,16 @@ impl NatsBridge {
                 move |event| {
                     let broker = broker.clone();
                     match &event {
-                        Event::Connected => connections.send_modify(|n| *n += 1),
+                        Event::Connected => {
+                            let mut reconnected = false;
+                            connections.send_modify(|n| {
+                                reconnected = *n > 0;
+                                *n += 1;
+                            });
+                            if reconnected {
+                                live.reconnected();
+                            }
+                        }
                         Event::ServerError(async_nats::ServerError::Other(e))
                             if e.to_ascii_lowercase().contains("control line") =>
                         {
@@ -500,7 +548,7 @@ impl Bridge for NatsBridge {
             .subscribe(filter.to_owned())
             .await
             .map_err(|e| BridgeError::Broker(e.to_string()))?;
-        let registered = self.live.register(filter, 0, sink.clone());
+        let registered = self.live.register(filter, 0, sink.clone(), true);
         // Wait (briefly) for the server to confirm the SUB, so a stream that opens gets every message
         // published after it opened. A request queued behind the SUB is answered (by "no
         // responders") only once the server has read the SUB.
@@ -580,7 +628,7 @@ impl Bridge for NatsBridge {
         };
         let registered = self
             .live
-            .register(filter, stream.len(), reader.sink.clone());
+            .register(filter, stream.len(), reader.sink.clone(), false);
         let connections = self.connections.subscribe();
         let subscription = Subscription::new(AbortOnDrop {
             reader: tokio::spawn(reader.run(messages, advisories, connections)),
