@@ -81,27 +81,36 @@ fn encode(text: &str) -> String {
 /// Sends every case as a stream (with the id), a multi-topic stream and a publish; no answer may be a
 /// server error.
 async fn send_all(addr: SocketAddr, cases: &[Case], stream: &str, topics: &str) {
+    let acceptable =
+        |status: StatusCode| !status.is_server_error() || status == StatusCode::SERVICE_UNAVAILABLE;
     for case in cases {
         let param = encode(&case.text);
         let id = case.id.replace(['\r', '\n'], "");
-        let requests = [
-            ("GET", format!("{stream}/{param}"), Vec::new()),
-            ("GET", format!("{topics}?topic={param}"), Vec::new()),
-            ("POST", format!("{stream}/{param}"), case.body.clone()),
-        ];
-        for (method, path, body) in requests {
+        for path in [
+            format!("{stream}/{param}"),
+            format!("{topics}?topic={param}"),
+        ] {
             let mut headers = vec![];
             if !id.is_empty() && id.is_ascii() {
                 headers.push(("last-event-id", id.as_str()));
             }
-            let body = String::from_utf8_lossy(&body).into_owned();
-            let answer = h1_stream_with_method(addr, method, &path, &headers, &body).await;
+            let answer = h1_stream_with_method(addr, "GET", &path, &headers, "").await;
             assert!(
-                !answer.status.is_server_error()
-                    || answer.status == StatusCode::SERVICE_UNAVAILABLE,
-                "{method} {path:.80} -> {}",
+                acceptable(answer.status),
+                "GET {path:.80} -> {}",
                 answer.status
             );
+        }
+        let path = format!("{stream}/{param}");
+        match request(addr, "POST", &path, case.body.clone().into()).await {
+            Ok(answer) => assert!(
+                acceptable(answer.status),
+                "POST {path:.80} -> {}",
+                answer.status
+            ),
+            // Refused before its body was read (a bad topic, too large): sluice answers and closes,
+            // and a client still sending a large body may see the close first.
+            Err(e) => assert!(case.body.len() > 64 * 1024, "POST {path:.80}: {e}"),
         }
     }
 }
