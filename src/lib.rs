@@ -8,6 +8,8 @@
 //! - [`replay`]: event ids, `Last-Event-ID` parsing and the in-memory replay buffer of a topic.
 //! - [`stream`]: each stream's bounded queue and overflow policy (`disconnect` or `drop-oldest`).
 //! - [`cors`], [`files`] (the dashboard folder), [`limits`] (connections per server and per IP).
+//! - [`connections`]: every client connection under a budget from the file limit; one with no
+//!   stream and no request in progress is closed after `request_timeout`.
 //! - [`auth`]: JWT verification and topic grants for routes with `auth = true`.
 //! - [`service`]: the pingora app: HTTP/1.1, h2c and TLS h2; routing ([`route`]); writes each stream
 //!   with heartbeats, coalescing what queued up; maps [`error`]s to statuses.
@@ -17,6 +19,7 @@
 pub mod auth;
 pub mod brokers;
 pub mod config;
+pub mod connections;
 pub mod cors;
 pub mod error;
 pub mod files;
