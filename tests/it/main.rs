@@ -5,6 +5,7 @@ mod backpressure;
 mod browser;
 mod cdp;
 mod check;
+mod connections;
 mod http;
 mod jetstream;
 mod mqtt;
