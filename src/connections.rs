@@ -7,7 +7,7 @@
 //!
 //! - Every connection holds a place in a budget derived from the file limit ([`budget`]), from its
 //!   accept until its socket is released (by pingora's task, or by the task of the HTTP/1.1 stream
-//!   that took the socket over).
+//!   that took the socket over: such a stream is then only counted, it has no entry of its own).
 //! - A connection is *busy* while a request is handled on it or a stream it carries lives
 //!   ([`Connections::request`] hands out a [`Busy`] guard, which a stream keeps). Otherwise it is
 //!   *idle*: before its first byte, during the h2c preface or the h2 handshake, while an HTTP/1.1
@@ -103,27 +103,36 @@ struct State {
     /// Open connections that have no socket cookie (not expected on Linux): they are counted, but
     /// never taken for idle, as their requests cannot be seen.
     untracked: usize,
+    /// [`Busy`] guards whose connection's task has let go: an HTTP/1.1 stream, which owns its
+    /// socket then (or, for a moment, a stream of an h2 connection that has ended). Each counts as
+    /// a connection until dropped; keeping them out of `slots` saves every such stream an entry.
+    detached: usize,
     /// Slots told to close whose sockets are not released yet: not counted against the budget.
     closing: usize,
     /// Connections in the order they became idle. An entry is stale once its connection turned
     /// busy or closed (its `seq` no longer matches); stale entries are skipped and dropped.
     idle: VecDeque<IdleSince>,
+    /// Connections idle now: each has one current entry in `idle`, the rest are stale.
+    idle_now: usize,
     /// Set once a full budget was logged, until the connections drop well below it again.
     full_logged: bool,
 }
 
-/// One connection. Kept small: an HTTP/1.1 stream keeps its connection's slot for as long as it
-/// lives.
+/// One connection in pingora's hands (with its task in [`Bounded`]).
 struct Slot {
     /// Requests being handled and streams open on this connection.
     busy: u32,
     /// Counts the times the connection became idle; its current idle-queue entry carries it.
     idle_seq: u32,
     closing: bool,
-    /// Wakes the connection's task in [`Bounded`] to drop the connection. `None` once that task
-    /// has let go (an HTTP/1.1 stream took the socket over): the slot then ends with its last
-    /// [`Busy`].
-    closer: Option<Arc<Notify>>,
+    /// Wakes the connection's task in [`Bounded`] to drop the connection.
+    closer: Arc<Notify>,
+}
+
+impl Slot {
+    fn is_idle(&self) -> bool {
+        self.busy == 0 && !self.closing
+    }
 }
 
 struct IdleSince {
@@ -133,29 +142,38 @@ struct IdleSince {
 }
 
 impl State {
+    fn open(&self) -> usize {
+        self.slots.len() + self.untracked + self.detached
+    }
+
+    /// Open connections not told to close: what the budget limits.
     fn live(&self) -> usize {
-        self.slots.len() + self.untracked - self.closing
+        self.open().saturating_sub(self.closing)
     }
 
     /// Whether the idle-queue entry `seq` of `key` is current: the connection is idle since then.
     fn is_idle(&self, key: u64, seq: u32) -> bool {
-        self.slots.get(&key).is_some_and(|slot| {
-            slot.busy == 0 && slot.idle_seq == seq && !slot.closing && slot.closer.is_some()
-        })
+        self.slots
+            .get(&key)
+            .is_some_and(|slot| slot.is_idle() && slot.idle_seq == seq)
     }
 
-    /// Starts the idle clock of `key` now. Returns whether the queue was empty (the sweeper sleeps).
+    /// Starts the idle clock of `key` (not idle until now) now. Returns whether the queue was empty
+    /// (the sweeper then waits to be woken).
     fn start_idle(&mut self, key: u64) -> bool {
         let Some(slot) = self.slots.get_mut(&key) else {
             return false;
         };
         slot.idle_seq = slot.idle_seq.wrapping_add(1);
         let seq = slot.idle_seq;
+        self.idle_now += 1;
         let was_empty = self.idle.is_empty();
-        // Connections that turn busy and idle again leave stale entries behind; the sweeper drops
-        // them as they reach the front, and this bounds them in between (each slot has at most one
-        // current entry, so this runs once per that many turns, not per turn).
-        if self.idle.len() > 2 * self.slots.len() + 64 {
+        // Every connection starts idle and most turn busy at once (an SSE client asks for its
+        // stream), each leaving a stale entry; the sweeper drops them only when they reach the
+        // front. Compacting when stale entries outnumber current ones keeps the queue near the
+        // number of idle connections (each compaction drops at least half, so it runs once per
+        // that many turns, not per turn), not near the number of streams.
+        if self.idle.len() > 2 * self.idle_now + 64 {
             let idle = std::mem::take(&mut self.idle);
             self.idle = idle
                 .into_iter()
@@ -188,20 +206,26 @@ impl State {
     /// Tells the task of `key` to drop its connection; its slot is released when it has.
     fn close(&mut self, key: u64) {
         if let Some(slot) = self.slots.get_mut(&key) {
+            if slot.is_idle() {
+                self.idle_now = self.idle_now.saturating_sub(1);
+            }
             if !slot.closing {
                 slot.closing = true;
                 self.closing += 1;
             }
-            if let Some(closer) = &slot.closer {
-                // Stored as a permit if the task is not waiting at this instant.
-                closer.notify_one();
-            }
+            // Stored as a permit if the task is not waiting at this instant.
+            slot.closer.notify_one();
         }
     }
 
     fn remove(&mut self, key: u64) {
-        if self.slots.remove(&key).is_some_and(|slot| slot.closing) {
-            self.closing -= 1;
+        if let Some(slot) = self.slots.remove(&key) {
+            if slot.is_idle() {
+                self.idle_now = self.idle_now.saturating_sub(1);
+            }
+            if slot.closing {
+                self.closing = self.closing.saturating_sub(1);
+            }
         }
     }
 }
@@ -233,8 +257,7 @@ impl Connections {
 
     /// Connections open now (those being closed included).
     pub fn open(&self) -> usize {
-        let state = self.state();
-        state.slots.len() + state.untracked
+        self.state().open()
     }
 
     /// Admits a new connection (`key`: its socket cookie), idle from now. With the budget full it
@@ -276,7 +299,7 @@ impl Connections {
                         busy: 0,
                         idle_seq: 0,
                         closing: false,
-                        closer: Some(closer.clone()),
+                        closer: closer.clone(),
                     },
                 );
                 if state.start_idle(key) {
@@ -308,7 +331,11 @@ impl Connections {
     /// Marks connection `key` busy until the guard is dropped.
     pub fn busy(self: &Arc<Self>, key: u64) -> Option<Busy> {
         let mut state = self.state();
+        let state = &mut *state;
         let slot = state.slots.get_mut(&key)?;
+        if slot.is_idle() {
+            state.idle_now = state.idle_now.saturating_sub(1);
+        }
         slot.busy += 1;
         Some(Busy {
             connections: self.clone(),
@@ -322,6 +349,15 @@ impl Connections {
         while let Some(key) = state.pop_idle(|since| since + self.idle_timeout <= now) {
             tracing::debug!("idle connection closed after request_timeout");
             state.close(key);
+        }
+        // Give back what a flood of connections grew.
+        if state.idle.capacity() > 1024 && state.idle.len() < state.idle.capacity() / 4 {
+            let keep = state.idle.len() * 2;
+            state.idle.shrink_to(keep);
+        }
+        if state.slots.capacity() > 1024 && state.slots.len() < state.slots.capacity() / 4 {
+            let keep = state.slots.len() * 2;
+            state.slots.shrink_to(keep);
         }
         // The front is current now (stale entries were dropped on the way).
         state.idle.front().map(|e| e.since + self.idle_timeout)
@@ -345,7 +381,8 @@ impl Connections {
     }
 }
 
-/// A connection's place, held by its task in [`Bounded`]; dropping it lets go of the connection.
+/// A connection's place, held by its task in [`Bounded`]; dropping it lets go of the connection
+/// (which its streams may keep: they are counted until they end).
 pub struct Attached {
     connections: Arc<Connections>,
     key: Option<u64>,
@@ -363,21 +400,18 @@ impl Drop for Attached {
     fn drop(&mut self) {
         let mut state = self.connections.state();
         let Some(key) = self.key else {
-            state.untracked -= 1;
+            state.untracked = state.untracked.saturating_sub(1);
             return;
         };
-        let Some(slot) = state.slots.get_mut(&key) else {
-            return;
-        };
-        slot.closer = None;
-        if slot.busy == 0 {
+        if let Some(busy) = state.slots.get(&key).map(|slot| slot.busy) {
+            state.detached += busy as usize;
             state.remove(key);
         }
     }
 }
 
-/// A request in progress or a live stream on a connection; the connection becomes idle (or, when
-/// its task has let go, is released) when the last one is dropped.
+/// A request in progress or a live stream on a connection; the connection becomes idle when the
+/// last one is dropped (or, when its task has let go, is no longer counted).
 pub struct Busy {
     connections: Arc<Connections>,
     key: u64,
@@ -387,17 +421,14 @@ impl Drop for Busy {
     fn drop(&mut self) {
         let mut state = self.connections.state();
         let Some(slot) = state.slots.get_mut(&self.key) else {
+            // The connection's task has let go: this was an HTTP/1.1 stream, whose task closes the
+            // socket next, or a stream of an h2 connection that has already ended. (Cookies are
+            // never reused, so no other connection can have taken the key meanwhile.)
+            state.detached = state.detached.saturating_sub(1);
             return;
         };
         slot.busy = slot.busy.saturating_sub(1);
-        if slot.busy > 0 {
-            return;
-        }
-        if slot.closer.is_none() {
-            // The connection's task has let go: this was an HTTP/1.1 stream, whose task closes the
-            // socket next, or the last stream of an h2 connection that has already ended.
-            state.remove(self.key);
-        } else if !slot.closing && state.start_idle(self.key) {
+        if slot.busy == 0 && !slot.closing && state.start_idle(self.key) {
             self.connections.wake_sweeper.notify_one();
         }
     }
@@ -451,6 +482,24 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(10);
 
+    /// The counters agree with the slots.
+    fn consistent(connections: &Connections) {
+        let state = connections.state();
+        let idle = state.slots.values().filter(|s| s.is_idle()).count();
+        let closing = state.slots.values().filter(|s| s.closing).count();
+        assert_eq!(
+            (state.idle_now, state.closing),
+            (idle, closing),
+            "idle and closing counts"
+        );
+        let current = state
+            .idle
+            .iter()
+            .filter(|e| state.is_idle(e.key, e.seq))
+            .count();
+        assert_eq!(current, idle, "one current queue entry per idle connection");
+    }
+
     /// Whether `attached` has been told to close, without waiting.
     async fn told_to_close(attached: &Attached) -> bool {
         tokio::time::timeout(Duration::ZERO, attached.closed())
@@ -476,6 +525,7 @@ mod tests {
         assert!(!told_to_close(&idle).await, "closed early");
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert!(told_to_close(&idle).await, "idle connection left open");
+        consistent(&connections);
         tokio::time::sleep(TIMEOUT * 3).await;
         assert!(!told_to_close(&busy_conn).await, "busy connection closed");
 
@@ -486,8 +536,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert!(told_to_close(&busy_conn).await);
 
+        consistent(&connections);
         drop((idle, busy_conn));
         assert_eq!(connections.open(), 0);
+        consistent(&connections);
     }
 
     #[tokio::test(start_paused = true)]
@@ -502,16 +554,23 @@ mod tests {
         let fourth = connections.admit(Some(4)).expect("made room");
         assert!(told_to_close(&second).await);
         assert!(!told_to_close(&first).await && !told_to_close(&third).await);
+        consistent(&connections);
         drop(second);
+        consistent(&connections);
 
-        let _busy = [1, 3, 4].map(|key| connections.busy(key).expect("tracked"));
+        let busy = [1, 3, 4].map(|key| connections.busy(key).expect("tracked"));
         assert_eq!(connections.admit(Some(5)).err(), Some(Full));
         assert_eq!(connections.open(), 3);
+        consistent(&connections);
         drop((first, third, fourth));
-        // Each slot stays while its busy guard does (an HTTP/1.1 stream owns the socket then).
+        // Each is counted while its busy guard lives (an HTTP/1.1 stream owns the socket then),
+        // without a slot of its own.
         assert_eq!(connections.open(), 3);
-        drop(_busy);
+        assert!(connections.state().slots.is_empty());
+        assert_eq!(connections.admit(Some(5)).err(), Some(Full));
+        drop(busy);
         assert_eq!(connections.open(), 0);
+        consistent(&connections);
     }
 
     #[tokio::test(start_paused = true)]
@@ -524,12 +583,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn stale_idle_entries_stay_bounded() {
-        let connections = Connections::new(10, TIMEOUT);
-        let _attached = connections.admit(Some(1)).expect("admitted");
-        for _ in 0..10_000 {
-            drop(connections.busy(1));
+    async fn the_idle_queue_stays_near_the_idle_connections_not_the_streams() {
+        let connections = Connections::new(20_000, TIMEOUT);
+        // Like HTTP/1.1 streams: admitted idle, then busy for good, the task letting go.
+        let mut streams = Vec::new();
+        for key in 0..10_000 {
+            let attached = connections.admit(Some(key)).expect("admitted");
+            streams.push(connections.busy(key).expect("tracked"));
+            drop(attached);
         }
-        assert!(connections.state().idle.len() <= 2 + 64 + 1);
+        // Like an h2 connection whose streams come and go.
+        let _h2 = connections.admit(Some(10_000)).expect("admitted");
+        for _ in 0..10_000 {
+            drop(connections.busy(10_000));
+        }
+        consistent(&connections);
+        let queued = connections.state().idle.len();
+        assert!(
+            queued <= 2 + 64 + 1,
+            "{queued} queued for one idle connection"
+        );
+        drop(streams);
+        assert_eq!(connections.open(), 1);
+        consistent(&connections);
     }
 }
