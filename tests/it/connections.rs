@@ -1,6 +1,7 @@
 //! Connections that hold no stream and no request: closed after `request_timeout` in every phase
-//! (silent, inside the h2c preface, after the h2 handshake, between HTTP/1.1 requests, after the
-//! last h2 stream), and a flood of them past the open-file limit cannot lock real clients out.
+//! (silent, inside the h2c preface, after the h2 handshake, after a TLS handshake, between
+//! HTTP/1.1 requests, after the last h2 stream), and a flood of them past the open-file limit
+//! cannot lock real clients out.
 
 use crate::support::*;
 use bytes::Bytes;
@@ -86,6 +87,39 @@ async fn connections_that_send_no_request_are_closed_after_request_timeout() {
         .filter_map(|(result, (what, _))| result.err().map(|e| format!("{what}: {e}")))
         .collect();
     assert!(failed.is_empty(), "{failed:#?}");
+}
+
+#[tokio::test]
+async fn tls_connections_that_send_no_request_are_closed_after_request_timeout() {
+    let sluice = Sluice::start_tls(ROUTES).await;
+    let tls_addr = sluice.tls_addr.expect("tls listener");
+    let cert = sluice.dir.0.join("cert.pem");
+    for alpn in [&b"h2"[..], b"http/1.1"] {
+        let start = Instant::now();
+        let mut tls = tls_connect(tls_addr, &cert, alpn).await;
+        let mut buf = [0u8; 1024];
+        let closed = async {
+            // What the server sends first (its h2 SETTINGS) is read and dropped; a TLS stream
+            // closed without close_notify reads as an error, which is a close too.
+            while let Ok(n) = tls.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let what = String::from_utf8_lossy(alpn);
+        if tokio::time::timeout(TIMEOUT + MARGIN, closed)
+            .await
+            .is_err()
+        {
+            panic!(
+                "TLS {what} with no request: still open after {:?}",
+                TIMEOUT + MARGIN
+            );
+        }
+        let after = start.elapsed();
+        assert!(after >= EARLIEST, "TLS {what}: closed after {after:?}");
+    }
 }
 
 /// An h2c connection, and a task that ends when the connection does.
