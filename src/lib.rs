@@ -8,6 +8,8 @@
 //! - [`replay`]: event ids, `Last-Event-ID` parsing and the in-memory replay buffer of a topic.
 //! - [`stream`]: each stream's bounded queue and overflow policy (`disconnect` or `drop-oldest`).
 //! - [`cors`], [`files`] (the dashboard folder), [`limits`] (connections per server and per IP).
+//! - [`connections`]: every client connection under a budget from the file limit; one with no
+//!   stream and no request in progress is closed after `request_timeout`.
 //! - [`auth`]: JWT verification and topic grants for routes with `auth = true`; [`keys`]: the JWT
 //!   and TLS key files, checked as they will be used.
 //! - [`service`]: the pingora app: HTTP/1.1, h2c and TLS h2; routing ([`route`]); writes each stream
@@ -18,6 +20,7 @@
 pub mod auth;
 pub mod brokers;
 pub mod config;
+pub mod connections;
 pub mod cors;
 pub mod error;
 pub mod files;

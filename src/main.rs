@@ -9,6 +9,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 use sluice::config;
+use sluice::connections::{self, Bounded, Connections};
 use sluice::hub::Hub;
 use sluice::keys::OneCertificate;
 use sluice::service::Gateway;
@@ -158,7 +159,7 @@ fn ensure_bindable(addrs: impl IntoIterator<Item = SocketAddr>) -> anyhow::Resul
 /// service's own thread, and would leave the process running without them), sluice exits with
 /// status 1 and the reason.
 struct MustListen {
-    inner: Option<Service<Gateway>>,
+    inner: Option<Service<Bounded<Gateway>>>,
     name: String,
 }
 
@@ -215,10 +216,35 @@ fn cleartext_buffers() -> L4BufferSettings {
     L4BufferSettings::unbuffered()
 }
 
+/// The client connections the process's file limit can hold (raising the soft limit first), with
+/// a warning when `max_connections` promises more.
+fn connection_budget(config: &config::Config) -> anyhow::Result<Arc<Connections>> {
+    let files = connections::raise_file_limit().context("reading the open-file limit")?;
+    tracing::info!(
+        file_limit = files.file_limit,
+        "at most {} client connections",
+        files.connections
+    );
+    if config.server.max_connections > files.connections {
+        tracing::warn!(
+            "max_connections = {} cannot be reached: the open-file limit ({}) holds {} client \
+             connections; raise it (e.g. LimitNOFILE= in the systemd unit)",
+            config.server.max_connections,
+            files.file_limit,
+            files.connections
+        );
+    }
+    Ok(Connections::new(
+        files.connections,
+        config.server.request_timeout,
+    ))
+}
+
 fn run(config: config::Config) -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+    let connections = connection_budget(&config)?;
 
     // The bridges live on a runtime of their own, beside pingora's per-service runtimes.
     let bridge_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -250,8 +276,13 @@ fn run(config: config::Config) -> anyhow::Result<()> {
     let tls_listen = config.server.tls.iter().flat_map(|t| t.listen.iter());
     ensure_bindable(config.server.listen.iter().chain(tls_listen).copied())?;
 
-    let gateway = Gateway::new(config.clone(), Hub::new(bridges));
-    let mut service = Service::new("sluice".to_owned(), gateway);
+    let gateway = Gateway::new(config.clone(), Hub::new(bridges), connections.clone());
+    // Every connection passes through `Bounded` first: pingora gives the phases before a request
+    // (the h2c preface, the h2 handshake, an h2 connection without streams) no deadline.
+    let mut service = Service::new(
+        "sluice".to_owned(),
+        Bounded::new(Arc::new(gateway), connections),
+    );
     for addr in &config.server.listen {
         service.add_listener(
             ListenerConfig::tcp(addr.to_string())

@@ -3,6 +3,7 @@
 
 use crate::auth::{query_param, redacted_request_line, Grant};
 use crate::config::{Config, Retention, Route, Topics};
+use crate::connections::{Busy, Connections};
 use crate::error::Error;
 use crate::hub::{Hub, Join, Membership, RouteTopics};
 use crate::limits::{Admitted, Limits, MemoryGuard, Refused};
@@ -44,6 +45,8 @@ pub struct Gateway {
     server_options: HttpServerOptions,
     limits: Arc<Limits>,
     memory: MemoryGuard,
+    /// Every client connection's place and idle clock; requests and streams keep theirs busy.
+    connections: Arc<Connections>,
     /// The timings every stream shares.
     pump_settings: Arc<PumpSettings>,
     /// Starts the one task that closes every stream's queue when the server shuts down.
@@ -61,7 +64,7 @@ enum Action<'a> {
 }
 
 impl Gateway {
-    pub fn new(config: Config, hub: Hub) -> Self {
+    pub fn new(config: Config, hub: Hub, connections: Arc<Connections>) -> Self {
         let mut server_options = HttpServerOptions::default();
         // Cleartext HTTP/2 with prior knowledge on the same port as HTTP/1.1 (pingora peeks the preface).
         server_options.h2c = true;
@@ -88,6 +91,7 @@ impl Gateway {
             memory,
             server_options,
             limits,
+            connections,
             pump_settings,
             shutdown_watcher: Once::new(),
         }
@@ -433,14 +437,15 @@ impl Gateway {
             settings: self.pump_settings.clone(),
             topic: topics.join(",").into_boxed_str(),
             expires_at: grant.map(|g| Instant::now() + g.remaining()),
-            held: (memberships, admitted),
+            held: (memberships, admitted, None),
         }))
     }
 }
 
 /// A stream whose subscription is live and whose response head and preamble are written: what its
-/// pump needs, and what it holds until it ends (its topic memberships, its place under the limits).
-type StreamFeed = Feed<(Vec<Membership>, Option<Admitted>)>;
+/// pump needs, and what it holds until it ends (its topic memberships, its place under the limits,
+/// its connection kept busy).
+type StreamFeed = Feed<(Vec<Membership>, Option<Admitted>, Option<Busy>)>;
 
 /// What happens to the connection after a request.
 enum Reuse {
@@ -596,6 +601,9 @@ impl HttpServerApp for Gateway {
                 return None;
             }
         }
+        // From a complete request head until its response ends (or its stream does), the connection
+        // is not idle.
+        let busy = self.connections.request(&session);
         session.set_write_timeout(Some(self.config.server.write_timeout));
         let cors_headers =
             cors::response_headers(self.config.server.cors.as_ref(), session.req_header());
@@ -645,7 +653,8 @@ impl HttpServerApp for Gateway {
                 Reuse::Yes
             }
         };
-        if let Reuse::Stream(feed) = reuse {
+        if let Reuse::Stream(mut feed) = reuse {
+            feed.held.2 = busy;
             self.serve_stream(session, feed).await;
             return None;
         }

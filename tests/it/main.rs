@@ -9,6 +9,7 @@ mod browser;
 mod cdp;
 mod check;
 mod clients;
+mod connections;
 mod faults;
 mod http;
 mod jetstream;

@@ -84,6 +84,8 @@ pub struct Options {
     pub capture_log: bool,
     /// `RUST_LOG` (unless `SLUICE_TEST_LOG` overrides it).
     pub log_level: String,
+    /// Run sluice with this many open files at most (soft and hard limit), as `ulimit -n` does.
+    pub file_limit: Option<u64>,
 }
 
 impl Default for Options {
@@ -94,6 +96,7 @@ impl Default for Options {
             addr: None,
             capture_log: false,
             log_level: "warn".into(),
+            file_limit: None,
         }
     }
 }
@@ -152,7 +155,17 @@ impl Sluice {
         }
         let path = dir.0.join("config.toml");
         std::fs::write(&path, &config).expect("write config");
-        let mut command = Command::new(sluice_bin());
+        let mut command = match options.file_limit {
+            // The shell sets the limit and replaces itself with sluice, which keeps its PID.
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(sluice_bin());
+                sh
+            }
+            None => Command::new(sluice_bin()),
+        };
         command
             .arg("--config")
             .arg(&path)
