@@ -225,7 +225,10 @@ fn connection_budget(config: &config::Config) -> anyhow::Result<Arc<Connections>
         "at most {} client connections",
         files.connections
     );
-    if config.server.max_connections > files.connections {
+    // The default (100,000) is a ceiling most file limits do not reach: only a value the operator
+    // chose is worth a warning.
+    let chosen = config.server.max_connections != config::DEFAULT_MAX_CONNECTIONS;
+    if chosen && config.server.max_connections > files.connections {
         tracing::warn!(
             "max_connections = {} cannot be reached: the open-file limit ({}) holds {} client \
              connections; raise it (e.g. LimitNOFILE= in the systemd unit)",
