@@ -3,11 +3,15 @@
 //! The flow of one message, and the module that owns each step:
 //! - [`config`]: the TOML file, validated into runtime types (routes, brokers, server settings).
 //! - [`brokers`]: one bridge (crate `sluice-nats`, `sluice-mqtt`, `sluice-memory`) per broker.
-//! - [`hub`]: one shared broker subscription per concrete topic; encodes each message once ([`sse`])
-//!   and queues the same bytes for every stream on the topic.
-//! - [`replay`]: event ids, `Last-Event-ID` parsing and the in-memory replay buffer of a topic.
-//! - [`stream`]: each stream's bounded queue and overflow policy (`disconnect` or `drop-oldest`).
-//! - [`cors`], [`files`] (the dashboard folder), [`limits`] (connections per server and per IP).
+//! - [`hub`]: one shared broker subscription per route and concrete topic; encodes each message once
+//!   ([`sse`]) and queues the same bytes for every stream on the topic; the one resume path.
+//! - [`replay`]: event ids, `Last-Event-ID` parsing, the replay ring of encoded frames of a topic
+//!   and the memory budget of a route.
+//! - [`stream`]: each stream's bounded queue and overflow policy (`disconnect` or `drop-oldest`),
+//!   and the backlog a resuming stream reads as it drains.
+//! - [`pump`]: writes one stream's queue to its wire (HTTP/1.x or HTTP/2): heartbeats, deadlines.
+//! - [`cors`], [`files`] (the dashboard folder), [`limits`] (connections per server and per IP, and
+//!   `max_memory`).
 //! - [`connections`]: every client connection under a budget from the file limit; one with no
 //!   stream and no request in progress is closed after `request_timeout`.
 //! - [`auth`]: JWT verification and topic grants for routes with `auth = true`; [`keys`]: the JWT

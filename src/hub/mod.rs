@@ -473,27 +473,43 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn a_resume_reads_its_backlog_in_batches_then_goes_live_without_gap_or_duplicate() {
-        let memory = Arc::new(MemoryBridge::new());
-        let hub = Hub::new(vec![memory.clone()]);
-        let route = replay_route();
-        let first = Arc::new(StreamQueue::new(100, Overflow::Disconnect));
-        let joined = hub
-            .join(replay(&route, "t", None), first.clone())
-            .await
-            .expect("join");
-        memory.publish("t", "0".into()).await.expect("publish");
-        let id = String::from_utf8_lossy(&take(&first).await[0])
-            .lines()
-            .find_map(|l| l.strip_prefix("id: ").map(str::to_owned))
-            .expect("an id");
-        for n in 1..=8 {
+    /// Publishes `n` on topic `t` for each `n` of `range`.
+    async fn publish_all(memory: &MemoryBridge, range: std::ops::RangeInclusive<u32>) {
+        for n in range {
             memory
                 .publish("t", n.to_string().into())
                 .await
                 .expect("publish");
         }
+    }
+
+    /// A replay topic `t` with one stream on it, which has read event `0`: the stream's membership,
+    /// and the id of event `0`.
+    async fn a_topic_and_an_id(
+        hub: &Hub,
+        memory: &MemoryBridge,
+        route: &Arc<RouteTopics>,
+    ) -> (Joined, String) {
+        let first = Arc::new(StreamQueue::new(100, Overflow::Disconnect));
+        let joined = hub
+            .join(replay(route, "t", None), first.clone())
+            .await
+            .expect("join");
+        publish_all(memory, 0..=0).await;
+        let id = String::from_utf8_lossy(&take(&first).await[0])
+            .lines()
+            .find_map(|l| l.strip_prefix("id: ").map(str::to_owned))
+            .expect("an id");
+        (joined, id)
+    }
+
+    #[tokio::test]
+    async fn a_resume_reads_its_backlog_in_batches_then_goes_live_without_gap_or_duplicate() {
+        let memory = Arc::new(MemoryBridge::new());
+        let hub = Hub::new(vec![memory.clone()]);
+        let route = replay_route();
+        let (joined, id) = a_topic_and_an_id(&hub, &memory, &route).await;
+        publish_all(&memory, 1..=8).await;
 
         let back = Arc::new(StreamQueue::new(3, Overflow::Disconnect));
         let mut resumed = hub
@@ -505,14 +521,14 @@ mod tests {
         assert_eq!(backlog.fill(&mut frames, 3).await, Fill::More);
         assert_eq!(texts(&frames), ["1", "2", "3"], "one batch of `buffer`");
         // Published while the stream catches up: it reaches it through the ring, once.
-        memory.publish("t", "9".into()).await.expect("publish");
+        publish_all(&memory, 9..=9).await;
         assert!(back.is_empty(), "live events pass a catching-up stream by");
         while backlog.fill(&mut frames, 3).await == Fill::More {}
         assert_eq!(
             texts(&frames),
             ["1", "2", "3", "4", "5", "6", "7", "8", "9"]
         );
-        memory.publish("t", "10".into()).await.expect("publish");
+        publish_all(&memory, 10..=10).await;
         assert_eq!(texts(&take(&back).await), ["10"]);
         drop((joined, resumed));
     }
@@ -523,22 +539,8 @@ mod tests {
         let hub = Hub::new(vec![memory.clone()]);
         // 10 events per topic: a stream that reads 2 and then stops while 12 more come loses some.
         let route = replay_route();
-        let first = Arc::new(StreamQueue::new(100, Overflow::Disconnect));
-        let joined = hub
-            .join(replay(&route, "t", None), first.clone())
-            .await
-            .expect("join");
-        memory.publish("t", "0".into()).await.expect("publish");
-        let id = String::from_utf8_lossy(&take(&first).await[0])
-            .lines()
-            .find_map(|l| l.strip_prefix("id: ").map(str::to_owned))
-            .expect("an id");
-        for n in 1..=5 {
-            memory
-                .publish("t", n.to_string().into())
-                .await
-                .expect("publish");
-        }
+        let (joined, id) = a_topic_and_an_id(&hub, &memory, &route).await;
+        publish_all(&memory, 1..=5).await;
         let back = Arc::new(StreamQueue::new(2, Overflow::Disconnect));
         let mut resumed = hub
             .join(replay(&route, "t", Some(id)), back.clone())
@@ -547,12 +549,7 @@ mod tests {
         let backlog = resumed.backlog.as_mut().expect("a backlog");
         let mut frames = Vec::new();
         assert_eq!(backlog.fill(&mut frames, 2).await, Fill::More);
-        for n in 6..=17 {
-            memory
-                .publish("t", n.to_string().into())
-                .await
-                .expect("publish");
-        }
+        publish_all(&memory, 6..=17).await;
         while backlog.fill(&mut frames, 2).await == Fill::More {}
         // The ring holds 8..=17 now: 3 to 7 went while the stream was away.
         let expected: Vec<String> = ["1", "2", "gap:{\"reason\":\"expired\",\"lost\":5}"]

@@ -141,24 +141,9 @@ topics = ["#"]
 "##,
         broker.url()
     );
-    let sluice = Sluice::start_opts(
-        &config,
-        Options {
-            capture_log: true,
-            log_level: "info".into(),
-            ..Options::default()
-        },
-    )
-    .await;
+    let sluice = Sluice::start_logged(&config).await;
     let addr = sluice.addr;
-    let mut healthy = h1_stream(addr, "/mq/ok").await;
-    healthy.opened().await;
-    healthy
-        .publish_until_received(
-            "warm",
-            |data| async move { publish(addr, "/mq/ok", data).await },
-        )
-        .await;
+    let mut healthy = live_stream(addr, "/mq/ok").await;
     send_all(addr, &cases(1), "/mq", "/multi").await;
     publish(addr, "/mq/ok", "after").await;
     let after = within("the healthy stream goes on", async {
@@ -206,13 +191,7 @@ topics = [">"]
     );
     let sluice = Sluice::start(&config).await;
     let addr = sluice.addr;
-    let mut healthy = h1_stream(addr, "/alerts/ok").await;
-    healthy.opened().await;
-    healthy
-        .publish_until_received("warm", |data| async move {
-            publish(addr, "/alerts/ok", data).await
-        })
-        .await;
+    let mut healthy = live_stream(addr, "/alerts/ok").await;
     let url = server.monitor_url("/varz");
     let monitor: SocketAddr = url
         .trim_start_matches("http://")

@@ -13,16 +13,6 @@ async fn status(addr: SocketAddr, method: &str, path: &str, body: &str) -> Statu
     stream.status
 }
 
-/// Reads what a stream still receives of the probes [`SseStream::publish_until_received`] sent, so
-/// the events that follow are exactly what the test publishes next.
-async fn settle(stream: &mut SseStream) {
-    while stream
-        .try_next_event(std::time::Duration::from_millis(200))
-        .await
-        .is_some()
-    {}
-}
-
 /// The value of `field` in nats-server's `/varz` (e.g. `total_connections`).
 async fn varz(server: &NatsServer, field: &str) -> u64 {
     let url = server.monitor_url("/varz");
@@ -57,25 +47,9 @@ publish = true
 #[tokio::test]
 async fn mqtt_noncharacters_are_refused_and_the_connection_stays_up() {
     let broker = Mosquitto::start();
-    let sluice = Sluice::start_opts(
-        &mqtt_routes(&broker.url()),
-        Options {
-            capture_log: true,
-            log_level: "info".into(),
-            ..Options::default()
-        },
-    )
-    .await;
-    let mut healthy = h1_stream(sluice.addr, "/mq/ok").await;
-    healthy.opened().await;
+    let sluice = Sluice::start_logged(&mqtt_routes(&broker.url())).await;
     let addr = sluice.addr;
-    healthy
-        .publish_until_received(
-            "warm",
-            |data| async move { publish(addr, "/mq/ok", data).await },
-        )
-        .await;
-    settle(&mut healthy).await;
+    let mut healthy = live_stream(sluice.addr, "/mq/ok").await;
 
     // U+FFFE, U+FFFF, U+FDD0, U+1FFFF, U+0085 (a C1 control): mosquitto drops a connection for each.
     for bad in [
@@ -113,25 +87,9 @@ async fn mqtt_noncharacters_are_refused_and_the_connection_stays_up() {
 async fn mqtt_a_broker_that_takes_qos_0_only_gets_qos_0() {
     // mosquitto drops a client that publishes above the maximum QoS of its CONNACK.
     let broker = Mosquitto::start_with("max_qos 0");
-    let sluice = Sluice::start_opts(
-        &mqtt_routes(&broker.url()),
-        Options {
-            capture_log: true,
-            log_level: "info".into(),
-            ..Options::default()
-        },
-    )
-    .await;
+    let sluice = Sluice::start_logged(&mqtt_routes(&broker.url())).await;
     let addr = sluice.addr;
-    let mut stream = h1_stream(addr, "/mq/ok").await;
-    stream.opened().await;
-    stream
-        .publish_until_received(
-            "warm",
-            |data| async move { publish(addr, "/mq/ok", data).await },
-        )
-        .await;
-    settle(&mut stream).await;
+    let mut stream = live_stream(sluice.addr, "/mq/ok").await;
     for n in 0..5 {
         publish(addr, "/mq/ok", format!("n{n}")).await;
         assert_eq!(stream.next_event().await.data, format!("n{n}"));
@@ -143,25 +101,10 @@ async fn mqtt_a_broker_that_takes_qos_0_only_gets_qos_0() {
 #[tokio::test]
 async fn mqtt_a_publish_the_broker_refuses_is_given_up_not_resent_forever() {
     let mut broker = Mosquitto::start();
-    let sluice = Sluice::start_opts(
-        &mqtt_routes(&broker.url()),
-        Options {
-            capture_log: true,
-            log_level: "info".into(),
-            ..Options::default()
-        },
-    )
-    .await;
+    let sluice = Sluice::start_logged(&mqtt_routes(&broker.url())).await;
     let addr = sluice.addr;
-    let mut stream = h1_stream(addr, "/mq/ok").await;
-    stream.opened().await;
-    stream
-        .publish_until_received(
-            "warm",
-            |data| async move { publish(addr, "/mq/ok", data).await },
-        )
-        .await;
-    settle(&mut stream).await;
+    // A stream on the topic, so sluice is subscribed when the fault comes.
+    let _first = live_stream(sluice.addr, "/mq/ok").await;
 
     // Accepted while the broker is away (checked against the limits it announced before), then
     // too large for the broker that comes back: it can never be sent, and the QoS 1 session would
@@ -182,7 +125,7 @@ async fn mqtt_a_publish_the_broker_refuses_is_given_up_not_resent_forever() {
             publish(addr, "/mq/ok", data).await
         })
         .await;
-    settle(&mut fresh).await;
+    fresh.settle().await;
     let reconnects = sluice.log().matches("mqtt connected").count();
     assert!(
         reconnects < 10,
@@ -234,14 +177,7 @@ async fn nats_subjects_past_the_control_line_and_payloads_past_max_payload_are_r
     let server = NatsServer::start();
     let sluice = Sluice::start(&nats_routes(&server.url(), "")).await;
     let addr = sluice.addr;
-    let mut healthy = h1_stream(addr, "/alerts/ok").await;
-    healthy.opened().await;
-    healthy
-        .publish_until_received("warm", |data| async move {
-            publish(addr, "/alerts/ok", data).await
-        })
-        .await;
-    settle(&mut healthy).await;
+    let mut healthy = live_stream(sluice.addr, "/alerts/ok").await;
     let connections = varz(&server, "total_connections").await;
 
     let long = "a".repeat(5000);
@@ -282,24 +218,10 @@ async fn nats_subjects_past_the_control_line_and_payloads_past_max_payload_are_r
 async fn nats_a_subscription_the_server_refuses_is_given_up_not_resent_forever() {
     let server = NatsServer::start();
     // Configured above the server's real limit (4096): the first line lets a long subject through.
-    let sluice = Sluice::start_opts(
-        &nats_routes(&server.url(), "max_control_line = 16384"),
-        Options {
-            capture_log: true,
-            log_level: "info".into(),
-            ..Options::default()
-        },
-    )
-    .await;
+    let sluice =
+        Sluice::start_logged(&nats_routes(&server.url(), "max_control_line = 16384")).await;
     let addr = sluice.addr;
-    let mut healthy = h1_stream(addr, "/alerts/ok").await;
-    healthy.opened().await;
-    healthy
-        .publish_until_received("warm", |data| async move {
-            publish(addr, "/alerts/ok", data).await
-        })
-        .await;
-    settle(&mut healthy).await;
+    let mut healthy = live_stream(sluice.addr, "/alerts/ok").await;
 
     let long = "a".repeat(5000);
     let mut refused = h1_stream(addr, &format!("/alerts/{long}")).await;
@@ -316,7 +238,7 @@ async fn nats_a_subscription_the_server_refuses_is_given_up_not_resent_forever()
             publish(addr, "/alerts/ok", data).await
         })
         .await;
-    settle(&mut healthy).await;
+    healthy.settle().await;
     let connections = varz(&server, "total_connections").await;
     for n in 0..5 {
         publish(addr, "/alerts/ok", format!("n{n}")).await;

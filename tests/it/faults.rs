@@ -147,14 +147,7 @@ publish = true
     );
     let sluice = Sluice::start(&config).await;
     let addr = sluice.addr;
-    let mut stream = h1_stream(addr, "/mq/a").await;
-    stream.opened().await;
-    stream
-        .publish_until_received(
-            "warm",
-            |data| async move { publish(addr, "/mq/a", data).await },
-        )
-        .await;
+    let mut stream = live_stream(addr, "/mq/a").await;
     // A clean session: what is published while sluice reconnects is gone.
     broker.restart();
     let mut seen = stream

@@ -193,6 +193,19 @@ impl Sluice {
         sluice
     }
 
+    /// Like [`Self::start`], with what sluice logs at info level kept for [`Self::log`].
+    pub async fn start_logged(body: &str) -> Self {
+        Self::start_opts(
+            body,
+            Options {
+                capture_log: true,
+                log_level: "info".into(),
+                ..Options::default()
+            },
+        )
+        .await
+    }
+
     /// The resident memory of the sluice process, in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -527,6 +540,16 @@ impl SseStream {
         unreachable!()
     }
 
+    /// Reads what the stream still receives of the probes [`Self::publish_until_received`] sent, so
+    /// the events that follow are exactly what a test publishes next.
+    pub async fn settle(&mut self) {
+        while self
+            .try_next_event(Duration::from_millis(200))
+            .await
+            .is_some()
+        {}
+    }
+
     /// Reads until the preamble (`retry:` and the first comment) has arrived.
     pub async fn opened(&mut self) {
         within("stream preamble", async {
@@ -552,6 +575,21 @@ impl SseStream {
         })
         .await;
     }
+}
+
+/// Opens an HTTP/1.1 stream on `path`, a route with `publish = true`, and returns it once its
+/// subscription is live (a probe POSTed to `path` arrived) and every probe was read away.
+pub async fn live_stream(addr: SocketAddr, path: &str) -> SseStream {
+    let mut stream = h1_stream(addr, path).await;
+    stream.opened().await;
+    stream
+        .publish_until_received(
+            "warm",
+            |data| async move { publish(addr, path, data).await },
+        )
+        .await;
+    stream.settle().await;
+    stream
 }
 
 /// Opens an SSE stream over HTTP/1.1 on its own connection.
