@@ -86,6 +86,7 @@ pub(super) fn start(
                 reader: None,
                 cursor: 0,
                 read: 0,
+                idle_reads: 0,
             })),
         },
         _ => live(first),
@@ -146,7 +147,14 @@ struct StreamBacklog {
     cursor: u64,
     /// Events read so far (bounded by [`MAX_CATCH_UP`]).
     read: usize,
+    /// Reads in a row that found nothing new while live events were ahead (see `fill`).
+    idle_reads: u32,
 }
+
+/// How many empty reads in a row (each waits half a second) a resuming stream waits for live events
+/// to show up in the JetStream stream before it takes them as gone (purged, or expired by the
+/// stream's limits) and goes live with a `gap`.
+const MAX_IDLE_READS: u32 = 4;
 
 impl StreamBacklog {
     /// Opens the reader at the client's position; a `gap` the client gets first goes to `into`. A
@@ -240,8 +248,18 @@ impl Backlog for StreamBacklog {
         }
         let mut members = lock(&self.topic.members);
         if self.cursor < members.head {
-            // Live events came in meanwhile: they are in the stream, read them too.
-            return Fill::More;
+            // Live events came in meanwhile: they are in the stream, read them too, unless the
+            // stream keeps showing nothing new (they were removed from it since).
+            self.idle_reads = if messages.is_empty() {
+                self.idle_reads + 1
+            } else {
+                0
+            };
+            if self.idle_reads < MAX_IDLE_READS {
+                return Fill::More;
+            }
+            into.push(sse::gap(GapReason::Expired, None));
+            self.cursor = members.head;
         }
         go_live(&mut members, self.id, self.cursor);
         Fill::Live

@@ -17,6 +17,8 @@ pub struct Budget {
     limit: usize,
     used: AtomicUsize,
     order: Mutex<VecDeque<(Weak<Mutex<Ring>>, u64)>>,
+    /// The length of `order`, readable without its lock.
+    queued: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -39,6 +41,7 @@ impl Budget {
             limit,
             used: AtomicUsize::new(0),
             order: Mutex::new(VecDeque::new()),
+            queued: AtomicUsize::new(0),
         })
     }
 
@@ -57,7 +60,9 @@ impl Budget {
 
     /// Notes that `ring` recorded event `seq`, the newest of the route.
     pub(super) fn recorded(&self, ring: &Weak<Mutex<Ring>>, seq: u64) {
-        lock(&self.order).push_back((ring.clone(), seq));
+        let mut order = lock(&self.order);
+        order.push_back((ring.clone(), seq));
+        self.queued.store(order.len(), Ordering::Relaxed);
     }
 
     /// Evicts the route's oldest events until it is within its bound. Call it with no ring or topic
@@ -65,7 +70,13 @@ impl Budget {
     pub fn enforce(&self) {
         let mut checked = 0usize;
         while self.used() > self.limit {
-            let Some((ring, seq)) = lock(&self.order).pop_front() else {
+            let popped = {
+                let mut order = lock(&self.order);
+                let popped = order.pop_front();
+                self.queued.store(order.len(), Ordering::Relaxed);
+                popped
+            };
+            let Some((ring, seq)) = popped else {
                 break;
             };
             if let Some(ring) = ring.upgrade() {
@@ -82,9 +93,8 @@ impl Budget {
     /// can hold (every entry costs at least the ring's per-event overhead), so the queue stays
     /// proportional to what is held.
     fn compact_if_stale(&self) {
-        let len = lock(&self.order).len();
         let held_at_most = self.used() / 64 + 1024;
-        if len <= 2 * held_at_most {
+        if self.queued.load(Ordering::Relaxed) <= 2 * held_at_most {
             return;
         }
         // Checked without holding the queue's lock (a ring records into it while locked).
@@ -97,6 +107,7 @@ impl Budget {
         // What was recorded meanwhile is newer: it goes after the kept entries.
         let newer = std::mem::replace(&mut *order, kept);
         order.extend(newer);
+        self.queued.store(order.len(), Ordering::Relaxed);
     }
 }
 
