@@ -233,32 +233,29 @@ async fn send(
     }
 }
 
-/// The largest piece the h2 wire copies small frames together into (h2's default frame size).
-const H2_PIECE: usize = 16 * 1024;
+/// Up to this many bytes, the frames of one write are copied together (a burst of small events is
+/// then one chunk or one DATA frame); past it, they are written as they are, shared, so a backlog
+/// is never copied (h2's default frame size).
+const SMALL_BURST: usize = 16 * 1024;
 
-/// Takes the next piece to send from the front of `frames`: a large frame as it is (no copy), or
-/// small ones copied together up to [`H2_PIECE`], so a burst of tiny events is one DATA frame.
-fn next_piece(frames: &mut std::collections::VecDeque<Bytes>) -> Option<Bytes> {
-    let first = frames.pop_front()?;
-    if first.len() >= H2_PIECE
-        || frames
-            .front()
-            .is_none_or(|f| first.len() + f.len() > H2_PIECE)
-    {
-        return Some(first);
-    }
-    let mut piece = BytesMut::with_capacity(
-        H2_PIECE.min(first.len() + frames.iter().map(Bytes::len).sum::<usize>()),
-    );
-    piece.put_slice(&first);
-    while let Some(next) = frames.front() {
-        if piece.len() + next.len() > H2_PIECE {
-            break;
+/// The frames of one write as a single buffer when that costs no copy (one frame, the usual case) or
+/// a small one (a burst of small frames); `None` for a large batch, written frame by frame.
+fn as_one(frames: &[Bytes]) -> Option<Bytes> {
+    match frames {
+        [] => Some(Bytes::new()),
+        [one] => Some(one.clone()),
+        _ => {
+            let len: usize = frames.iter().map(Bytes::len).sum();
+            if len > SMALL_BURST {
+                return None;
+            }
+            let mut one = BytesMut::with_capacity(len);
+            for frame in frames {
+                one.put_slice(frame);
+            }
+            Some(one.freeze())
         }
-        piece.put_slice(next);
-        frames.pop_front();
     }
-    Some(piece.freeze())
 }
 
 /// An HTTP/2 stream reduced to its h2 send half, after pingora wrote the response head.
@@ -279,8 +276,13 @@ impl Wire for H2Wire {
     }
 
     async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<(), String> {
-        let mut queue: std::collections::VecDeque<Bytes> = frames.drain(..).collect();
-        while let Some(mut data) = next_piece(&mut queue) {
+        let one = as_one(frames);
+        let pieces = match &one {
+            Some(one) => std::slice::from_ref(one),
+            None => &frames[..],
+        };
+        for piece in pieces {
+            let mut data = piece.clone();
             // h2 queues a DATA frame whatever the window; waiting for capacity first keeps what a
             // stalled client holds bounded.
             while !data.is_empty() {
@@ -297,6 +299,7 @@ impl Wire for H2Wire {
                 }
             }
         }
+        frames.clear();
         Ok(())
     }
 
@@ -348,23 +351,35 @@ impl RawH1Wire {
         bounded(self.write_timeout, self.io.flush()).await
     }
 
-    /// Writes `frames` as one chunk of the chunked body with `writev`: the frames go to the kernel
-    /// as they are, shared, without being copied into a per-connection buffer (the listener has
-    /// none) or together.
+    /// Writes `frames` as one chunk of the chunked body (or as they are, close-delimited) with
+    /// `writev`: the listener has no write buffer, so the shared frames go to the kernel without
+    /// being copied into a per-connection buffer. A lone frame (the usual case) or a small burst
+    /// needs no allocation for the write; a large batch (a backlog) is written as it is, uncopied.
     async fn write_chunk(&mut self, frames: &[Bytes]) -> std::io::Result<()> {
         let len = frames.iter().map(Bytes::len).sum();
         let mut head_buf = [0u8; 20];
-        let head = chunk_head(len, &mut head_buf);
-        let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(frames.len() + 2);
-        if self.chunked {
-            slices.push(IoSlice::new(head));
-        }
-        slices.extend(frames.iter().map(|f| IoSlice::new(f)));
-        if self.chunked {
-            slices.push(IoSlice::new(b"\r\n"));
-        }
-        let mut rest = &mut slices[..];
-        while !rest.is_empty() {
+        let (head, tail): (&[u8], &[u8]) = if self.chunked {
+            (chunk_head(len, &mut head_buf), b"\r\n")
+        } else {
+            (b"", b"")
+        };
+        let one = as_one(frames);
+        let mut few;
+        let mut many;
+        let mut rest: &mut [IoSlice<'_>] = match &one {
+            Some(one) => {
+                few = [IoSlice::new(head), IoSlice::new(one), IoSlice::new(tail)];
+                &mut few
+            }
+            None => {
+                many = Vec::with_capacity(frames.len() + 2);
+                many.push(IoSlice::new(head));
+                many.extend(frames.iter().map(|f| IoSlice::new(f)));
+                many.push(IoSlice::new(tail));
+                &mut many
+            }
+        };
+        while rest.iter().any(|s| !s.is_empty()) {
             // At most IOV_MAX (1024) slices per call.
             let upto = rest.len().min(1024);
             let written = self.io.write_vectored(&rest[..upto]).await?;
@@ -418,11 +433,11 @@ impl Wire for RawH1Wire {
     }
 
     async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<(), String> {
+        // An empty chunk would end a chunked body.
         frames.retain(|f| !f.is_empty());
-        if frames.is_empty() {
-            return Ok(());
+        if !frames.is_empty() {
+            self.write_chunk(frames).await.map_err(|e| e.to_string())?;
         }
-        self.write_chunk(frames).await.map_err(|e| e.to_string())?;
         frames.clear();
         Ok(())
     }
@@ -443,7 +458,17 @@ impl Wire for RawH1Wire {
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_head;
+    use super::{as_one, chunk_head, SMALL_BURST};
+    use bytes::Bytes;
+
+    #[test]
+    fn small_bursts_are_one_buffer_and_large_batches_are_not_copied() {
+        let frame = |n: usize| Bytes::from(vec![b'x'; n]);
+        let lone = [frame(7)];
+        assert_eq!(as_one(&lone).map(|b| b.as_ptr()), Some(lone[0].as_ptr()));
+        assert_eq!(as_one(&[frame(10), frame(20)]).map(|b| b.len()), Some(30));
+        assert!(as_one(&[frame(SMALL_BURST), frame(1)]).is_none());
+    }
 
     #[test]
     fn chunk_heads_are_hex_lines() {
