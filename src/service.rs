@@ -44,6 +44,7 @@ pub struct Gateway {
     route_topics: Vec<Arc<RouteTopics>>,
     server_options: HttpServerOptions,
     limits: Arc<Limits>,
+    /// Refuses new streams and publishes while resident memory is past `max_memory`.
     memory: MemoryGuard,
     /// Every client connection's place and idle clock; requests and streams keep theirs busy.
     connections: Arc<Connections>,
