@@ -169,7 +169,7 @@ impl AuthConfig {
                 }
             }
         }
-        query_param(request.uri.query()?, &self.query)
+        crate::route::query_param(request.uri.query()?, &self.query)
             .next()
             .map(|token| Cow::Owned(token.into_owned()))
     }
@@ -305,20 +305,6 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, 
     Err(AuthError::Invalid(format!(
         "{name} must be a number of seconds since 1970, not {kind}"
     )))
-}
-
-/// Every value of query parameter `name`, percent-decoded (`+` is a space).
-pub fn query_param<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = Cow<'a, str>> + 'a {
-    query.split('&').filter_map(move |pair| {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (key == name).then(|| {
-            Cow::Owned(
-                percent_encoding::percent_decode_str(&value.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned(),
-            )
-        })
-    })
 }
 
 /// The request line for logs, with the value of query parameter `secret` (the token) redacted.

@@ -27,7 +27,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -248,7 +248,7 @@ impl Connections {
 
     fn state(&self) -> MutexGuard<'_, State> {
         // Each update is complete before the lock is released.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        sluice_bridge::lock(&self.state)
     }
 
     pub fn budget(&self) -> usize {

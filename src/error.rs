@@ -1,6 +1,10 @@
-//! The gateway's error type, and the one mapping from errors to HTTP statuses.
+//! The gateway's error type, and every decision about an error's response: its status, the headers
+//! it carries, and whether the connection is reused after it.
 
 use sluice_bridge::BridgeError;
+
+/// What `retry-after` says when a limit refuses a stream or publish, in seconds.
+const BUSY_RETRY_AFTER: &str = "5";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -60,5 +64,31 @@ impl Error {
     /// False when the connection itself failed, so no response can be written.
     pub fn is_response(&self) -> bool {
         !matches!(self, Error::Write(_))
+    }
+
+    /// The headers this error's response carries besides CORS: what is allowed, how to
+    /// authenticate, when to come back.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Error::MethodNotAllowed(allow) => vec![("allow", (*allow).to_owned())],
+            Error::Unauthorized(_) => {
+                vec![("www-authenticate", "Bearer realm=\"sluice\"".to_owned())]
+            }
+            Error::Busy(_) => vec![("retry-after", BUSY_RETRY_AFTER.to_owned())],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether the connection may serve another request after this error's response: not when the
+    /// request's body may be left unread in it (a refused publish), so the next request would start
+    /// inside that body.
+    pub fn keeps_connection(&self) -> bool {
+        !matches!(
+            self,
+            Error::PayloadTooLarge(_)
+                | Error::Bridge(BridgeError::PayloadTooLarge { .. })
+                | Error::Unauthorized(_)
+                | Error::Forbidden(_)
+        )
     }
 }

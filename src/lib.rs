@@ -9,15 +9,16 @@
 //!   and the memory budget of a route.
 //! - [`stream`]: each stream's bounded queue and overflow policy (`disconnect` or `drop-oldest`),
 //!   and the backlog a resuming stream reads as it drains.
-//! - [`pump`]: writes one stream's queue to its wire (HTTP/1.x or HTTP/2): heartbeats, deadlines.
+//! - [`pump`]: writes one stream's backlog and queue to its wire: heartbeats, write deadlines.
 //! - [`cors`], [`files`] (the dashboard folder), [`limits`] (connections per server and per IP, and
 //!   `max_memory`).
 //! - [`connections`]: every client connection under a budget from the file limit; one with no
 //!   stream and no request in progress is closed after `request_timeout`.
 //! - [`auth`]: JWT verification and topic grants for routes with `auth = true`; [`keys`]: the JWT
 //!   and TLS key files, checked as they will be used.
-//! - [`service`]: the pingora app: HTTP/1.1, h2c and TLS h2; routing ([`route`]); writes each stream
-//!   with heartbeats, coalescing what queued up; maps [`error`]s to statuses.
+//! - [`http`]: the pingora app: HTTP/1.1, h2c and TLS h2; what a request asks for (routing with
+//!   [`route`], limits, tokens), opening streams and handing them to their wires (HTTP/1.x raw
+//!   connection, HTTP/2 send half); [`error`] decides every error's response.
 //! - [`simulator`]: simulated IoT devices publishing on a memory broker, for the demo dashboard.
 //! - [`shutdown`]: SIGTERM closes every stream with a randomised `retry:`; a second signal exits.
 
@@ -28,13 +29,13 @@ pub mod connections;
 pub mod cors;
 pub mod error;
 pub mod files;
+pub mod http;
 pub mod hub;
 pub mod keys;
 pub mod limits;
 pub mod pump;
 pub mod replay;
 pub mod route;
-pub mod service;
 pub mod shutdown;
 pub mod simulator;
 pub mod sse;

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 /// The limits and what is open now.
@@ -53,7 +53,7 @@ impl Limits {
 
     fn open(&self) -> MutexGuard<'_, Open> {
         // Each update below is complete before the lock is released.
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+        sluice_bridge::lock(&self.open)
     }
 
     /// Admits one more stream on `connection` (`multiplexed`: an HTTP/2 connection, which may carry

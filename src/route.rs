@@ -1,5 +1,5 @@
-//! Path templates and topic templates: matching a request path, checking its parameters, and building
-//! the concrete broker topic. Pure: no I/O.
+//! Path templates and topic templates: matching a request path, checking its parameters, building
+//! the concrete broker topic, and reading query parameters. Pure: no I/O.
 //!
 //! A parameter value is checked before anything is subscribed: it must be non-empty UTF-8 that the
 //! broker accepts in a topic (no control characters; for MQTT no Unicode noncharacters) without the
@@ -8,6 +8,16 @@
 
 use percent_encoding::percent_decode_str;
 use sluice_bridge::TopicSyntax;
+use std::borrow::Cow;
+
+/// Every value of query parameter `name` (`application/x-www-form-urlencoded`: `+` is a space, the
+/// rest percent-decoded, text that is not UTF-8 replaced). The one query parser: topics, resume
+/// positions and tokens all come through it.
+pub fn query_param<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = Cow<'a, str>> + 'a {
+    form_urlencoded::parse(query.as_bytes())
+        .filter(move |(key, _)| key == name)
+        .map(|(_, value)| value)
+}
 
 /// One piece of a template: literal text or a `{name}` parameter.
 #[derive(Clone, Debug, PartialEq, Eq)]

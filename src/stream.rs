@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 /// Process-wide counts of what the overflow policies did.
@@ -88,8 +88,7 @@ impl StreamQueue {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        // Every update below leaves the state consistent, so a poisoned lock is still safe to use.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        sluice_bridge::lock(&self.state)
     }
 
     /// Queues a frame without waiting; a full queue meets the overflow policy, counted in `stats`.

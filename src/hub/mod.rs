@@ -176,7 +176,10 @@ impl Hub {
             .inner
             .bridges
             .get(join.route.broker)
-            .ok_or_else(|| BridgeError::Broker(format!("no broker #{}", join.route.broker)))?
+            // A route names a configured broker (checked with the config): an internal error.
+            .ok_or(BridgeError::Unsupported(
+                "the route's broker is not configured",
+            ))?
             .clone();
         let key = TopicKey {
             route: join.route.route,

@@ -11,13 +11,10 @@ use bytes::Bytes;
 use sluice_bridge::{Interruption, Message, Subscription};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here leaves its data consistent, so poisoning carries no meaning.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub(super) use sluice_bridge::lock;
 
 /// A topic is one route's subscription to one filter: topics of different routes are never shared,
 /// so a topic has one event format, one retention and one replay budget.

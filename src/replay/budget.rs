@@ -8,9 +8,10 @@
 //! topic retired) are skipped, and the queue is compacted when they outnumber the held events.
 
 use super::ring::Ring;
+use sluice_bridge::lock;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 /// The byte bound shared by every ring of one route.
 pub struct Budget {
@@ -19,11 +20,6 @@ pub struct Budget {
     order: Mutex<VecDeque<(Weak<Mutex<Ring>>, u64)>>,
     /// The length of `order`, readable without its lock.
     queued: AtomicUsize,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves its data consistent, so poisoning carries no meaning.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for Budget {

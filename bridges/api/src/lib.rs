@@ -10,7 +10,14 @@ pub use syntax::TopicSyntax;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+/// Locks `mutex`, also when a thread panicked while holding it. Every critical section in sluice
+/// and its bridges leaves its data consistent before it can panic, so a poisoned lock carries no
+/// meaning there: the one place this is decided.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// One message as it came from a broker.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use sluice_bridge::{Bridge, BridgeError, Message, Sink, Subscription, TopicSyntax};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The broker: a list of live filters, each with its sink.
 #[derive(Default)]
@@ -19,10 +19,7 @@ struct Registry {
 
 impl Registry {
     fn subscriptions(&self) -> MutexGuard<'_, Vec<(u64, String, Sink)>> {
-        // A panic while holding this lock cannot leave the list half-updated, so recover from poison.
-        self.subscriptions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        sluice_bridge::lock(&self.subscriptions)
     }
 }
 
@@ -60,11 +57,7 @@ impl Bridge for MemoryBridge {
     async fn subscribe(&self, filter: &str, sink: Sink) -> Result<Subscription, BridgeError> {
         TopicSyntax::Mqtt.validate_filter(filter)?;
         let id = {
-            let mut next = self
-                .inner
-                .next_id
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut next = sluice_bridge::lock(&self.inner.next_id);
             *next += 1;
             *next
         };

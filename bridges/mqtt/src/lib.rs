@@ -26,7 +26,7 @@ use sluice_bridge::{Bridge, BridgeError, Message, Sink, Subscription, TopicSynta
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -142,8 +142,7 @@ struct Filter {
 
 impl Filters {
     fn table(&self) -> MutexGuard<'_, FilterTable> {
-        // The table is consistent after every statement, so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        sluice_bridge::lock(&self.inner)
     }
 
     /// Every subscriber of every filter.

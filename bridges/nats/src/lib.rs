@@ -24,7 +24,7 @@ use futures::StreamExt;
 use sluice_bridge::{Bridge, BridgeError, HistoryReader, Message, Sink, Subscription, TopicSyntax};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -85,8 +85,7 @@ struct Entry {
 
 impl Live {
     fn table(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
-        // Every update is a single insert or remove: a poisoned lock still holds a consistent map.
-        self.by_id.lock().unwrap_or_else(PoisonError::into_inner)
+        sluice_bridge::lock(&self.by_id)
     }
 
     /// Checks that `subject`, with `extra` bytes of other words, fits a protocol line.

@@ -1,0 +1,252 @@
+//! The pingora HTTP application: reads each request, answers it by what it asks for, and hands
+//! opened streams to their wires; every error becomes its response through [`crate::error`].
+//!
+//! - [`request`]: routing, request size limits, topics, resume positions and the token check (pure).
+//! - [`session`]: opening a stream (limits, subscribing, the response head) and serving it.
+//! - [`publish`]: a `POST` published to its broker.
+//! - [`respond`]: complete small responses, and the raw `400` for a head that does not parse.
+//! - [`wire`]: the HTTP/1.x and HTTP/2 wires a stream is written to.
+
+mod publish;
+mod request;
+mod respond;
+mod session;
+pub mod wire;
+
+use crate::auth::redacted_request_line;
+use crate::config::Config;
+use crate::connections::Connections;
+use crate::error::Error;
+use crate::hub::{Hub, RouteTopics};
+use crate::limits::{Limits, MemoryGuard};
+use crate::pump::PumpSettings;
+use crate::{cors, files};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use request::{authorize, check_sizes, route, Action};
+use respond::{refuse_unparsable, respond};
+use session::StreamFeed;
+use std::sync::{Arc, Once};
+
+/// The gateway application shared by every listener.
+pub struct Gateway {
+    config: Config,
+    hub: Hub,
+    /// What the topics of each route share (by route index), with the route's replay budget.
+    route_topics: Vec<Arc<RouteTopics>>,
+    server_options: HttpServerOptions,
+    limits: Arc<Limits>,
+    /// Refuses new streams and publishes while resident memory is past `max_memory`.
+    memory: MemoryGuard,
+    /// Every client connection's place and idle clock; requests and streams keep theirs busy.
+    connections: Arc<Connections>,
+    /// The timings every stream shares.
+    pump_settings: Arc<PumpSettings>,
+    /// Starts the one task that closes every stream's queue when the server shuts down.
+    shutdown_watcher: Once,
+}
+
+/// What happens to the connection after a request.
+enum Reuse {
+    /// Keep the connection for the next request.
+    Yes,
+    /// An SSE stream was opened: pump it, then close.
+    Stream(Box<StreamFeed>),
+}
+
+impl Gateway {
+    pub fn new(config: Config, hub: Hub, connections: Arc<Connections>) -> Self {
+        let mut server_options = HttpServerOptions::default();
+        // Cleartext HTTP/2 with prior knowledge on the same port as HTTP/1.1 (pingora peeks the preface).
+        server_options.h2c = true;
+        let limits = Arc::new(Limits::new(
+            config.server.max_connections,
+            config.server.max_connections_per_ip,
+        ));
+        let pump_settings = Arc::new(PumpSettings {
+            heartbeat: config.server.heartbeat,
+            retry: config.server.retry,
+            write_timeout: config.server.write_timeout,
+        });
+        let route_topics = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(index, route)| Arc::new(RouteTopics::new(index, route)))
+            .collect();
+        let memory = MemoryGuard::new(config.server.max_memory);
+        Self {
+            config,
+            hub,
+            route_topics,
+            memory,
+            server_options,
+            limits,
+            connections,
+            pump_settings,
+            shutdown_watcher: Once::new(),
+        }
+    }
+
+    /// Makes sure the hub is shut down with the server. Every request passes here first, and a
+    /// stream can only start after a request, so starting it on the first one is early enough.
+    fn watch_shutdown(&self, shutdown: &ShutdownWatch) {
+        self.shutdown_watcher.call_once(|| {
+            let (hub, mut shutdown) = (self.hub.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                while !*shutdown.borrow_and_update() {
+                    if shutdown.changed().await.is_err() {
+                        break;
+                    }
+                }
+                hub.shutdown();
+            });
+        });
+    }
+
+    async fn handle(
+        &self,
+        session: &mut ServerSession,
+        cors_headers: &[(&'static str, String)],
+    ) -> Result<Reuse, Error> {
+        check_sizes(session.req_header())?;
+        match route(&self.config, session.req_header())? {
+            Action::Health => {
+                let ok = Bytes::from_static(b"ok\n");
+                respond(session, 200, "text/plain", ok, cors_headers).await?;
+                Ok(Reuse::Yes)
+            }
+            Action::Preflight => {
+                let mut headers = cors_headers.to_vec();
+                if cors::allows_origin(cors_headers) {
+                    headers.extend(cors::preflight_headers());
+                }
+                respond(session, 204, "text/plain", Bytes::new(), &headers).await?;
+                Ok(Reuse::Yes)
+            }
+            Action::File(file) => {
+                let body = std::fs::read(&file).map_err(|_| Error::NotFound)?;
+                let mut headers = cors_headers.to_vec();
+                headers.push(("cache-control", "no-cache".to_owned()));
+                let kind = files::content_type(&file);
+                respond(session, 200, kind, body.into(), &headers).await?;
+                Ok(Reuse::Yes)
+            }
+            Action::Publish(route, topic) => {
+                self.publish(session, route, topic, cors_headers).await
+            }
+            Action::Stream(index, route, topics) => {
+                let auth = self.config.auth.as_ref();
+                let grant = authorize(auth, session.req_header(), route, &topics, false)?;
+                Ok(Reuse::Stream(
+                    self.open_stream(session, index, route, topics, grant, cors_headers)
+                        .await?,
+                ))
+            }
+        }
+    }
+
+    /// Answers `error` (logged by its status) on `session`; false when the connection cannot serve
+    /// another request after it.
+    async fn answer_error(
+        &self,
+        session: &mut ServerSession,
+        error: Error,
+        cors_headers: Vec<(&'static str, String)>,
+    ) -> bool {
+        if !error.is_response() {
+            tracing::debug!(%error, "connection ended");
+            return false;
+        }
+        let request = redacted_request_line(
+            session.req_header(),
+            self.config.auth.as_ref().map(|a| a.query.as_str()),
+        );
+        let status = error.status();
+        if status >= 500 {
+            tracing::warn!(%request, %error, "request failed");
+        } else {
+            tracing::debug!(%request, %error, "request refused");
+        }
+        let mut headers = cors_headers;
+        headers.extend(error.headers());
+        let body = Bytes::from(format!("{error}\n"));
+        let text = "text/plain; charset=utf-8";
+        if respond(session, status, text, body, &headers)
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        error.keeps_connection()
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for Gateway {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        self.watch_shutdown(shutdown);
+        // A client that never finishes its request head (slow loris) is dropped.
+        match tokio::time::timeout(self.config.server.request_timeout, session.read_request()).await
+        {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return None,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "could not read a request");
+                if *e.etype() == pingora::ErrorType::InvalidHTTPHeader {
+                    refuse_unparsable(session, self.config.server.write_timeout).await;
+                }
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!("no complete request head in time; connection dropped");
+                return None;
+            }
+        }
+        // From a complete request head until its response ends (or its stream does), the connection
+        // is not idle.
+        let busy = self.connections.request(&session);
+        session.set_write_timeout(Some(self.config.server.write_timeout));
+        let cors_headers =
+            cors::response_headers(self.config.server.cors.as_ref(), session.req_header());
+        let reuse = match self.handle(&mut session, &cors_headers).await {
+            Ok(reuse) => reuse,
+            Err(error) => {
+                if !self.answer_error(&mut session, error, cors_headers).await {
+                    return None;
+                }
+                Reuse::Yes
+            }
+        };
+        if let Reuse::Stream(mut feed) = reuse {
+            feed.held.2 = busy;
+            self.serve_stream(session, feed).await;
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        // pingora's finish() is a large future; boxed, it does not grow every request's future
+        // (and with it every stream's start-up allocation).
+        match Box::pin(session.finish()).await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, settings)),
+            _ => None,
+        }
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        let mut options = default_h2_options();
+        options.max_concurrent_streams(self.config.server.max_streams_per_connection);
+        Some(options)
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.server_options)
+    }
+}

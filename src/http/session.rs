@@ -1,0 +1,162 @@
+//! Opening a stream (limits, subscribing, the response head and preamble) and serving it (handing
+//! it to its wire and the pump).
+
+use super::request::last_event_id;
+use super::wire::{H2Wire, RawH1Wire, SessionWire};
+use super::Gateway;
+use crate::auth::Grant;
+use crate::config::{Retention, Route};
+use crate::connections::Busy;
+use crate::error::Error;
+use crate::hub::{Join, Membership};
+use crate::limits::{Admitted, Refused};
+use crate::pump::{pump, Feed};
+use crate::sse;
+use crate::stream::StreamQueue;
+use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// A stream whose subscription is live and whose response head and preamble are written: what its
+/// pump needs, and what it holds until it ends (its topic memberships, its place under the limits,
+/// its connection kept busy).
+pub(super) type StreamFeed = Feed<(Vec<Membership>, Option<Admitted>, Option<Busy>)>;
+
+impl Gateway {
+    /// Pumps an opened stream. HTTP/1.1 and HTTP/2 streams leave pingora's session for a small task
+    /// of their own (see [`crate::pump`]): the raw connection, or the h2 stream's send half.
+    pub(super) async fn serve_stream(&self, session: ServerSession, mut feed: Box<StreamFeed>) {
+        match session {
+            ServerSession::H1(h1) => {
+                let chunked = h1.req_header().version != http::Version::HTTP_10;
+                let mut wire =
+                    RawH1Wire::new(h1.into_inner(), self.config.server.write_timeout, chunked);
+                tokio::spawn(async move {
+                    // pingora may still hold the head and preamble in its write buffer (TLS).
+                    if wire.flush().await.is_ok() {
+                        pump(&mut wire, &mut feed).await;
+                    }
+                    drop(feed);
+                });
+            }
+            ServerSession::H2(mut h2) => {
+                let Some(send) = h2.take_response_body_writer() else {
+                    return;
+                };
+                // The request, the response head and the body reader are not needed any more.
+                drop(h2);
+                let mut wire = H2Wire::new(send);
+                tokio::spawn(async move {
+                    pump(&mut wire, &mut feed).await;
+                    drop(feed);
+                });
+            }
+            mut session => {
+                // Never taken by HTTP/1.1 or HTTP/2; boxed so it does not grow every request's future.
+                Box::pin(pump(&mut SessionWire(&mut session), &mut feed)).await;
+                drop(feed);
+            }
+        }
+    }
+
+    /// Subscribes and answers the head of an SSE stream; the caller then pumps it ([`pump`]).
+    pub(super) async fn open_stream(
+        &self,
+        session: &mut ServerSession,
+        route_index: usize,
+        route: &Route,
+        topics: Vec<String>,
+        grant: Option<Grant>,
+        cors_headers: &[(&'static str, String)],
+    ) -> Result<Box<StreamFeed>, Error> {
+        if self.memory.over() {
+            return Err(Error::Busy("memory use is above max_memory"));
+        }
+        let admitted = match session.client_addr().and_then(|a| a.as_inet()) {
+            Some(client) => Some(self.limits.admit(*client, session.is_http2()).map_err(
+                |refused| {
+                    Error::Busy(match refused {
+                        Refused::Connections => "too many connections",
+                        Refused::ConnectionsPerIp => "too many connections from this address",
+                    })
+                },
+            )?),
+            None => None,
+        };
+        let queue = Arc::new(StreamQueue::new(route.buffer, route.overflow));
+        let last_event_id = match route.retention {
+            Retention::Live => None,
+            _ => last_event_id(session.req_header()),
+        };
+        // Subscribe before answering, so a broker error is still a status and nothing published after
+        // the headers are sent is missed.
+        let route_topics = self
+            .route_topics
+            .get(route_index)
+            .ok_or(Error::Internal("route without topics"))?;
+        let mut memberships = Vec::with_capacity(topics.len());
+        let mut backlog = None;
+        for topic in &topics {
+            let join = Join {
+                route: route_topics.clone(),
+                filter: topic.clone(),
+                last_event_id: last_event_id.clone(),
+            };
+            let joined = self
+                .hub
+                .join(join, queue.clone())
+                .await
+                .map_err(Error::Bridge)?;
+            memberships.push(joined.membership);
+            // Only single-topic routes resume (checked with the config).
+            backlog = backlog.or(joined.backlog);
+        }
+
+        let mut response =
+            ResponseHeader::build(200, Some(4 + cors_headers.len())).map_err(Error::Http)?;
+        for (name, value) in [
+            ("content-type", "text/event-stream"),
+            ("cache-control", "no-cache"),
+            ("x-accel-buffering", "no"),
+        ] {
+            response.insert_header(name, value).map_err(Error::Http)?;
+        }
+        for (name, value) in cors_headers {
+            response
+                .insert_header(*name, value.as_str())
+                .map_err(Error::Http)?;
+        }
+        if session.req_header().version == http::Version::HTTP_10 {
+            // HTTP/1.0 knows no chunks: the body runs until the connection closes.
+            response
+                .insert_header("connection", "close")
+                .map_err(Error::Http)?;
+        } else if !session.is_http2() {
+            // Without it an HTTP/1.1 response is close-delimited; chunks are also flushed one by one.
+            response
+                .insert_header("transfer-encoding", "chunked")
+                .map_err(Error::Http)?;
+        }
+        session
+            .write_response_header(Box::new(response))
+            .await
+            .map_err(Error::Write)?;
+        session
+            .write_response_body(sse::preamble(self.config.server.retry), false)
+            .await
+            .map_err(Error::Write)?;
+
+        // One allocation per stream holds what it needs, so the stream's task stays small (the task
+        // of an idle stream is most of what it costs). The topics and the limits are left when the
+        // pump ends and this is dropped.
+        Ok(Box::new(Feed {
+            queue,
+            backlog,
+            settings: self.pump_settings.clone(),
+            topic: topics.join(",").into_boxed_str(),
+            expires_at: grant.map(|g| Instant::now() + g.remaining()),
+            held: (memberships, admitted, None),
+        }))
+    }
+}
