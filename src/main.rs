@@ -249,7 +249,10 @@ fn run(config: config::Config) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
     let connections = connection_budget(&config)?;
 
-    // The bridges live on a runtime of their own, beside pingora's per-service runtimes.
+    // The broker clients' own tasks (the NATS connection, the MQTT event loop) and the simulator
+    // run on a runtime of their own, beside pingora's per-service runtimes; a subscription's reader
+    // task runs where the stream that made it joined (see `sluice_bridge::Sink` for who calls a
+    // sink, per bridge).
     let bridge_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("sluice-brokers")

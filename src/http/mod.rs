@@ -227,7 +227,7 @@ impl HttpServerApp for Gateway {
             }
         };
         if let Reuse::Stream(mut feed) = reuse {
-            feed.held.2 = busy;
+            feed.held.busy = busy;
             self.serve_stream(session, feed).await;
             return None;
         }

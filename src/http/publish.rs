@@ -40,7 +40,7 @@ impl Gateway {
         // A broker that is away can leave a publish waiting for room in its client's queue.
         tokio::time::timeout(PUBLISH_TIMEOUT, bridge.publish(&topic, body))
             .await
-            .map_err(|_| Error::Bridge(BridgeError::Unavailable("publish timed out".into())))?
+            .map_err(|_| Error::Bridge(BridgeError::unavailable_says("publish timed out")))?
             .map_err(Error::Bridge)?;
         respond(
             session,

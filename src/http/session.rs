@@ -18,10 +18,19 @@ use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
 use tokio::time::Instant;
 
+/// What a stream holds until it ends, and lets go of when it does (each by its `Drop`).
+pub(super) struct Held {
+    /// Its places on its topics (the last one to leave a topic drops its broker subscription).
+    _memberships: Vec<Membership>,
+    /// Its place under the connection limits.
+    _admitted: Option<Admitted>,
+    /// Its connection, kept from counting as idle.
+    pub(super) busy: Option<Busy>,
+}
+
 /// A stream whose subscription is live and whose response head and preamble are written: what its
-/// pump needs, and what it holds until it ends (its topic memberships, its place under the limits,
-/// its connection kept busy).
-pub(super) type StreamFeed = Feed<(Vec<Membership>, Option<Admitted>, Option<Busy>)>;
+/// pump needs, and what it holds.
+pub(super) type StreamFeed = Feed<Held>;
 
 impl Gateway {
     /// Pumps an opened stream. HTTP/1.1 and HTTP/2 streams leave pingora's session for a small task
@@ -156,7 +165,11 @@ impl Gateway {
             settings: self.pump_settings.clone(),
             topic: topics.join(",").into_boxed_str(),
             expires_at: grant.map(|g| Instant::now() + g.remaining()),
-            held: (memberships, admitted, None),
+            held: Held {
+                _memberships: memberships,
+                _admitted: admitted,
+                busy: None,
+            },
         }))
     }
 }

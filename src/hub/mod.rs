@@ -625,7 +625,7 @@ mod tests {
 
         async fn subscribe(&self, _: &str, _: Sink) -> Result<Subscription, BridgeError> {
             self.release.notified().await;
-            Err(BridgeError::Broker("refused".into()))
+            Err(BridgeError::broker_says("refused"))
         }
 
         async fn publish(&self, _: &str, _: Bytes) -> Result<(), BridgeError> {

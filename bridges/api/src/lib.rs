@@ -1,8 +1,9 @@
 //! The contract between sluice and its brokers: the `Bridge` trait, `Message`, and topic syntax checks.
 //!
 //! A bridge owns one client connection to one broker. The gateway asks it for one subscription per
-//! concrete topic filter and hands it a [`Sink`]; the bridge calls the sink for every message, from its
-//! own reader task. A sink never blocks, so a bridge's reader never waits on a browser.
+//! concrete topic filter and hands it a [`Sink`]; the bridge calls the sink for every message (and
+//! for interruptions and failures of the subscription). A sink never blocks, so a bridge's reader
+//! never waits on a browser.
 
 mod syntax;
 
@@ -85,7 +86,11 @@ pub enum Interruption {
 }
 
 /// Where a bridge delivers what happens on one subscription. Calls must return quickly and never
-/// block: a bridge's reader calls it for every message.
+/// block: a bridge's reader calls it for every message. Which task calls it, per bridge:
+/// - NATS: the subscription's reader task (one per subscription, spawned where it was made), and
+///   the connection's event callback for interruptions and failures;
+/// - MQTT: the connection's event loop task, for every subscription of the broker;
+/// - memory: the publisher's own task, inside `publish`.
 #[derive(Clone)]
 pub struct Sink {
     deliver: Arc<dyn Fn(Delivery) + Send + Sync>,
@@ -149,15 +154,77 @@ pub enum BridgeError {
     /// A publish larger than the broker takes.
     #[error("the broker takes messages of at most {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The broker cannot be reached (or did not answer in time).
     #[error("broker unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Detail),
+    /// The broker answered with an error.
     #[error("broker error: {0}")]
-    Broker(String),
+    Broker(#[source] Detail),
     #[error("{0}")]
     Unsupported(&'static str),
 }
 
+/// What a broker error was about, and the client library's own error when there is one.
+#[derive(Debug)]
+pub struct Detail {
+    context: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl std::fmt::Display for Detail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            Some(source) => write!(f, "{}: {source}", self.context),
+            None => f.write_str(&self.context),
+        }
+    }
+}
+
+impl std::error::Error for Detail {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as _)
+    }
+}
+
 impl BridgeError {
+    /// [`BridgeError::Broker`]: `context`, caused by the client library's `source`.
+    pub fn broker(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        BridgeError::Broker(Detail {
+            context: context.into(),
+            source: Some(Box::new(source)),
+        })
+    }
+
+    /// [`BridgeError::Broker`] with no underlying error.
+    pub fn broker_says(context: impl Into<String>) -> Self {
+        BridgeError::Broker(Detail {
+            context: context.into(),
+            source: None,
+        })
+    }
+
+    /// [`BridgeError::Unavailable`]: `context`, caused by the client library's `source`.
+    pub fn unavailable(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        BridgeError::Unavailable(Detail {
+            context: context.into(),
+            source: Some(Box::new(source)),
+        })
+    }
+
+    /// [`BridgeError::Unavailable`] with no underlying error.
+    pub fn unavailable_says(context: impl Into<String>) -> Self {
+        BridgeError::Unavailable(Detail {
+            context: context.into(),
+            source: None,
+        })
+    }
+
     /// An [`BridgeError::InvalidTopic`] for `topic`.
     pub fn invalid_topic(topic: &str, reason: impl Into<String>) -> Self {
         BridgeError::InvalidTopic {

@@ -157,7 +157,7 @@ impl Filters {
 
 /// Parses `mqtt://host[:port]` into host and port.
 fn parse_url(url: &str) -> Result<(String, u16), BridgeError> {
-    let bad = |why: &str| BridgeError::Unavailable(format!("invalid mqtt url {url:?}: {why}"));
+    let bad = |why: &str| BridgeError::unavailable_says(format!("invalid mqtt url {url:?}: {why}"));
     let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
     if parsed.scheme() != "mqtt" && parsed.scheme() != "tcp" {
         return Err(bad("the scheme must be mqtt://"));
@@ -674,7 +674,7 @@ impl Bridge for MqttBridge {
         self.client
             .publish_bytes(topic.to_owned(), qos, false, payload)
             .await
-            .map_err(|e| BridgeError::Broker(e.to_string()))
+            .map_err(|e| BridgeError::broker("mqtt publish", e))
     }
 }
 

@@ -239,7 +239,7 @@ impl NatsBridge {
             })
             .connect(url)
             .await
-            .map_err(|e| BridgeError::Unavailable(format!("nats broker {name:?} at {url}: {e}")))?;
+            .map_err(|e| BridgeError::unavailable(format!("nats broker {name:?} at {url}"), e))?;
         let jetstream = async_nats::jetstream::new(client.clone());
         Ok(Self {
             client,
@@ -276,7 +276,7 @@ impl NatsBridge {
             .jetstream
             .get_stream(name)
             .await
-            .map_err(|e| BridgeError::Unavailable(format!("JetStream stream {name:?}: {e}")))?;
+            .map_err(|e| BridgeError::unavailable(format!("JetStream stream {name:?}"), e))?;
         // get_stream asked the server for the stream's info just now: no second request.
         let state = &stream.cached_info().state;
         let (first, last) = (state.first_sequence, state.last_sequence);
@@ -298,7 +298,7 @@ impl NatsBridge {
                 ..OrderedConfig::default()
             })
             .await
-            .map_err(|e| BridgeError::Broker(format!("JetStream consumer: {e}")))
+            .map_err(|e| BridgeError::broker("JetStream consumer", e))
     }
 }
 
@@ -307,7 +307,7 @@ async fn messages(consumer: Consumer<OrderedConfig>) -> Result<Ordered, BridgeEr
     consumer
         .messages()
         .await
-        .map_err(|e| BridgeError::Broker(format!("JetStream consumer: {e}")))
+        .map_err(|e| BridgeError::broker("JetStream consumer", e))
 }
 
 /// The reader of a shared live JetStream consumer.
@@ -397,7 +397,7 @@ impl LiveReader {
 
     async fn try_reopen(&mut self) -> Result<Ordered, BridgeError> {
         let stream = self.jetstream.get_stream(&self.stream).await.map_err(|e| {
-            BridgeError::Unavailable(format!("JetStream stream {:?}: {e}", self.stream))
+            BridgeError::unavailable(format!("JetStream stream {:?}", self.stream), e)
         })?;
         let created = stream.cached_info().created.unix_timestamp_nanos();
         if created != self.created {
@@ -502,20 +502,20 @@ impl HistoryReader for NatsHistory {
             let msg = match tokio::time::timeout(wait, self.messages.next()).await {
                 Err(_) if caught_up => break,
                 Err(_) => {
-                    return Err(BridgeError::Unavailable(format!(
+                    return Err(BridgeError::unavailable_says(format!(
                         "reading a JetStream stream back made no progress for {READ_BACK_LIMIT:?}"
                     )))
                 }
                 Ok(None) => {
-                    return Err(BridgeError::Broker(
-                        "the JetStream read-back consumer ended".into(),
+                    return Err(BridgeError::broker_says(
+                        "the JetStream read-back consumer ended",
                     ))
                 }
                 // The ordered consumer recovers from most errors by itself.
                 Ok(Some(Err(e))) => {
                     errors += 1;
                     if errors > 10 {
-                        return Err(BridgeError::Broker(format!("JetStream read-back: {e}")));
+                        return Err(BridgeError::broker("JetStream read-back", e));
                     }
                     continue;
                 }
@@ -546,7 +546,7 @@ impl Bridge for NatsBridge {
             .client
             .subscribe(filter.to_owned())
             .await
-            .map_err(|e| BridgeError::Broker(e.to_string()))?;
+            .map_err(|e| BridgeError::broker("nats subscribe", e))?;
         let registered = self.live.register(filter, 0, sink.clone(), true);
         // Wait (briefly) for the server to confirm the SUB, so a stream that opens gets every message
         // published after it opened. A request queued behind the SUB is answered (by "no
@@ -596,7 +596,7 @@ impl Bridge for NatsBridge {
         self.client
             .publish(topic.to_owned(), payload)
             .await
-            .map_err(|e| BridgeError::Broker(e.to_string()))
+            .map_err(|e| BridgeError::broker("nats publish", e))
     }
 
     async fn subscribe_stream(
@@ -611,7 +611,7 @@ impl Bridge for NatsBridge {
             .client
             .subscribe(format!("$JS.EVENT.ADVISORY.STREAM.*.{stream}"))
             .await
-            .map_err(|e| BridgeError::Broker(e.to_string()))?;
+            .map_err(|e| BridgeError::broker("nats subscribe to stream advisories", e))?;
         let (stream_handle, _, last) = self.stream(stream).await?;
         let created = stream_handle.cached_info().created.unix_timestamp_nanos();
         // An explicit start rather than "new": a consumer recreated before it delivered anything
@@ -657,7 +657,7 @@ impl Bridge for NatsBridge {
                 ..OrderedConfig::default()
             })
             .await
-            .map_err(|e| BridgeError::Broker(format!("JetStream consumer: {e}")))?;
+            .map_err(|e| BridgeError::broker("JetStream consumer", e))?;
         let pending = consumer.cached_info().num_pending;
         Ok(Box::new(NatsHistory {
             first_held: first,
