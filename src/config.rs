@@ -4,8 +4,13 @@
 //! after start-up sees the serde layer: the runtime types below cannot hold an invalid value.
 
 use crate::auth::{AuthConfig, JwtKey};
+use crate::cors::Cors;
 use crate::keys;
-use crate::route::{parse_template, PathTemplate, Piece, TopicTemplate};
+use crate::replay::Retention;
+use crate::route::{PathTemplate, TopicTemplate};
+use crate::simulator::Simulator;
+use crate::sse::EventName;
+use crate::stream::Overflow;
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 use sluice_bridge::TopicSyntax;
@@ -144,23 +149,6 @@ pub struct Config {
     pub simulator: Option<Simulator>,
 }
 
-/// `[server.cors]`: which page origins may read streams, with or without credentials.
-#[derive(Clone, Debug)]
-pub struct Cors {
-    /// Exact origins (`scheme://host[:port]`); an origin not listed gets no CORS headers.
-    pub allow_origins: Vec<String>,
-    pub allow_credentials: bool,
-}
-
-/// `[simulator]`: simulated IoT devices publishing on a memory broker, for the demo dashboard.
-#[derive(Clone, Debug)]
-pub struct Simulator {
-    /// Index into `Config::brokers` (a memory broker).
-    pub broker: usize,
-    pub devices: usize,
-    pub interval: Duration,
-}
-
 #[derive(Clone, Debug)]
 pub struct Server {
     /// Cleartext listeners: HTTP/1.1 and h2c with prior knowledge on the same port.
@@ -226,59 +214,6 @@ impl BrokerKind {
             BrokerKind::Mqtt { .. } | BrokerKind::Memory => TopicSyntax::Mqtt,
         }
     }
-}
-
-/// What happens when a stream's queue is full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Overflow {
-    /// Close that stream; the client reconnects.
-    Disconnect,
-    /// Discard the oldest queued events to make room.
-    DropOldest,
-}
-
-/// The SSE event type of a route: fixed text, optionally with `{topic}` inserted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EventName {
-    pieces: Vec<Piece>,
-}
-
-impl EventName {
-    /// The concrete topic itself (`event = "{topic}"`).
-    pub fn topic() -> Self {
-        Self {
-            pieces: vec![Piece::Param("topic".into())],
-        }
-    }
-
-    /// The event type for a message on `topic`.
-    pub fn render(&self, topic: &str) -> String {
-        let mut out = String::new();
-        for piece in &self.pieces {
-            match piece {
-                Piece::Literal(l) => out.push_str(l),
-                Piece::Param(_) => out.push_str(topic),
-            }
-        }
-        out
-    }
-}
-
-/// How a route's topics keep history for streams that resume with `Last-Event-ID`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Retention {
-    /// Live only: events carry no id and a resume starts live.
-    Live,
-    /// The last `per_topic` events of each concrete topic stay in memory, within `bytes` for all the
-    /// route's topics together (oldest evicted first), and a topic (with its broker subscription)
-    /// outlives its last stream by `linger`.
-    Replay {
-        per_topic: usize,
-        bytes: usize,
-        linger: Duration,
-    },
-    /// The broker's JetStream stream holds the history; ids are its sequences.
-    JetStream { stream: String },
 }
 
 /// Where a route's topics come from.
@@ -1046,7 +981,7 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
     };
     let event = match &raw.event {
         None => None,
-        Some(e) => Some(event_name(e.get_ref()).map_err(|msg| at.error(e.span(), msg))?),
+        Some(e) => Some(EventName::parse(e.get_ref()).map_err(|msg| at.error(e.span(), msg))?),
     };
     let buffer = match &raw.buffer {
         None => DEFAULT_BUFFER,
@@ -1186,21 +1121,4 @@ fn retention(at: &Locator, raw: &RawRoute, broker: &Broker) -> Result<Retention,
         bytes,
         linger: optional_duration(at, raw.linger.clone(), DEFAULT_LINGER)?,
     })
-}
-
-fn event_name(text: &str) -> Result<EventName, String> {
-    if text.is_empty() {
-        return Err("event cannot be empty (leave it out for the default \"message\")".into());
-    }
-    if text.chars().any(char::is_control) {
-        return Err("event cannot contain control characters".into());
-    }
-    let pieces = parse_template(text)?;
-    if let Some(Piece::Param(p)) = pieces
-        .iter()
-        .find(|p| matches!(p, Piece::Param(n) if n != "topic"))
-    {
-        return Err(format!("event can only insert {{topic}}, not {{{p}}}"));
-    }
-    Ok(EventName { pieces })
 }

@@ -2,12 +2,13 @@
 //! is the one place where errors become HTTP statuses.
 
 use crate::auth::{query_param, redacted_request_line, Grant};
-use crate::config::{Config, Retention, Route, Topics};
+use crate::config::{Config, Route, Topics};
 use crate::connections::{Busy, Connections};
 use crate::error::Error;
 use crate::hub::{Hub, Join, Membership, RouteTopics};
 use crate::limits::{Admitted, Limits, MemoryGuard, Refused};
 use crate::pump::{pump, Feed, H2Wire, PumpSettings, RawH1Wire, SessionWire};
+use crate::replay::Retention;
 use crate::sse;
 use crate::stream::StreamQueue;
 use crate::{cors, files};
