@@ -74,3 +74,52 @@ pub(super) fn validate(at: &Locator, raw: RawAuth, base: &Path) -> Result<AuthCo
         secret_env: raw.jwt_secret_env.map(Spanned::into_inner),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{assert_accepted, assert_refused, base, ROUTE};
+
+    #[test]
+    fn auth_errors_name_line_and_column() {
+        // Key files are the repository's fixtures; keys that load but could verify nothing are also
+        // checked by the black-box tests in tests/it/check.rs.
+        let auth = |keys: &str| format!("[auth]\n{keys}\n{ROUTE}");
+        let private_key = format!(
+            "2:18: {}: this is a private key",
+            base().join("jwt-rs256-test-only.key").display()
+        );
+        assert_refused(&[
+            (
+                auth("jwt_public_key = \"jwt-rs256.pub\"\naudience = \"\""),
+                "3:12: audience cannot be empty",
+            ),
+            (
+                auth("jwt_public_key = \"jwt-rs256-test-only.key\""),
+                private_key.as_str(),
+            ),
+            (
+                auth("jwt_public_key = \"missing.pem\""),
+                "2:18: cannot read",
+            ),
+            (
+                auth("jwt_secret_env = \"SLUICE_TEST_NEVER_SET\""),
+                "2:18: the environment variable SLUICE_TEST_NEVER_SET is not set or empty",
+            ),
+            (
+                auth("jwt_secret_env = \"SLUICE_TEST_NEVER_SET\"\njwt_public_key = \"jwt-rs256.pub\""),
+                "2:18: set one of jwt_secret_env (HS256) and jwt_public_key (RS256/ES256), not both",
+            ),
+            (
+                auth("cookie = \"sluice\""),
+                "1:1: [auth] needs jwt_secret_env (HS256) or jwt_public_key (RS256/ES256)",
+            ),
+            (
+                auth("jwt_public_key = \"jwt-rs256.pub\"\ncookie = \"a b\""),
+                "3:10: must be non-empty letters, digits, '-', '_' or '.'",
+            ),
+        ]);
+        assert_accepted(&[auth(
+            "jwt_public_key = \"jwt-rs256.pub\"\ncookie = \"t\"\nquery = \"t\"\naudience = \"dash\"",
+        )]);
+    }
+}

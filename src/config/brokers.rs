@@ -142,3 +142,38 @@ fn kind(at: &Locator, name: &str, raw: RawBroker) -> Result<BrokerKind, ConfigEr
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::assert_refused;
+
+    #[test]
+    fn each_broker_type_takes_its_own_keys_and_url() {
+        assert_refused(&[
+            (
+                "[brokers.m]\ntype = \"kafka\"\n",
+                "2:8: unknown broker type \"kafka\"",
+            ),
+            (
+                "[brokers.m]\ntype = \"mqtt\"\nurl = \"mqtt://127.0.0.1\"\nqos = 2\n",
+                "4:7: qos must be 0 or 1",
+            ),
+            (
+                "[brokers.n]\ntype = \"nats\"\nurl = \"http://x\"\n",
+                "3:7: a nats url must start with nats://",
+            ),
+            (
+                "[brokers.n]\ntype = \"nats\"\nurl = \"nats://x\"\nqos = 1\n",
+                "4:7: qos is for mqtt brokers only",
+            ),
+            (
+                "[brokers.n]\ntype = \"nats\"\nurl = \"nats://x\"\nmax_control_line = 100\n",
+                "4:20: max_control_line must be between 1024 and 16777216 bytes",
+            ),
+            (
+                "[brokers.q]\ntype = \"mqtt\"\nurl = \"mqtt://x\"\nmax_control_line = 4096\n",
+                "4:20: max_control_line is for nats brokers only",
+            ),
+        ]);
+    }
+}

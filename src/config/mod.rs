@@ -15,6 +15,8 @@ mod raw;
 mod routes;
 mod server;
 mod simulator;
+#[cfg(test)]
+mod testing;
 mod values;
 
 pub use brokers::{Broker, BrokerKind};
@@ -175,4 +177,48 @@ pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigErro
         routes,
         simulator,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{assert_refused, ROUTE};
+    use super::*;
+
+    #[test]
+    fn errors_are_located_by_line_and_column() {
+        let at = Locator {
+            file: "F",
+            source: "a = 1\nbb = 2\n",
+        };
+        let place = |span: Range<usize>| {
+            let e = at.error(span, "why");
+            (e.line, e.column)
+        };
+        assert_eq!(place(0..0), (1, 1));
+        assert_eq!(place(4..5), (1, 5));
+        assert_eq!(place(6..8), (2, 1));
+        assert_eq!(place(11..12), (2, 6));
+        // A span past the end (toml reports some at the end of input) is the end.
+        assert_eq!(place(99..99), (3, 1));
+        assert_eq!(at.error(0..0, "why").to_string(), "F:1:1: why");
+    }
+
+    #[test]
+    fn what_serde_refuses_is_located_too() {
+        assert_refused(&[
+            (
+                "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n",
+                "3:1: unknown field `lisen`",
+            ),
+            (
+                format!("{ROUTE}bufer = 3\n").as_str(),
+                "7:1: unknown field `bufer`",
+            ),
+            (
+                "[server]\nlisten = \"127.0.0.1:1\"\nheartbeat = 15\n",
+                "3:13: invalid type",
+            ),
+            ("[server\n", "1:8:"),
+        ]);
+    }
 }

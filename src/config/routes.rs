@@ -302,3 +302,125 @@ fn retention(at: &Locator, raw: &RawRoute, broker: &Broker) -> Result<Retention,
         linger: optional_duration(at, raw.linger.as_ref(), DEFAULT_LINGER)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{assert_accepted, assert_refused, ROUTE};
+
+    #[test]
+    fn route_errors_name_line_and_column() {
+        assert_refused(&[
+            (
+                "[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a\"\nbroker = \"nope\"\ntopic = \"a\"\n".to_owned(),
+                "5:10: no broker named \"nope\"",
+            ),
+            (
+                "[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a/{x}\"\nbroker = \"m\"\ntopic = \"a/{y}\"\n".to_owned(),
+                "6:9: topic uses {y}, which the route path does not define",
+            ),
+            (
+                format!("{ROUTE}overflow = \"block\"\n"),
+                "7:12: unknown overflow policy \"block\"",
+            ),
+            (
+                "[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a\"\nbroker = \"m\"\ntopic = \"a/#/b\"\n".to_owned(),
+                "6:9: invalid topic \"a/#/b\": '#' must be the last level",
+            ),
+            (
+                "[brokers.n]\ntype = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n[[routes]]\npath = \"/a\"\nbroker = \"n\"\ntopic = \"a.b*\"\n".to_owned(),
+                "7:9: invalid topic \"a.b*\": a wildcard must be a whole token",
+            ),
+            (
+                "[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a\"\nbroker = \"m\"\ntopic = \"a/+\"\npublish = true\n".to_owned(),
+                "6:9: publish = true needs a topic without wildcards",
+            ),
+            (
+                "[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"a/{x\"\nbroker = \"m\"\ntopic = \"a\"\n".to_owned(),
+                "4:8: a route path must start with '/'",
+            ),
+            (
+                format!("{ROUTE}[[routes]]\npath = \"/a\"\nbroker = \"m\"\ntopic = \"b\"\n"),
+                "8:8: duplicate route path \"/a\"",
+            ),
+            (
+                "[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a/{x}\"\nbroker = \"m\"\ntopic = \"a/{x}\"\nevent = \"{x}\"\n".to_owned(),
+                "7:9: event can only insert {topic}, not {x}",
+            ),
+            (
+                format!("{ROUTE}buffer = 0\n"),
+                "7:10: buffer must be between 1 and",
+            ),
+            (
+                format!("{ROUTE}auth = true\n"),
+                "7:8: auth = true needs an [auth] section",
+            ),
+            (
+                "[brokers.m]\ntype = \"memory\"\n".to_owned(),
+                "1:1: no [[routes]]",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn retention_errors_name_line_and_column() {
+        let nats = |keys: &str| {
+            format!("[brokers.n]\ntype = \"nats\"\nurl = \"nats://x\"\n[[routes]]\npath = \"/a\"\nbroker = \"n\"\ntopic = \"a\"\n{keys}\n")
+        };
+        assert_refused(&[
+            (
+                format!("{ROUTE}jetstream = \"S\"\n"),
+                "7:13: jetstream is for nats brokers only",
+            ),
+            (
+                nats("jetstream = \"A.B\""),
+                "8:13: invalid JetStream stream name",
+            ),
+            (
+                nats("jetstream = \"S\"\nreplay = 5"),
+                "9:10: replay and jetstream cannot be combined",
+            ),
+            (
+                nats(&format!("jetstream = \"{}\"", "S".repeat(256))),
+                "8:13: a JetStream stream name is at most 255 bytes",
+            ),
+            (
+                format!("{ROUTE}linger = \"5s\"\n"),
+                "7:10: linger needs replay > 0",
+            ),
+            (
+                format!("{ROUTE}replay_bytes = 100000\n"),
+                "7:16: replay_bytes needs replay > 0",
+            ),
+            (
+                format!("{ROUTE}replay = 5\nreplay_bytes = 1000\n"),
+                "8:16: replay_bytes must be between 65536 (64 KiB) and 68719476736 (64 GiB)",
+            ),
+            (
+                format!("{ROUTE}replay = 5\nlinger = \"soon\"\n"),
+                "8:10: invalid duration",
+            ),
+            (
+                format!("{ROUTE}replay = 99999999\n"),
+                "7:10: replay must be between 0 (off) and",
+            ),
+            (
+                nats("retained = true"),
+                "8:12: retained = true is for mqtt brokers only",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn linger_is_refused_past_its_bounds_and_accepted_at_them() {
+        let linger = |value: &str| format!("{ROUTE}replay = 5\nlinger = \"{value}\"\n");
+        assert_refused(&[
+            (linger("25h"), "8:10: duration \"25h\" is out of range"),
+            (linger("500us"), "8:10: duration \"500us\" is out of range"),
+        ]);
+        // "0s" (any zero) drops a topic as soon as its last stream leaves.
+        assert_accepted(&[
+            format!("{ROUTE}replay = 1\nlinger = \"0ms\"\n"),
+            linger("1day"),
+        ]);
+    }
+}

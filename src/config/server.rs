@@ -304,3 +304,137 @@ fn origin_problem(origin: &str) -> Option<&'static str> {
         _ => Some("the port must be a number from 1 to 65535, after a ':'"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testing::{assert_accepted, assert_refused, ROUTE};
+
+    #[test]
+    fn listen_addresses_that_cannot_all_be_bound_are_refused() {
+        // The same checks across listen and tls.listen need certificate files: tests/it/check.rs.
+        let server = |listen: &str| format!("[server]\nlisten = {listen}\n{ROUTE}");
+        assert_refused(&[
+            (
+                server("[\"127.0.0.1:8080\", \"127.0.0.1:8080\"]"),
+                "2:10: listen address \"127.0.0.1:8080\" is listed twice",
+            ),
+            (
+                server("[\"127.0.0.1:8080\", \"0.0.0.0:8080\"]"),
+                "2:10: listen address \"0.0.0.0:8080\" overlaps \"127.0.0.1:8080\": 0.0.0.0 takes port 8080 on every IPv4 address",
+            ),
+            (
+                server("[\"[::]:8080\", \"10.1.2.3:8080\"]"),
+                "2:10: listen address \"10.1.2.3:8080\" overlaps \"[::]:8080\": :: takes port 8080 on every address, IPv4 included",
+            ),
+            (
+                server("[\"127.0.0.1:8080\", \"[::ffff:127.0.0.1]:8080\"]"),
+                "2:10: listen address \"[::ffff:127.0.0.1]:8080\" is listed twice",
+            ),
+            (
+                server("\"127.0.0.1:0\""),
+                "2:10: listen address \"127.0.0.1:0\": port 0",
+            ),
+            (
+                "[server]\nlisten = [\"localhost\"]\n".to_owned(),
+                "2:10: invalid listen address \"localhost\"",
+            ),
+        ]);
+        // Different ports, or addresses that do not overlap, are fine.
+        assert_accepted(&[
+            server("[\"0.0.0.0:8080\", \"0.0.0.0:8081\", \"127.0.0.1:8082\", \"[::1]:8082\"]"),
+            server("[\"0.0.0.0:8080\", \"[::1]:8080\"]"),
+        ]);
+    }
+
+    #[test]
+    fn every_bounded_key_is_refused_past_its_bounds_and_accepted_at_them() {
+        let server = |key: &str| format!("[server]\nlisten = \"127.0.0.1:8080\"\n{key}\n{ROUTE}");
+        let mut cases = Vec::new();
+        for key in ["heartbeat", "retry", "write_timeout", "request_timeout"] {
+            for value in ["300000000000y", "1day 1ms", "999us", "0s"] {
+                cases.push((
+                    server(&format!("{key} = \"{value}\"")),
+                    format!(
+                        "3:{}: duration \"{value}\" is out of range: it must be between 1ms and 1day",
+                        key.len() + 4
+                    ),
+                ));
+            }
+        }
+        for (key, past, low, high) in [
+            ("max_publish_bytes", "67108865", 1, 67_108_864),
+            ("max_publish_bytes", "0", 1, 67_108_864),
+            ("max_streams_per_connection", "100001", 1, 100_000),
+            ("max_streams_per_connection", "0", 1, 100_000),
+        ] {
+            cases.push((
+                server(&format!("{key} = {past}")),
+                format!(
+                    "3:{}: {key} must be between {low} and {high}",
+                    key.len() + 4
+                ),
+            ));
+        }
+        cases.push((
+            "[server]\nheartbeat = \"fast\"\n[brokers.m]\ntype = \"memory\"\n[[routes]]\npath = \"/a\"\nbroker = \"m\"\ntopic = \"a\"\n".to_owned(),
+            "2:13: invalid duration \"fast\"".to_owned(),
+        ));
+        assert_refused(&cases);
+        assert_accepted(&[server(
+            "heartbeat = \"1ms\"\nretry = \"24h\"\nwrite_timeout = \"1day\"\nrequest_timeout = \"1ms\"\nmax_publish_bytes = 67108864\nmax_streams_per_connection = 100000",
+        )]);
+    }
+
+    #[test]
+    fn cors_origins_must_be_what_a_browser_sends() {
+        let cors = |origin: &str| {
+            format!("[server]\nlisten = \"127.0.0.1:8080\"\n[server.cors]\nallow_origins = [\"https://ok.example\", {origin:?}]\n{ROUTE}")
+        };
+        let refused = [
+            "https://dash.example.com\r\nx-evil: 1",
+            "https://dash.example.com\n",
+            "https://dash example.com",
+            "https://Dash.Example.com",
+            "https://dash.example.com/",
+            "https://dash.example.com/app",
+            "https://dash.example.com:443",
+            "http://dash.example.com:80",
+            "https://dash.example.com:",
+            "https://dash.example.com:99999",
+            "https://dash.example.com:08080",
+            "https://*.example.com",
+            "*",
+            "ftp://dash.example.com",
+            "https://",
+            "https://[::1",
+            "https://[0:0:0:0:0:0:0:1]",
+            "https://dash.exämple.com",
+        ];
+        let cases: Vec<(String, &str)> = refused
+            .iter()
+            .map(|origin| (cors(origin), "4:17: invalid origin"))
+            .collect();
+        assert_refused(&cases);
+        assert_accepted(&[
+            cors("http://localhost:8080"),
+            cors("https://dash.example.com"),
+            cors("https://xn--exmple-cua.com"),
+            cors("http://[::1]:3000"),
+            cors("http://127.0.0.1:65535"),
+        ]);
+    }
+
+    #[test]
+    fn missing_files_and_folders_are_refused() {
+        assert_refused(&[
+            (
+                "[server.tls]\nlisten = \"127.0.0.1:1\"\ncert = \"missing.pem\"\nkey = \"missing.key\"\n".to_owned(),
+                "3:8: no such file",
+            ),
+            (
+                format!("[server]\nstatic_dir = \"missing\"\n{ROUTE}"),
+                "2:14: no such folder",
+            ),
+        ]);
+    }
+}
