@@ -7,7 +7,7 @@ use pingora::http::RequestHeader;
 const PREFLIGHT_MAX_AGE: &str = "600";
 
 /// `[server.cors]`: which page origins may read streams, with or without credentials.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cors {
     /// Exact origins (`scheme://host[:port]`); an origin not listed gets no CORS headers.
     pub allow_origins: Vec<String>,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// `[simulator]`: simulated IoT devices publishing on a memory broker, for the demo dashboard.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Simulator {
     /// Index into `Config::brokers` (a memory broker).
     pub broker: usize,

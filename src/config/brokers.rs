@@ -9,7 +9,12 @@ use super::{
 use sluice_bridge::TopicSyntax;
 use std::collections::BTreeMap;
 
-#[derive(Clone, Debug)]
+/// One `[brokers.NAME]` entry, validated.
+///
+/// Two brokers compare equal iff they name and reach the same server the same way (type, url and
+/// that type's settings). The default MQTT `client_id` holds the process id, so it is the same for
+/// every configuration this process loads.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Broker {
     pub name: String,
     pub kind: BrokerKind,

@@ -181,7 +181,7 @@ pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigErro
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{assert_refused, ROUTE};
+    use super::testing::{assert_refused, parse_text, ROUTE};
     use super::*;
 
     #[test]
@@ -220,5 +220,25 @@ mod tests {
             ),
             ("[server\n", "1:8:"),
         ]);
+    }
+
+    /// What reloading will rely on: a file read twice compares equal section by section, a value
+    /// written out equals its default, and a change shows in the one route it concerns.
+    #[test]
+    fn validated_sections_compare_equal_iff_they_behave_the_same() {
+        let text = |buffer: &str| {
+            format!("[server]\nheartbeat = \"15s\"\n{ROUTE}{buffer}\n[[routes]]\npath = \"/b/{{x}}\"\nbroker = \"m\"\ntopic = \"b/{{x}}\"\nreplay = 5\n")
+        };
+        let parse = |buffer: &str| parse_text(&text(buffer)).expect("valid");
+        let (first, again) = (parse(""), parse("buffer = 256"));
+        assert_eq!(first.server, again.server);
+        assert_eq!(first.brokers, again.brokers);
+        assert_eq!(first.routes, again.routes);
+        let changed = parse("buffer = 8");
+        assert_ne!(first.routes[0], changed.routes[0]);
+        assert_eq!(first.routes[1], changed.routes[1]);
+        let other_server = parse_text(&text("").replace("15s", "16s")).expect("valid");
+        assert_ne!(first.server, other_server.server);
+        assert_eq!(first.routes, other_server.routes);
     }
 }

@@ -15,7 +15,7 @@ use sluice_bridge::TopicSyntax;
 use toml::Spanned;
 
 /// Where a route's topics come from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Topics {
     /// One topic, from the path parameters (`topic = "..."`).
     Template(TopicTemplate),
@@ -23,7 +23,13 @@ pub enum Topics {
     Query { allowed: Vec<String>, max: usize },
 }
 
-#[derive(Clone, Debug)]
+/// One `[[routes]]` entry, validated.
+///
+/// Two routes compare equal iff they serve the same: the same path, topic or topics, event name,
+/// queue, publishing, auth and retention, on the same broker index. `broker` indexes
+/// `Config::brokers`, so a route of one configuration behaves as an equal route of another only if
+/// the brokers at those indices compare equal too.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub path: PathTemplate,
     /// Index into `Config::brokers`.

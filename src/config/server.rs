@@ -18,7 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
-#[derive(Clone, Debug)]
+/// `[server]`, validated.
+///
+/// Two servers compare equal iff every setting is the same, TLS included (see [`Tls`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Server {
     /// Cleartext listeners: HTTP/1.1 and h2c with prior knowledge on the same port.
     pub listen: Vec<SocketAddr>,
@@ -46,6 +49,12 @@ pub struct Server {
     pub cors: Option<Cors>,
 }
 
+/// `[server.tls]`, validated.
+///
+/// Two compare equal iff they listen on the same addresses, name the same files, and those files
+/// held the same certificate chain when they were loaded: a certificate renewed in place differs. The
+/// private keys are not compared (rustls does not expose them), and need not be: each was checked to
+/// match its certificate, so the same certificate means the same key pair.
 #[derive(Clone, Debug)]
 pub struct Tls {
     pub listen: Vec<SocketAddr>,
@@ -54,6 +63,17 @@ pub struct Tls {
     /// The certificate chain and key from those files, loaded and matched.
     pub certified: Arc<CertifiedKey>,
 }
+
+impl PartialEq for Tls {
+    fn eq(&self, other: &Self) -> bool {
+        self.listen == other.listen
+            && self.cert == other.cert
+            && self.key == other.key
+            && self.certified.cert == other.certified.cert
+    }
+}
+
+impl Eq for Tls {}
 
 /// `[server]`; relative paths (TLS files, `static_dir`) are relative to `base`.
 pub(super) fn validate(at: &Locator, raw: RawServer, base: &Path) -> Result<Server, ConfigError> {
@@ -307,7 +327,9 @@ fn origin_problem(origin: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use super::Tls;
     use crate::config::testing::{assert_accepted, assert_refused, ROUTE};
+    use crate::keys;
 
     #[test]
     fn listen_addresses_that_cannot_all_be_bound_are_refused() {
@@ -436,5 +458,26 @@ mod tests {
                 "2:14: no such folder",
             ),
         ]);
+    }
+
+    #[test]
+    fn tls_compares_addresses_files_and_the_certificate_loaded() {
+        let tls = |cert: &rcgen::CertifiedKey, port: u16| Tls {
+            listen: vec![([127, 0, 0, 1], port).into()],
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            certified: keys::tls_certified_key(
+                cert.cert.pem().as_bytes(),
+                cert.key_pair.serialize_pem().as_bytes(),
+            )
+            .expect("a matching pair"),
+        };
+        let self_signed = || {
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate")
+        };
+        let (one, other) = (self_signed(), self_signed());
+        assert_eq!(tls(&one, 8443), tls(&one, 8443));
+        assert_ne!(tls(&one, 8443), tls(&one, 8444));
+        assert_ne!(tls(&one, 8443), tls(&other, 8443));
     }
 }
