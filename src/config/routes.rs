@@ -25,10 +25,11 @@ pub enum Topics {
 
 /// One `[[routes]]` entry, validated.
 ///
-/// Two routes compare equal iff they serve the same: the same path, topic or topics, event name,
-/// queue, publishing, auth and retention, on the same broker index. `broker` indexes
-/// `Config::brokers`, so a route of one configuration behaves as an equal route of another only if
-/// the brokers at those indices compare equal too.
+/// Two routes compare equal iff they serve a request the same way: the same path, topic or topics,
+/// event name, queue, publishing, auth and retention, on the same broker index. What a route refers
+/// to is compared apart: `broker` indexes `Config::brokers` (so an equal route of another
+/// configuration behaves the same only if the brokers at those indices are equal too), `auth = true`
+/// uses `Config::auth`, and which route answers a path depends on its place in the list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub path: PathTemplate,

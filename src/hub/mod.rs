@@ -358,8 +358,7 @@ impl Drop for Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::Overflow;
-    use crate::stream::{Fill, Next};
+    use crate::stream::{Fill, Next, Overflow};
     use bytes::Bytes;
     use sluice_bridge::{Sink, Subscription};
     use sluice_memory::MemoryBridge;
