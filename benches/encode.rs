@@ -3,10 +3,9 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sluice::config::Overflow;
 use sluice::hub::{Hub, Join};
 use sluice::sse::encode_event;
-use sluice::stream::StreamQueue;
+use sluice::stream::{Overflow, StreamQueue};
 use sluice_bridge::Bridge;
 use sluice_memory::MemoryBridge;
 use std::sync::Arc;

@@ -1,11 +1,18 @@
 //! CORS for pages on other origins: exact-origin echo (never `*`, so credentials work), preflight
 //! answers, and `vary: origin` so caches keep per-origin answers apart.
 
-use crate::config::Cors;
 use pingora::http::RequestHeader;
 
 /// How long a browser may cache a preflight answer, in seconds.
 const PREFLIGHT_MAX_AGE: &str = "600";
+
+/// `[server.cors]`: which page origins may read streams, with or without credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cors {
+    /// Exact origins (`scheme://host[:port]`); an origin not listed gets no CORS headers.
+    pub allow_origins: Vec<String>,
+    pub allow_credentials: bool,
+}
 
 /// The CORS headers of a response to `request`; empty when CORS is not configured. An origin that is
 /// not listed gets only `vary: origin`, so the browser withholds the response from the page.

@@ -1,7 +1,8 @@
 //! Sluice: an SSE gateway that streams broker topics (NATS, MQTT, in-memory) to browsers.
 //!
 //! The flow of one message, and the module that owns each step:
-//! - [`config`]: the TOML file, validated into runtime types (routes, brokers, server settings).
+//! - [`config`]: the TOML file: its serde mirror, one validator per section into runtime types
+//!   (server, auth, brokers, routes, simulator), errors at `PATH:LINE:COLUMN`, every default and bound.
 //! - [`brokers`]: one bridge (crate `sluice-nats`, `sluice-mqtt`, `sluice-memory`) per broker.
 //! - [`hub`]: one shared broker subscription per route and concrete topic; encodes each message once
 //!   ([`sse`]) and queues the same bytes for every stream on the topic; the one resume path.

@@ -55,7 +55,7 @@ pub fn parse_template(text: &str) -> Result<Vec<Piece>, String> {
 }
 
 /// A route path such as `/sensors/{site}/{sensor}`: each `{name}` matches one whole segment.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathTemplate {
     segments: Vec<Piece>,
     text: String,
@@ -165,7 +165,7 @@ pub fn check_param(raw: &str, syntax: TopicSyntax) -> Result<String, String> {
 }
 
 /// A topic such as `sensors/{site}/{sensor}`, in the broker's own syntax.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicTemplate {
     pieces: Vec<Piece>,
 }

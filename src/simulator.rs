@@ -1,10 +1,19 @@
 //! Simulated IoT devices for the demo: each publishes its temperature, humidity and status on the
 //! configured memory broker, as `devices/<id>/<metric>`, every interval.
 
-use crate::config::Simulator;
 use bytes::Bytes;
 use sluice_bridge::Bridge;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// `[simulator]`: simulated IoT devices publishing on a memory broker, for the demo dashboard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Simulator {
+    /// Index into `Config::brokers` (a memory broker).
+    pub broker: usize,
+    pub devices: usize,
+    pub interval: Duration,
+}
 
 /// One device's state, drifting a little at every tick.
 struct Device {

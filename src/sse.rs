@@ -5,6 +5,7 @@
 //! A payload that is not valid UTF-8 is sent base64-encoded under the event type `<name>.base64`, so the
 //! stream never carries invalid UTF-8 and a client can always tell binary from text.
 
+use crate::route::{parse_template, Piece};
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::time::Duration;
@@ -18,6 +19,52 @@ pub const BASE64_SUFFIX: &str = ".base64";
 pub const RETAINED_SUFFIX: &str = ".retained";
 /// The event type that tells a client it did not get every event (see [`gap`]).
 pub const GAP_EVENT: &str = "gap";
+
+/// The SSE event type of a route: fixed text, optionally with `{topic}` inserted. Never empty and
+/// free of control characters, so it cannot break the `event:` line it is written on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventName {
+    pieces: Vec<Piece>,
+}
+
+impl EventName {
+    /// Parses a route's `event`; the error says why it cannot be one.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("event cannot be empty (leave it out for the default \"message\")".into());
+        }
+        if text.chars().any(char::is_control) {
+            return Err("event cannot contain control characters".into());
+        }
+        let pieces = parse_template(text)?;
+        if let Some(Piece::Param(p)) = pieces
+            .iter()
+            .find(|p| matches!(p, Piece::Param(n) if n != "topic"))
+        {
+            return Err(format!("event can only insert {{topic}}, not {{{p}}}"));
+        }
+        Ok(Self { pieces })
+    }
+
+    /// The concrete topic itself (`event = "{topic}"`).
+    pub fn topic() -> Self {
+        Self {
+            pieces: vec![Piece::Param("topic".into())],
+        }
+    }
+
+    /// The event type for a message on `topic`.
+    pub fn render(&self, topic: &str) -> String {
+        let mut out = String::new();
+        for piece in &self.pieces {
+            match piece {
+                Piece::Literal(l) => out.push_str(l),
+                Piece::Param(_) => out.push_str(topic),
+            }
+        }
+        out
+    }
+}
 
 /// The frame written first on every stream: the reconnection delay, then a comment so the response
 /// headers and first bytes are flushed at once. The delay is the configured one plus up to half of it

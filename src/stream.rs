@@ -3,13 +3,21 @@
 //! stream reads its backlog from a [`Backlog`] instead, a batch at a time as it drains, and joins the
 //! live queue once it has caught up.
 
-use crate::config::Overflow;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::Notify;
+
+/// What happens when a stream's queue is full (a route's `overflow`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// Close that stream; the client reconnects.
+    Disconnect,
+    /// Discard the oldest queued events to make room.
+    DropOldest,
+}
 
 /// Process-wide counts of what the overflow policies did.
 #[derive(Debug, Default)]

@@ -8,12 +8,11 @@ use proptest::prelude::*;
 use serde_json::{json, Value};
 use sluice::auth::{AuthConfig, JwtKey, MAX_NUMERIC_DATE};
 use sluice::config::{
-    parse, Retention, DURATION_RANGE, MAX_MEMORY_RANGE, PUBLISH_BYTES_RANGE, REPLAY_BYTES_RANGE,
+    parse, DURATION_RANGE, MAX_MEMORY_RANGE, PUBLISH_BYTES_RANGE, REPLAY_BYTES_RANGE,
     SIMULATED_DEVICES_RANGE, STREAMS_PER_CONNECTION_RANGE,
 };
-use sluice::replay::{parse_memory_id, parse_sequence};
-use sluice::route::query_param;
-use sluice::route::{PathTemplate, TopicTemplate};
+use sluice::replay::{parse_memory_id, parse_sequence, Retention};
+use sluice::route::{query_param, PathTemplate, TopicTemplate};
 use sluice::sse::{encode_event, encode_event_with_id, BASE64_SUFFIX};
 use sluice_bridge::TopicSyntax;
 use std::net::{SocketAddr, TcpListener};

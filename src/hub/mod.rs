@@ -17,8 +17,9 @@ mod topic;
 pub use resume::MAX_CATCH_UP;
 pub use topic::TopicKey;
 
-use crate::config::{EventName, Retention, Route};
-use crate::replay::Budget;
+use crate::config::Route;
+use crate::replay::{Budget, Retention};
+use crate::sse::EventName;
 use crate::stream::{Backlog, Closed, OverflowStats, StreamQueue};
 use sluice_bridge::{Bridge, BridgeError, Delivery, Sink};
 use std::collections::HashMap;
@@ -360,8 +361,7 @@ impl Drop for Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Overflow;
-    use crate::stream::{Fill, Next};
+    use crate::stream::{Fill, Next, Overflow};
     use bytes::Bytes;
     use sluice_bridge::{Sink, Subscription};
     use sluice_memory::MemoryBridge;

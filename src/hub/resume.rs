@@ -5,8 +5,7 @@
 //! back it resumes; a stream that stops reading holds nothing more and meets its write timeout.
 
 use super::topic::{lock, Member, Members, State, Topic};
-use crate::config::Retention;
-use crate::replay;
+use crate::replay::{self, Retention};
 use crate::sse::{self, GapReason};
 use crate::stream::{Backlog, Fill};
 use async_trait::async_trait;

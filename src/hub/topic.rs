@@ -3,8 +3,7 @@
 //! for every live stream (a refcount bump, no copy) and kept in the replay ring.
 
 use super::RouteTopics;
-use crate::config::Retention;
-use crate::replay::{self, Ring};
+use crate::replay::{self, Retention, Ring};
 use crate::sse::{self, GapReason};
 use crate::stream::{OverflowStats, StreamQueue};
 use bytes::Bytes;

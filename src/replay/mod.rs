@@ -21,6 +21,24 @@ pub use ring::Ring;
 use crate::sse::GapReason;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How a route's topics keep history for streams that resume with `Last-Event-ID`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retention {
+    /// Live only: events carry no id and a resume starts live.
+    Live,
+    /// The last `per_topic` events of each concrete topic stay in memory, within `bytes` for all the
+    /// route's topics together (oldest evicted first), and a topic (with its broker subscription)
+    /// outlives its last stream by `linger`.
+    Replay {
+        per_topic: usize,
+        bytes: usize,
+        linger: Duration,
+    },
+    /// The broker's JetStream stream holds the history; ids are its sequences.
+    JetStream { stream: String },
+}
 
 /// The longest `Last-Event-ID` considered; a longer one is unknown without being looked at.
 pub const MAX_ID_LEN: usize = 128;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 const SECRET: &str = "a-test-secret-of-decent-length";
 
-/// The upper end of every bounded key (see the bounds in `src/config.rs`).
+/// The upper end of every bounded key (see the bounds in `src/config/mod.rs`).
 const AT_THE_TOP: &str = r#"
 heartbeat = "1day"
 retry = "1day"

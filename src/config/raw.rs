@@ -1,0 +1,113 @@
+//! The configuration file as serde reads it: a mirror of the TOML, with spans and no logic.
+//!
+//! Every key the file may hold is here and nowhere else; `deny_unknown_fields` makes any other key an
+//! error at its line. Values stay as written (durations are strings, options stay `None`): defaults
+//! and bounds are applied by the section validators, so they can point at the value's span.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    pub auth: Option<RawAuth>,
+    #[serde(default)]
+    pub brokers: BTreeMap<String, RawBroker>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    pub simulator: Option<RawSimulator>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    pub jwt_secret_env: Option<Spanned<String>>,
+    pub jwt_public_key: Option<Spanned<String>>,
+    pub cookie: Option<Spanned<String>>,
+    pub query: Option<Spanned<String>>,
+    pub audience: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCors {
+    pub allow_origins: Spanned<Vec<String>>,
+    pub allow_credentials: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSimulator {
+    pub broker: Spanned<String>,
+    pub devices: Option<Spanned<usize>>,
+    pub interval: Option<Spanned<String>>,
+}
+
+/// A listen list: one address as a plain string, or an array of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub listen: Option<Spanned<OneOrMany>>,
+    pub heartbeat: Option<Spanned<String>>,
+    pub retry: Option<Spanned<String>>,
+    pub write_timeout: Option<Spanned<String>>,
+    pub max_publish_bytes: Option<Spanned<usize>>,
+    pub max_streams_per_connection: Option<Spanned<u32>>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub max_connections_per_ip: Option<Spanned<usize>>,
+    pub max_memory: Option<Spanned<u64>>,
+    pub request_timeout: Option<Spanned<String>>,
+    pub static_dir: Option<Spanned<String>>,
+    pub tls: Option<RawTls>,
+    pub cors: Option<RawCors>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub listen: Spanned<OneOrMany>,
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBroker {
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    pub url: Option<Spanned<String>>,
+    pub client_id: Option<Spanned<String>>,
+    pub qos: Option<Spanned<u8>>,
+    pub max_control_line: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub path: Spanned<String>,
+    pub broker: Spanned<String>,
+    pub topic: Option<Spanned<String>>,
+    pub topics: Option<Spanned<Vec<String>>>,
+    pub max_topics: Option<Spanned<usize>>,
+    pub envelope: Option<bool>,
+    pub auth: Option<Spanned<bool>>,
+    pub event: Option<Spanned<String>>,
+    pub buffer: Option<Spanned<usize>>,
+    pub overflow: Option<Spanned<String>>,
+    pub publish: Option<bool>,
+    pub replay: Option<Spanned<usize>>,
+    pub replay_bytes: Option<Spanned<usize>>,
+    pub linger: Option<Spanned<String>>,
+    pub jetstream: Option<Spanned<String>>,
+    pub retained: Option<Spanned<bool>>,
+}
