@@ -53,6 +53,33 @@ fn signal_pid(child: &Child, signal: &str, program: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill {signal} {program}");
+    // `kill` returns once the signal is sent; a busy machine may let the process run on a moment.
+    // A test that pauses a broker must not race its last answers, so wait for the state to change.
+    let want_stopped = signal == "-STOP";
+    let deadline = Instant::now() + START_DEADLINE;
+    while process_stopped(child.id()) != Some(want_stopped) {
+        assert!(
+            Instant::now() < deadline,
+            "{program} did not {} in time",
+            if want_stopped { "stop" } else { "continue" }
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether every thread of process `pid` is stopped by a signal (state `T` in its stat file).
+fn process_stopped(pid: u32) -> Option<bool> {
+    let mut all = true;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        let state = stat.get(stat.rfind(')')? + 2..)?.chars().next()?;
+        all &= state == 'T';
+    }
+    Some(all)
 }
 
 /// A fresh private directory under the system temp dir, removed by the guard that owns it.
