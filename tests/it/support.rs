@@ -6,7 +6,7 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::collections::VecDeque;
+use sluice::sse::Parser;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -340,33 +340,23 @@ pub async fn publish(addr: SocketAddr, path: &str, body: impl Into<Bytes>) {
     );
 }
 
-/// One server-sent event as a browser would dispatch it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
-    pub event: String,
-    pub data: String,
-    pub id: Option<String>,
-}
+/// One server-sent event as a browser dispatches it.
+pub use sluice::sse::parser::Event;
 
-/// A streaming SSE response, read and parsed incrementally.
+/// A streaming SSE response, read and parsed incrementally (by sluice's reference parser).
 pub struct SseStream {
     pub status: StatusCode,
     pub headers: HeaderMap,
     body: Incoming,
-    /// Bytes received but not yet parsed into complete lines.
-    pending: Vec<u8>,
+    parser: Parser,
     /// Every byte received, for assertions on the wire format.
     pub raw: Vec<u8>,
-    events: VecDeque<Event>,
-    event_type: String,
-    data: String,
-    data_seen: bool,
-    /// The `id:` of the event being read, if it has one.
-    event_id: Option<String>,
     /// The id of the last event taken (with [`Self::next_event`] and friends), as a browser keeps it
     /// for its `Last-Event-ID` when it reconnects.
     pub last_event_id: Option<String>,
+    /// The last `retry:` received.
     pub retry: Option<u64>,
+    /// The comment lines received (the preamble's and heartbeats).
     pub comments: usize,
     pub ended: bool,
 }
@@ -378,13 +368,8 @@ impl SseStream {
             status: parts.status,
             headers: parts.headers,
             body,
-            pending: Vec::new(),
+            parser: Parser::new(),
             raw: Vec::new(),
-            events: VecDeque::new(),
-            event_type: String::new(),
-            data: String::new(),
-            data_seen: false,
-            event_id: None,
             last_event_id: None,
             retry: None,
             comments: 0,
@@ -403,8 +388,10 @@ impl SseStream {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.raw.extend_from_slice(&data);
-                        self.pending.extend_from_slice(&data);
-                        self.parse();
+                        self.parser.feed(&data);
+                        assert!(!self.parser.invalid_utf8(), "stream is UTF-8");
+                        self.retry = self.parser.retry();
+                        self.comments = self.parser.comments();
                         return true;
                     }
                 }
@@ -416,61 +403,9 @@ impl SseStream {
         }
     }
 
-    fn parse(&mut self) {
-        while let Some(end) = self.pending.iter().position(|b| *b == b'\n' || *b == b'\r') {
-            let line: Vec<u8> = self.pending.drain(..=end).collect();
-            if line.ends_with(b"\r") && self.pending.first() == Some(&b'\n') {
-                self.pending.remove(0);
-            }
-            let line = String::from_utf8(line[..line.len() - 1].to_vec()).expect("stream is UTF-8");
-            self.line(&line);
-        }
-    }
-
-    fn line(&mut self, line: &str) {
-        if line.is_empty() {
-            if self.data_seen {
-                let mut data = std::mem::take(&mut self.data);
-                data.pop();
-                let event = if self.event_type.is_empty() {
-                    "message".to_owned()
-                } else {
-                    std::mem::take(&mut self.event_type)
-                };
-                self.events.push_back(Event {
-                    event,
-                    data,
-                    id: self.event_id.take(),
-                });
-            }
-            self.event_id = None;
-            self.event_type.clear();
-            self.data_seen = false;
-            return;
-        }
-        if let Some(comment) = line.strip_prefix(':') {
-            let _ = comment;
-            self.comments += 1;
-            return;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "event" => self.event_type = value.to_owned(),
-            "data" => {
-                self.data.push_str(value);
-                self.data.push('\n');
-                self.data_seen = true;
-            }
-            "retry" => self.retry = value.parse().ok(),
-            "id" if !value.contains('\0') => self.event_id = Some(value.to_owned()),
-            _ => {}
-        }
-    }
-
     /// Takes the oldest parsed event, remembering its id.
     fn pop_event(&mut self) -> Option<Event> {
-        let event = self.events.pop_front()?;
+        let event = self.parser.next_event()?;
         if event.id.is_some() {
             self.last_event_id.clone_from(&event.id);
         }
@@ -563,7 +498,7 @@ impl SseStream {
     /// Reads until the server ends the stream; returns the events that came before the end.
     pub async fn until_end(&mut self) -> Vec<Event> {
         within("end of stream", async { while self.read_more().await {} }).await;
-        self.events.drain(..).collect()
+        std::iter::from_fn(|| self.parser.next_event()).collect()
     }
 
     /// Waits until `n` comment lines (the preamble's included) have arrived.
