@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use sluice::sse::Parser;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// One server-sent event as a browser dispatches it.
@@ -145,14 +146,34 @@ impl SseStream {
         unreachable!()
     }
 
-    /// Reads what the stream still receives of the probes [`Self::publish_until_received`] sent, so
-    /// the events that follow are exactly what a test publishes next.
-    pub async fn settle(&mut self) {
-        while self
-            .try_next_event(Duration::from_millis(200))
-            .await
-            .is_some()
-        {}
+    /// Reads until an event with `data` arrives; returns every event read, that one included.
+    pub async fn read_until(&mut self, data: &str) -> Vec<Event> {
+        let mut events = Vec::new();
+        loop {
+            let event = self.next_event().await;
+            let done = event.data == data;
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+    }
+
+    /// Publishes a marker with `publish` and reads until it arrives; returns the events read before
+    /// it. A broker keeps the order of what one publisher sends on a topic, so whatever was
+    /// published before (the late probes of [`Self::publish_until_received`], a broker's copies sent
+    /// again after a reconnect) has been read, and what a test publishes next is the next event.
+    pub async fn settle<F, Fut>(&mut self, mut publish: F) -> Vec<Event>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        static MARKERS: AtomicU64 = AtomicU64::new(0);
+        let marker = format!("settled-{}", MARKERS.fetch_add(1, Ordering::Relaxed));
+        publish(marker.clone()).await;
+        let mut events = self.read_until(&marker).await;
+        events.pop();
+        events
     }
 
     /// Reads until the preamble (`retry:` and the first comment) has arrived.
@@ -187,12 +208,8 @@ impl SseStream {
 pub async fn live_stream(addr: SocketAddr, path: &str) -> SseStream {
     let mut stream = h1_stream(addr, path).await;
     stream.opened().await;
-    stream
-        .publish_until_received(
-            "warm",
-            |data| async move { publish(addr, path, data).await },
-        )
-        .await;
-    stream.settle().await;
+    let probe = |data| async move { publish(addr, path, data).await };
+    stream.publish_until_received("warm", probe).await;
+    stream.settle(probe).await;
     stream
 }
