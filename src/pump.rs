@@ -595,6 +595,20 @@ mod tests {
             Self::start(StreamQueue::new(16, Overflow::Disconnect), None)
         }
 
+        /// A stream with a queue of two whose client takes a while (half the write timeout) with
+        /// the event "first", while the events "0", "1", ... up to `more` come.
+        async fn behind(overflow: Overflow, more: usize) -> Self {
+            let stream = Self::start(StreamQueue::new(2, overflow), None);
+            let slow = Writes::Slow(WRITE_TIMEOUT / 2);
+            stream.client.writes.send_replace(slow);
+            stream.push("first");
+            sleep(Duration::from_secs(1)).await;
+            for n in 0..more {
+                stream.push(&n.to_string());
+            }
+            stream
+        }
+
         fn push(&self, data: &str) {
             self.queue
                 .push(sse::encode_event(None, data.as_bytes()), &self.stats);
@@ -697,18 +711,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn drop_oldest_tells_the_client_how_many_events_were_dropped() {
-        let stream = Running::start(StreamQueue::new(2, Overflow::DropOldest), None);
-        // The client takes a while with "first" (within the write timeout); five more come
-        // meanwhile, and the queue keeps the newest two.
-        stream
-            .client
-            .writes
-            .send_replace(Writes::Slow(WRITE_TIMEOUT / 2));
-        stream.push("first");
-        sleep(Duration::from_secs(1)).await;
-        for n in 0..5 {
-            stream.push(&n.to_string());
-        }
+        // Five events come while the client takes "first": the queue keeps the newest two.
+        let stream = Running::behind(Overflow::DropOldest, 5).await;
         stream.client.writes.send_replace(Writes::Take);
         sleep(WRITE_TIMEOUT).await;
         let sent: Vec<Bytes> = stream.client.sent().into_iter().map(|(_, f)| f).collect();
@@ -753,16 +757,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_queue_under_disconnect_ends_the_stream() {
-        let stream = Running::start(StreamQueue::new(2, Overflow::Disconnect), None);
-        stream
-            .client
-            .writes
-            .send_replace(Writes::Slow(WRITE_TIMEOUT / 2));
-        stream.push("first");
-        sleep(Duration::from_secs(1)).await;
-        for n in 0..3 {
-            stream.push(&n.to_string());
-        }
+        let stream = Running::behind(Overflow::Disconnect, 3).await;
         let stats = stream.stats.disconnects.load(Relaxed);
         let (end, at, client) = stream.end().await;
         assert!(matches!(end, End::Overflow), "{end:?}");
