@@ -14,7 +14,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// How long any single wait in a test may take before the test fails.
-pub const DEADLINE: Duration = Duration::from_secs(15);
+pub use sluice_testkit::DEADLINE;
 
 /// Awaits `f` or fails the test after [`DEADLINE`].
 pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {

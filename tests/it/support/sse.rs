@@ -1,15 +1,15 @@
 //! Reading an SSE response as a browser would (sluice's reference parser), with the waits tests
 //! need: the next event, the preamble, heartbeats, the end, and a subscription that is live.
 
-use super::{h1_stream, publish, within, DEADLINE};
+use super::{h1_stream, publish, within};
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sluice::sse::Parser;
+use sluice_testkit::listen::{self, Listener};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One server-sent event as a browser dispatches it.
 pub use sluice::sse::parser::Event;
@@ -116,64 +116,28 @@ impl SseStream {
     }
 
     /// Publishes `prefix-N` with `publish` (N counting up) until the stream receives one, and returns
-    /// the events up to and including it. For a subscription that is still being set up, or a broker
-    /// that is coming back: what a broker does not deliver while it is away cannot be waited for.
-    pub async fn publish_until_received<F, Fut>(
-        &mut self,
-        prefix: &str,
-        mut publish: F,
-    ) -> Vec<Event>
+    /// the events up to and including it (see [`listen::publish_until_received`]).
+    pub async fn publish_until_received<F, Fut>(&mut self, prefix: &str, publish: F) -> Vec<Event>
     where
         F: FnMut(String) -> Fut,
         Fut: Future<Output = ()>,
     {
-        let start = Instant::now();
-        let mut seen = Vec::new();
-        for n in 0.. {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "no {prefix}-N event arrived within {DEADLINE:?}"
-            );
-            publish(format!("{prefix}-{n}")).await;
-            while let Some(event) = self.try_next_event(Duration::from_millis(100)).await {
-                let done = event.data.starts_with(&format!("{prefix}-"));
-                seen.push(event);
-                if done {
-                    return seen;
-                }
-            }
-        }
-        unreachable!()
+        listen::publish_until_received(self, prefix, publish).await
     }
 
     /// Reads until an event with `data` arrives; returns every event read, that one included.
     pub async fn read_until(&mut self, data: &str) -> Vec<Event> {
-        let mut events = Vec::new();
-        loop {
-            let event = self.next_event().await;
-            let done = event.data == data;
-            events.push(event);
-            if done {
-                return events;
-            }
-        }
+        listen::read_until(self, data).await
     }
 
     /// Publishes a marker with `publish` and reads until it arrives; returns the events read before
-    /// it. A broker keeps the order of what one publisher sends on a topic, so whatever was
-    /// published before (the late probes of [`Self::publish_until_received`], a broker's copies sent
-    /// again after a reconnect) has been read, and what a test publishes next is the next event.
-    pub async fn settle<F, Fut>(&mut self, mut publish: F) -> Vec<Event>
+    /// it, so what a test publishes next is the next event (see [`listen::settle`]).
+    pub async fn settle<F, Fut>(&mut self, publish: F) -> Vec<Event>
     where
         F: FnMut(String) -> Fut,
         Fut: Future<Output = ()>,
     {
-        static MARKERS: AtomicU64 = AtomicU64::new(0);
-        let marker = format!("settled-{}", MARKERS.fetch_add(1, Ordering::Relaxed));
-        publish(marker.clone()).await;
-        let mut events = self.read_until(&marker).await;
-        events.pop();
-        events
+        listen::settle(self, publish).await
     }
 
     /// Reads until the preamble (`retry:` and the first comment) has arrived.
@@ -200,6 +164,22 @@ impl SseStream {
             }
         })
         .await;
+    }
+}
+
+impl Listener for SseStream {
+    type Item = Event;
+
+    async fn next(&mut self) -> Event {
+        self.next_event().await
+    }
+
+    async fn next_within(&mut self, wait: Duration) -> Option<Event> {
+        self.try_next_event(wait).await
+    }
+
+    fn data(item: &Event) -> Option<&str> {
+        Some(&item.data)
     }
 }
 
