@@ -245,3 +245,325 @@ async fn send(
         () = timer => Err(WriteError::TimedOut(limit)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{pump, End, Feed, PumpSettings, Wire, WriteError};
+    use crate::sse::{self, GapReason, Parser};
+    use crate::stream::{Closed, Overflow, OverflowStats, StreamQueue};
+    use bytes::Bytes;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+    use tokio::sync::watch;
+    use tokio::task::JoinHandle;
+    use tokio::time::{sleep, Instant};
+
+    const HEARTBEAT: Duration = Duration::from_secs(10);
+    const RETRY: Duration = Duration::from_secs(2);
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// How the fake client takes a write.
+    #[derive(Clone, Copy, Debug)]
+    enum Writes {
+        /// At once.
+        Take,
+        /// After this long.
+        Slow(Duration),
+        /// Never: the client stopped reading.
+        Block,
+    }
+
+    /// What the fake client saw, shared with the test.
+    struct Client {
+        start: Instant,
+        /// Every frame written, with when (since the start).
+        sent: Mutex<Vec<(Duration, Bytes)>>,
+        finished: Mutex<bool>,
+        writes: watch::Sender<Writes>,
+        gone: watch::Sender<bool>,
+    }
+
+    impl Client {
+        fn sent(&self) -> Vec<(Duration, Bytes)> {
+            self.sent.lock().expect("lock").clone()
+        }
+
+        fn finished(&self) -> bool {
+            *self.finished.lock().expect("lock")
+        }
+
+        /// When each heartbeat went out, and how long the stream had been silent then.
+        fn heartbeats(&self) -> Vec<(Duration, Duration)> {
+            let mut last_write = Duration::ZERO;
+            let mut beats = Vec::new();
+            for (at, frame) in self.sent() {
+                if frame == sse::heartbeat() {
+                    beats.push((at, at - last_write));
+                }
+                last_write = at;
+            }
+            beats
+        }
+    }
+
+    /// A client side of a stream that records what it is sent, and can block writes or leave.
+    struct FakeWire(Arc<Client>);
+
+    impl Wire for FakeWire {
+        async fn closed(&mut self) {
+            let _ = self.0.gone.subscribe().wait_for(|gone| *gone).await;
+        }
+
+        async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<(), WriteError> {
+            let writes = *self.0.writes.borrow();
+            match writes {
+                Writes::Take => {}
+                Writes::Slow(delay) => sleep(delay).await,
+                Writes::Block => std::future::pending().await,
+            }
+            let at = self.0.start.elapsed();
+            let mut sent = self.0.sent.lock().expect("lock");
+            sent.extend(frames.drain(..).map(|frame| (at, frame)));
+            // A pump that spins (a timer that keeps firing) would stop the paused clock for good.
+            assert!(sent.len() < 10_000, "the stream floods its client");
+            Ok(())
+        }
+
+        async fn finish(&mut self) {
+            *self.0.finished.lock().expect("lock") = true;
+        }
+    }
+
+    /// A stream's pump running in a task of its own on a fake client.
+    struct Running {
+        client: Arc<Client>,
+        queue: Arc<StreamQueue>,
+        stats: OverflowStats,
+        /// How the stream ended, and when (since the start).
+        done: JoinHandle<(End, Duration)>,
+    }
+
+    impl Running {
+        fn start(queue: StreamQueue, expires_in: Option<Duration>) -> Self {
+            let start = Instant::now();
+            let client = Arc::new(Client {
+                start,
+                sent: Mutex::new(Vec::new()),
+                finished: Mutex::new(false),
+                writes: watch::Sender::new(Writes::Take),
+                gone: watch::Sender::new(false),
+            });
+            let queue = Arc::new(queue);
+            let mut feed = Feed {
+                queue: queue.clone(),
+                backlog: None,
+                settings: Arc::new(PumpSettings {
+                    heartbeat: HEARTBEAT,
+                    retry: RETRY,
+                    write_timeout: WRITE_TIMEOUT,
+                }),
+                topic: "t".into(),
+                expires_at: expires_in.map(|d| start + d),
+                held: (),
+            };
+            let mut wire = FakeWire(client.clone());
+            let done = tokio::spawn(async move {
+                let end = pump(&mut wire, &mut feed).await;
+                (end, start.elapsed())
+            });
+            Self {
+                client,
+                queue,
+                stats: OverflowStats::default(),
+                done,
+            }
+        }
+
+        fn live() -> Self {
+            Self::start(StreamQueue::new(16, Overflow::Disconnect), None)
+        }
+
+        /// A stream with a queue of two whose client takes a while (half the write timeout) with
+        /// the event "first", while the events "0", "1", ... up to `more` come.
+        async fn behind(overflow: Overflow, more: usize) -> Self {
+            let stream = Self::start(StreamQueue::new(2, overflow), None);
+            let slow = Writes::Slow(WRITE_TIMEOUT / 2);
+            stream.client.writes.send_replace(slow);
+            stream.push("first");
+            sleep(Duration::from_secs(1)).await;
+            for n in 0..more {
+                stream.push(&n.to_string());
+            }
+            stream
+        }
+
+        fn push(&self, data: &str) {
+            self.queue
+                .push(sse::encode_event(None, data.as_bytes()), &self.stats);
+        }
+
+        /// Waits for the stream to end (failing after a day of the test's paused time).
+        async fn end(self) -> (End, Duration, Arc<Client>) {
+            let day = Duration::from_secs(24 * 3600);
+            let (end, at) = tokio::time::timeout(day, self.done)
+                .await
+                .expect("the stream ends")
+                .expect("the pump task");
+            (end, at, self.client)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_stream_gets_a_heartbeat_after_one_to_two_intervals_of_silence() {
+        let stream = Running::live();
+        sleep(HEARTBEAT * 5 + HEARTBEAT / 2).await;
+        let beats = stream.client.heartbeats();
+        assert!(beats.len() >= 3, "{beats:?}");
+        for (at, silence) in &beats {
+            assert!(
+                (HEARTBEAT..=2 * HEARTBEAT).contains(silence),
+                "at {at:?} after {silence:?}"
+            );
+        }
+        // An event restarts the count: the next heartbeat is one to two intervals after it.
+        stream.push("x");
+        sleep(HEARTBEAT * 3).await;
+        let sent = stream.client.sent();
+        let event = sent
+            .iter()
+            .position(|(_, frame)| frame.as_ref() == b"data: x\n\n")
+            .expect("the event was sent");
+        let (event_at, _) = sent[event];
+        let (next_beat, beat) = &sent[event + 1];
+        assert_eq!(*beat, sse::heartbeat());
+        assert!(
+            (HEARTBEAT..=2 * HEARTBEAT).contains(&(*next_beat - event_at)),
+            "{sent:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_heartbeat_while_events_flow() {
+        let stream = Running::live();
+        for n in 0..30 {
+            stream.push(&n.to_string());
+            sleep(HEARTBEAT / 3).await;
+        }
+        let sent = stream.client.sent();
+        assert_eq!(sent.len(), 30, "events only: {sent:?}");
+        assert!(stream.client.heartbeats().is_empty());
+        let mut parser = Parser::new();
+        for (_, frame) in &sent {
+            parser.feed(frame);
+        }
+        assert_eq!(parser.comments(), 0);
+        let data: Vec<String> = std::iter::from_fn(|| parser.next_event())
+            .map(|e| e.data)
+            .collect();
+        assert_eq!(data, (0..30).map(|n| n.to_string()).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_makes_no_progress_ends_the_stream_at_the_write_timeout() {
+        let stream = Running::live();
+        // A slow write that completes within the timeout is fine.
+        stream
+            .client
+            .writes
+            .send_replace(Writes::Slow(WRITE_TIMEOUT - Duration::from_secs(1)));
+        stream.push("slow");
+        sleep(WRITE_TIMEOUT * 2).await;
+        assert_eq!(stream.client.sent().len(), 1);
+        assert!(!stream.done.is_finished());
+        // A write that never completes ends the stream once the timeout has passed since it began.
+        stream.client.writes.send_replace(Writes::Block);
+        let blocked_at = stream.client.start.elapsed();
+        stream.push("stuck");
+        let (end, at, client) = stream.end().await;
+        assert!(matches!(end, End::WriteFailed(_)), "{end:?}");
+        assert_eq!(at - blocked_at, WRITE_TIMEOUT);
+        assert!(!client.finished(), "a stuck client gets no more writes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_stream_ends_when_its_token_expires() {
+        let expires_in = HEARTBEAT * 2 + HEARTBEAT / 2;
+        let stream = Running::start(StreamQueue::new(16, Overflow::Disconnect), Some(expires_in));
+        stream.push("x");
+        let (end, at, client) = stream.end().await;
+        assert!(matches!(end, End::TokenExpired), "{end:?}");
+        assert_eq!(at, expires_in, "ends at the expiry, not at a heartbeat");
+        assert!(client.finished(), "the response is ended properly");
+        assert_eq!(client.sent().len(), 3, "the event and two heartbeats");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drop_oldest_tells_the_client_how_many_events_were_dropped() {
+        // Five events come while the client takes "first": the queue keeps the newest two.
+        let stream = Running::behind(Overflow::DropOldest, 5).await;
+        stream.client.writes.send_replace(Writes::Take);
+        sleep(WRITE_TIMEOUT).await;
+        let sent: Vec<Bytes> = stream.client.sent().into_iter().map(|(_, f)| f).collect();
+        assert_eq!(
+            sent,
+            [
+                sse::encode_event(None, b"first"),
+                sse::gap(GapReason::Overflow, Some(3)),
+                sse::encode_event(None, b"3"),
+                sse::encode_event(None, b"4"),
+            ]
+        );
+        assert_eq!(stream.stats.dropped_events.load(Relaxed), 3);
+        // Once the client keeps up, no more gaps; the stream stays open.
+        stream.push("5");
+        sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            stream.client.sent().last().map(|(_, f)| f.clone()),
+            Some(sse::encode_event(None, b"5"))
+        );
+        assert!(!stream.done.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_sends_a_jittered_retry_then_ends_the_response() {
+        let stream = Running::live();
+        stream.push("x");
+        sleep(Duration::from_millis(10)).await;
+        stream.queue.close(Closed::Shutdown);
+        let (end, _, client) = stream.end().await;
+        assert!(matches!(end, End::Shutdown), "{end:?}");
+        assert!(client.finished());
+        let sent = client.sent();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        let mut parser = Parser::new();
+        parser.feed(&sent[1].1);
+        let retry = parser.retry().expect("a retry: at shutdown");
+        let base = RETRY.as_millis() as u64;
+        assert!((base..3 * base).contains(&retry), "{retry}");
+        assert_eq!(parser.next_event(), None, "only a retry");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_under_disconnect_ends_the_stream() {
+        let stream = Running::behind(Overflow::Disconnect, 3).await;
+        let stats = stream.stats.disconnects.load(Relaxed);
+        let (end, at, client) = stream.end().await;
+        assert!(matches!(end, End::Overflow), "{end:?}");
+        assert_eq!(at, WRITE_TIMEOUT / 2, "once the slow write is done");
+        assert_eq!(stats, 1);
+        assert!(client.finished());
+        assert_eq!(client.sent().len(), 1, "nothing after the overflow");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_leaves_ends_the_stream_at_once() {
+        let stream = Running::live();
+        sleep(HEARTBEAT / 2).await;
+        stream.client.gone.send_replace(true);
+        let (end, at, client) = stream.end().await;
+        assert!(matches!(end, End::ClientGone), "{end:?}");
+        assert_eq!(at, HEARTBEAT / 2);
+        assert!(!client.finished() && client.sent().is_empty());
+    }
+}

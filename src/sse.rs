@@ -10,6 +10,10 @@ use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::time::Duration;
 
+/// The reference parser of what this module writes, for tests and tools (sluice never parses SSE).
+pub mod parser;
+pub use parser::{parse, Parser};
+
 /// The event type of a message without a configured name (what `EventSource.onmessage` receives).
 pub const DEFAULT_EVENT: &str = "message";
 /// Appended to the event type of a binary (non-UTF-8) payload, which is sent base64-encoded.
@@ -261,37 +265,12 @@ mod tests {
         String::from_utf8(b.to_vec()).expect("utf-8")
     }
 
-    /// A minimal reading of the WHATWG parsing rules, enough to check what a browser would dispatch.
+    /// What a browser dispatches for `stream`, as (event type, data).
     fn parse(stream: &str) -> Vec<(String, String)> {
-        let mut events = Vec::new();
-        let (mut event, mut data) = (String::new(), String::new());
-        for line in split_lines(stream) {
-            if line.is_empty() {
-                if !data.is_empty() {
-                    data.pop();
-                    let name = if event.is_empty() {
-                        "message".into()
-                    } else {
-                        event.clone()
-                    };
-                    events.push((name, data.clone()));
-                }
-                event.clear();
-                data.clear();
-                continue;
-            }
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "event" => event = value.into(),
-                "data" => {
-                    data.push_str(value);
-                    data.push('\n');
-                }
-                _ => {}
-            }
-        }
-        events
+        super::parse(stream)
+            .into_iter()
+            .map(|e| (e.event, e.data))
+            .collect()
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Property tests with thousands of arbitrary inputs: the route matcher and path-parameter checks, the
-//! SSE encoder, the query and id parsers, topic grants and token checks, and configuration values. No
+//! SSE encoder and the reference SSE parser, the query and id parsers, topic grants and token checks, and configuration values. No
 //! input may panic, forge an event or widen a subscription; a token is accepted only when every claim
 //! is well-formed; a config value is either usable at runtime or refused at its line.
 
@@ -13,51 +13,11 @@ use sluice::config::{
 };
 use sluice::replay::{parse_memory_id, parse_sequence, Retention};
 use sluice::route::{query_param, PathTemplate, TopicTemplate};
-use sluice::sse::{encode_event, encode_event_with_id, BASE64_SUFFIX};
+use sluice::sse::{encode_event, encode_event_with_id, Parser, BASE64_SUFFIX};
 use sluice_bridge::TopicSyntax;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// What a browser dispatches for a stream (the WHATWG parsing rules for `event`, `data` and `id`).
-fn dispatch(stream: &str) -> Vec<(String, String, Option<String>)> {
-    let mut events = Vec::new();
-    let (mut event, mut data, mut id, mut has_data) = (String::new(), String::new(), None, false);
-    let normalized = stream.replace("\r\n", "\n").replace('\r', "\n");
-    for line in normalized.split('\n') {
-        if line.is_empty() {
-            if has_data {
-                data.pop();
-                let name = if event.is_empty() {
-                    "message".to_owned()
-                } else {
-                    event.clone()
-                };
-                events.push((name, data.clone(), id.clone()));
-            }
-            event.clear();
-            data.clear();
-            has_data = false;
-            continue;
-        }
-        if line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "event" => event = value.to_owned(),
-            "data" => {
-                data.push_str(value);
-                data.push('\n');
-                has_data = true;
-            }
-            "id" => id = Some(value.to_owned()),
-            _ => {}
-        }
-    }
-    events
-}
 
 /// mosquitto's rules for a topic (`mosquitto_validate_utf8` and the length prefix), written from the
 /// broker's documentation rather than from sluice's code: well-formed UTF-8 (no overlong forms, no
@@ -389,9 +349,9 @@ proptest! {
         for data in [payload.clone(), text.clone().into_bytes()] {
             let frame = encode_event_with_id(Some(&name).filter(|n| !n.is_empty()).map(String::as_str), Some("1.2.3"), &data);
             let frame = String::from_utf8(frame.to_vec()).expect("frames are UTF-8");
-            let events = dispatch(&frame);
+            let events = sluice::sse::parse(&frame);
             prop_assert_eq!(events.len(), 1, "{:?}", frame);
-            let (event, received, id) = &events[0];
+            let sluice::sse::parser::Event { event, data: received, id } = &events[0];
             prop_assert_eq!(id.as_deref(), Some("1.2.3"));
             prop_assert!(!event.contains(['\r', '\n']));
             match std::str::from_utf8(&data) {
@@ -408,6 +368,42 @@ proptest! {
             }
         }
         let _ = encode_event(None, &payload);
+    }
+
+    /// A stream of frames (events, heartbeats, gaps, a `retry:`) reads the same however the network
+    /// cuts it: the reference parser that the black-box tests feed chunk by chunk dispatches what it
+    /// dispatches for the whole stream, which is every event, in order.
+    #[test]
+    fn streams_read_the_same_whatever_their_chunks(
+        payloads in proptest::collection::vec("[a-z\r\n:é]{0,12}", 1..8),
+        cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..12),
+    ) {
+        let mut stream = sluice::sse::preamble(Duration::from_millis(100)).to_vec();
+        for (n, payload) in payloads.iter().enumerate() {
+            let id = n.to_string();
+            stream.extend_from_slice(&encode_event_with_id(Some("e"), Some(&id), payload.as_bytes()));
+            stream.extend_from_slice(&sluice::sse::heartbeat());
+        }
+        stream.extend_from_slice(&sluice::sse::gap(sluice::sse::GapReason::Overflow, Some(3)));
+        let whole = sluice::sse::parse(std::str::from_utf8(&stream).expect("UTF-8"));
+        prop_assert_eq!(whole.len(), payloads.len() + 1);
+        for (n, (event, payload)) in whole.iter().zip(&payloads).enumerate() {
+            prop_assert_eq!(&event.data, &payload.replace("\r\n", "\n").replace('\r', "\n"));
+            prop_assert_eq!(event.id.clone(), Some(n.to_string()));
+        }
+        let mut at: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
+        at.sort_unstable();
+        let mut parser = Parser::new();
+        let mut from = 0;
+        for to in at.into_iter().chain([stream.len()]) {
+            parser.feed(&stream[from..to]);
+            from = to;
+        }
+        let chunked: Vec<_> = std::iter::from_fn(|| parser.next_event()).collect();
+        prop_assert_eq!(chunked, whole);
+        prop_assert_eq!(parser.comments(), payloads.len() + 1);
+        prop_assert!((100..150).contains(&parser.retry().unwrap_or_default()));
+        prop_assert!(!parser.invalid_utf8());
     }
 
     /// Parsers of client input never panic, and ids are only read from what sluice could have made.

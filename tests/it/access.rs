@@ -609,6 +609,7 @@ async fn past_max_memory_new_streams_and_publishes_get_503_and_the_rest_goes_on(
     let config = format!(
         r#"
 max_memory = {MAX_MEMORY}
+heartbeat = "300ms"
 
 [brokers.mem]
 type = "memory"
@@ -630,19 +631,26 @@ replay = 5000
     );
     let mut watcher = h1_stream(addr, "/room/a").await;
     watcher.opened().await;
+    // Reads as the room fills (so its queue never overflows) until it has every accepted event, then
+    // waits for a heartbeat: the stream is still open after them.
+    let (accepted_tx, mut accepted_rx) = tokio::sync::oneshot::channel::<usize>();
     let watching = tokio::spawn(async move {
-        let mut seen = 0usize;
-        while watcher
-            .try_next_event(std::time::Duration::from_secs(1))
-            .await
-            .is_some()
-        {
-            seen += 1;
+        let (mut seen, mut accepted) = (0usize, None);
+        while accepted != Some(seen) {
+            tokio::select! {
+                _ = watcher.next_event() => seen += 1,
+                count = &mut accepted_rx, if accepted.is_none() => {
+                    accepted = Some(count.expect("the accepted count"));
+                }
+            }
         }
+        let comments = watcher.comments;
+        watcher.comments_at_least(comments + 1).await;
         (seen, watcher.ended)
     });
     // Fill the room's replay buffer (64 KiB events) until sluice refuses.
     let payload = bytes::Bytes::from("x".repeat(64 * 1024));
+    let mut accepted = 0;
     let refused = within("a publish is refused past max_memory", async {
         loop {
             let resp = request(addr, "POST", "/room/a", payload.clone())
@@ -651,9 +659,11 @@ replay = 5000
             if resp.status != StatusCode::ACCEPTED {
                 return resp;
             }
+            accepted += 1;
         }
     })
     .await;
+    accepted_tx.send(accepted).expect("the watcher waits");
     assert_eq!(
         refused.status,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -669,5 +679,8 @@ replay = 5000
     let health = get(addr, "/healthz").await.expect("healthz");
     assert_eq!(health.status, StatusCode::OK);
     let (seen, ended) = within("the watcher", watching).await.expect("watcher");
-    assert!(seen > 0 && !ended, "seen {seen}, ended {ended}");
+    assert!(
+        seen == accepted && seen > 0 && !ended,
+        "seen {seen} of {accepted}, ended {ended}"
+    );
 }

@@ -23,7 +23,8 @@ buffer = 16
 overflow = "drop-oldest"
 "#;
 
-/// An HTTP/1.1 client that sends its request and then reads nothing, with a tiny receive buffer.
+/// An HTTP/1.1 client with a tiny receive buffer that sends its request, reads the stream's opening
+/// (so its subscription is live: it gets every event published from now on) and then reads nothing.
 async fn stalled_client(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
@@ -32,6 +33,16 @@ async fn stalled_client(addr: std::net::SocketAddr, path: &str) -> tokio::net::T
         .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
         .await
         .expect("send request");
+    let mut opening = Vec::new();
+    within("the stalled client's stream opens", async {
+        while !opening.windows(10).any(|w| w == b": sluice\n\n") {
+            let mut buf = [0u8; 512];
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "the stream ended before its preamble");
+            opening.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
     stream
 }
 

@@ -120,12 +120,9 @@ async fn mqtt_a_publish_the_broker_refuses_is_given_up_not_resent_forever() {
     // The connection is stable again: a new stream gets messages, with no more reconnections.
     let mut fresh = h1_stream(addr, "/mq/ok").await;
     fresh.opened().await;
-    fresh
-        .publish_until_received("after", |data| async move {
-            publish(addr, "/mq/ok", data).await
-        })
-        .await;
-    fresh.settle().await;
+    let probe = |data| async move { publish(addr, "/mq/ok", data).await };
+    fresh.publish_until_received("after", probe).await;
+    fresh.settle(probe).await;
     let reconnects = sluice.log().matches("mqtt connected").count();
     assert!(
         reconnects < 10,
@@ -233,12 +230,9 @@ async fn nats_a_subscription_the_server_refuses_is_given_up_not_resent_forever()
         (log.matches("nats connected").count() >= 2).then_some(())
     })
     .await;
-    healthy
-        .publish_until_received("after", |data| async move {
-            publish(addr, "/alerts/ok", data).await
-        })
-        .await;
-    healthy.settle().await;
+    let probe = |data| async move { publish(addr, "/alerts/ok", data).await };
+    healthy.publish_until_received("after", probe).await;
+    healthy.settle(probe).await;
     let connections = varz(&server, "total_connections").await;
     for n in 0..5 {
         publish(addr, "/alerts/ok", format!("n{n}")).await;

@@ -74,16 +74,11 @@ fn publish_orders(
 
 /// Reads events until order `last`, returning every event's data on the way.
 async fn read_until(stream: &mut SseStream, last: usize) -> Vec<String> {
-    let mut seen = Vec::new();
-    loop {
-        let event = stream.next_event().await;
+    let events = stream.read_until(&last.to_string()).await;
+    for event in &events {
         assert_eq!(event.event, "message", "no gap: {}", event.data);
-        let done = event.data == last.to_string();
-        seen.push(event.data);
-        if done {
-            return seen;
-        }
     }
+    events.into_iter().map(|e| e.data).collect()
 }
 
 /// Asserts that `seen` is orders `0..count` exactly once and in order, naming the first difference.

@@ -263,28 +263,6 @@ fn seq(event: &Event) -> u64 {
         .unwrap_or_else(|| panic!("not a replay id: {id}"))
 }
 
-/// Reads until an event with `data` arrives; returns every event read, that one included.
-async fn read_until(stream: &mut SseStream, data: &str) -> Vec<Event> {
-    let mut events = Vec::new();
-    loop {
-        let event = stream.next_event().await;
-        let done = event.data == data;
-        events.push(event);
-        if done {
-            return events;
-        }
-    }
-}
-
-/// Reads what else arrives within a short quiet period (to catch a late copy).
-async fn read_rest(stream: &mut SseStream) -> Vec<Event> {
-    let mut events = Vec::new();
-    while let Some(event) = stream.try_next_event(Duration::from_millis(300)).await {
-        events.push(event);
-    }
-    events
-}
-
 fn data(events: &[Event]) -> Vec<&str> {
     events.iter().map(|e| e.data.as_str()).collect()
 }
@@ -320,15 +298,15 @@ async fn a_qos1_message_sent_again_after_a_lost_ack_keeps_its_one_id() {
         .await;
     let resume_from = line_events.last().and_then(|e| e.id.clone());
     let warm_all = all_events.last().expect("a warm-up event").data.clone();
-    line_events.extend(read_until(&mut line, &warm_all).await);
+    line_events.extend(line.read_until(&warm_all).await);
 
     // Sluice reads and acknowledges m0..m4; the acknowledgements never reach the broker.
     proxy.lose_upstream();
     for n in 0..5 {
         send(&publisher, "lines/a", format!("m{n}"), false).await;
     }
-    line_events.extend(read_until(&mut line, "m4").await);
-    all_events.extend(read_until(&mut all, "m4").await);
+    line_events.extend(line.read_until("m4").await);
+    all_events.extend(all.read_until("m4").await);
     // m5..m9 are sent to sluice but lost on the way.
     proxy.lose_downstream();
     for n in 5..10 {
@@ -346,9 +324,11 @@ async fn a_qos1_message_sent_again_after_a_lost_ack_keeps_its_one_id() {
         .await;
     let last = after.last().expect("an after event").data.clone();
     line_events.extend(after);
-    line_events.extend(read_rest(&mut line).await);
-    all_events.extend(read_until(&mut all, &last).await);
-    all_events.extend(read_rest(&mut all).await);
+    all_events.extend(all.read_until(&last).await);
+    // Any late copy comes before a marker published now: both streams read up to it.
+    send(&publisher, "lines/a", "end", false).await;
+    line_events.extend(line.read_until("end").await);
+    all_events.extend(all.read_until("end").await);
 
     let expected: Vec<String> = (0..10).map(|n| format!("m{n}")).collect();
     for (name, events) in [("/lines/a", &line_events), ("/all", &all_events)] {
@@ -383,7 +363,7 @@ async fn a_qos1_message_sent_again_after_a_lost_ack_keeps_its_one_id() {
         &[("last-event-id", resume_from.as_deref().expect("warm-up id"))],
     )
     .await;
-    let backlog = read_until(&mut resumed, &last).await;
+    let backlog = resumed.read_until(&last).await;
     let mut live_after_warm: Vec<&Event> = line_events
         .iter()
         .skip_while(|e| e.id != resume_from)
@@ -427,7 +407,7 @@ async fn a_resubscribe_on_the_resumed_session_delivers_nothing_twice() {
         .publish_until_received("warm", sender(&publisher, "lines/r"))
         .await;
     let warm = plain_events.last().expect("a warm-up event").data.clone();
-    let mut current_events = read_until(&mut current, &warm).await;
+    let mut current_events = current.read_until(&warm).await;
 
     // Sluice is away; its session at the broker keeps the subscriptions and queues q0..q4.
     proxy.refuse(true);
@@ -437,16 +417,18 @@ async fn a_resubscribe_on_the_resumed_session_delivers_nothing_twice() {
     }
     received(&mut probed, "q4").await;
     proxy.refuse(false);
-    plain_events.extend(read_until(&mut plain, "q4").await);
-    current_events.extend(read_until(&mut current, "q4").await);
+    plain_events.extend(plain.read_until("q4").await);
+    current_events.extend(current.read_until("q4").await);
     let after = plain
         .publish_until_received("after", sender(&publisher, "lines/r"))
         .await;
     let last = after.last().expect("an after event").data.clone();
     plain_events.extend(after);
-    plain_events.extend(read_rest(&mut plain).await);
-    current_events.extend(read_until(&mut current, &last).await);
-    current_events.extend(read_rest(&mut current).await);
+    current_events.extend(current.read_until(&last).await);
+    // Any late copy comes before a marker published now: both streams read up to it.
+    send(&publisher, "lines/r", "end", false).await;
+    plain_events.extend(plain.read_until("end").await);
+    current_events.extend(current.read_until("end").await);
 
     for (name, events) in [("/lines/r", &plain_events), ("/current/r", &current_events)] {
         assert_eq!(
@@ -501,11 +483,12 @@ async fn a_publishers_own_retry_is_a_new_message_with_its_own_id() {
     for n in 0..3 {
         send(&publisher, "lines/p", format!("p{n}"), false).await;
     }
-    events.extend(read_until(&mut stream, "p2").await);
+    events.extend(stream.read_until("p2").await);
     publisher_proxy.cut();
     // The publisher's persistent session resumes and it sends p0..p2 again.
-    events.extend(read_until(&mut stream, "p2").await);
-    events.extend(read_rest(&mut stream).await);
+    events.extend(stream.read_until("p2").await);
+    // Any late copy comes before a marker the resumed publisher sends now.
+    events.extend(stream.settle(sender(&publisher, "lines/p")).await);
 
     let repeated = repeated_ids(&events);
     // (A warm-up message whose PUBACK was still on its way is sent again too.)

@@ -1,7 +1,15 @@
 //! Test-only broker processes: `nats-server` and `mosquitto` on free loopback ports, killed on Drop.
+//! Also the waits for published messages that every test shares ([`listen`]: probes until a
+//! subscription is live, markers instead of quiet periods), and for the bridge crates' own tests a
+//! sink that records what a bridge delivers ([`bridge`]).
 //!
 //! Each guard starts its own process and stops only that process, by its PID. A missing binary is a
 //! test failure with an install hint, never a silent skip.
+
+pub mod bridge;
+pub mod listen;
+
+pub use listen::{Listener, DEADLINE};
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
