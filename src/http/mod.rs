@@ -1,7 +1,7 @@
 //! The pingora HTTP application: reads each request, answers it by what it asks for, and hands
 //! opened streams to their wires; every error becomes its response through [`crate::error`].
 //!
-//! - [`request`]: routing, request size limits, topics, resume positions and the token check (pure).
+//! - [`request`]: routing, request size limits, topics, resume positions and the token check.
 //! - [`session`]: opening a stream (limits, subscribing, the response head) and serving it.
 //! - [`publish`]: a `POST` published to its broker.
 //! - [`respond`]: complete small responses, and the raw `400` for a head that does not parse.

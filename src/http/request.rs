@@ -1,5 +1,6 @@
-//! What a request asks for, decided before any body is read or anything is subscribed: routing,
-//! request size limits, the topics of a stream, its resume position, and the token check. Pure.
+//! What a request asks for, decided from its head before any body is read or anything is
+//! subscribed: routing, request size limits, the topics of a stream, its resume position, and the
+//! token check. Nothing here touches the connection (routing looks for static files on disk).
 
 use crate::auth::{AuthConfig, Grant};
 use crate::config::{Config, Route, Topics};
