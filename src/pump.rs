@@ -17,6 +17,8 @@ use tokio::time::{Instant, Sleep};
 #[derive(Debug)]
 pub enum End {
     Shutdown,
+    /// Its route changed or went with a configuration reload: the client reconnects to the new one.
+    Reload,
     ClientGone,
     TokenExpired,
     Overflow,
@@ -155,6 +157,7 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
             Next::Closed(Closed::Overflow) => break End::Overflow,
             Next::Closed(Closed::BrokerError) => break End::BrokerError,
             Next::Closed(Closed::Shutdown) => break End::Shutdown,
+            Next::Closed(Closed::Reload) => break End::Reload,
         }
         let write_timeout = settings.write_timeout;
         match send(wire, &mut frames, timer.as_mut(), write_timeout).await {
@@ -193,7 +196,7 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
             tracing::debug!(%topic, "broker subscription failed, closing stream");
             wire.finish().await;
         }
-        End::Shutdown => {
+        End::Shutdown | End::Reload => {
             // Spread the reconnects of every client over a few seconds.
             frames.clear();
             frames.push(sse::shutdown_retry(settings.retry));

@@ -35,8 +35,10 @@ pub enum Closed {
     Overflow,
     /// The broker subscription behind the stream could not be made.
     BrokerError,
-    /// The server is shutting down.
+    /// The server is shutting down (or draining for an upgrade).
     Shutdown,
+    /// The stream's route was changed or removed by a configuration reload.
+    Reload,
 }
 
 /// What [`Backlog::fill`] did.
