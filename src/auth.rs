@@ -12,6 +12,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sluice_bridge::TopicSyntax;
 use std::borrow::Cow;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Clock skew tolerated on `exp` and `nbf`.
@@ -26,6 +28,21 @@ pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 pub struct JwtKey {
     pub algorithm: Algorithm,
     pub key: DecodingKey,
+    /// A digest of the key material, never the material itself (see [`KeyId`]).
+    fingerprint: u64,
+}
+
+/// Which key, under which audience, verified a stream's token: a digest, so a stream keeps 8 bytes
+/// rather than its token, and a configuration reload that takes the key away (or changes the
+/// audience) can find and end the streams whose tokens no longer verify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyId(NonZeroU64);
+
+/// A digest of `parts` (std's SipHash with fixed keys: the same in every run of this binary).
+fn digest(parts: impl Hash) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl std::fmt::Debug for JwtKey {
@@ -41,13 +58,19 @@ impl JwtKey {
         Self {
             algorithm: Algorithm::HS256,
             key: DecodingKey::from_secret(secret),
+            fingerprint: digest(("secret", secret)),
         }
     }
 
-    /// An RS256 or ES256 public key in PEM (see [`crate::keys::jwt_public_key`]).
+    /// An RS256 or ES256 public key in PEM (see [`crate::keys::jwt_public_key`]). A file with other
+    /// bytes counts as another key, even if it encodes the same one.
     pub fn public_pem(pem: &[u8]) -> Result<Self, String> {
         let (algorithm, key) = crate::keys::jwt_public_key(pem)?;
-        Ok(Self { algorithm, key })
+        Ok(Self {
+            algorithm,
+            key,
+            fingerprint: digest(("public", pem)),
+        })
     }
 }
 
@@ -125,6 +148,8 @@ pub struct Grant {
     grants: Grants,
     /// The token's `exp`.
     pub expires: SystemTime,
+    /// The key that verified it.
+    pub key: KeyId,
 }
 
 impl Grant {
@@ -147,6 +172,13 @@ impl Grant {
 }
 
 impl AuthConfig {
+    /// The identity of the key tokens are verified with, under this configuration's audience: a
+    /// token verified under one identity verifies under another only if the identities are equal.
+    pub fn key_id(&self) -> KeyId {
+        let id = digest((self.key.algorithm, self.key.fingerprint, &self.audience));
+        KeyId(NonZeroU64::new(id).unwrap_or(NonZeroU64::MIN))
+    }
+
     /// The request's token: `Authorization: Bearer`, then the cookie, then the query parameter.
     pub fn token<'a>(&self, request: &'a RequestHeader) -> Option<Cow<'a, str>> {
         let headers = &request.headers;
@@ -215,7 +247,11 @@ impl AuthConfig {
         let expires = UNIX_EPOCH
             .checked_add(Duration::from_secs(exp.floor() as u64))
             .ok_or_else(|| AuthError::Invalid("exp is out of range".into()))?;
-        Ok(Grant { grants, expires })
+        Ok(Grant {
+            grants,
+            expires,
+            key: self.key_id(),
+        })
     }
 
     /// A 401 reason for a token jsonwebtoken refused.
