@@ -215,6 +215,19 @@ pub async fn tls_connect(
     cert_pem: &std::path::Path,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tls = try_tls_connect(addr, cert_pem, alpn)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn), "ALPN outcome");
+    tls
+}
+
+/// Like [`tls_connect`], with the handshake's error (e.g. a certificate `cert_pem` does not trust).
+pub async fn try_tls_connect(
+    addr: SocketAddr,
+    cert_pem: &std::path::Path,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let pem = std::fs::read(cert_pem).expect("read cert");
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile_certs(&pem) {
@@ -231,9 +244,7 @@ pub async fn tls_connect(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn), "ALPN outcome");
-    tls
+    connector.connect(name, tcp).await
 }
 
 /// Opens an SSE stream over HTTP/1.1 on a TLS connection (ALPN `http/1.1`).
