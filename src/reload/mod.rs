@@ -142,7 +142,7 @@ impl Reloader {
             Ok(applied) => {
                 for what in &applied.needs_upgrade {
                     tracing::warn!(
-                        "the configuration changes {what}: that needs an upgrade (or a restart); \
+                        "the configuration changes {what}: that needs an upgrade (a restart); \
                          the running ones stay"
                     );
                 }
