@@ -252,7 +252,7 @@ mod tests {
         let key = JwtKey::public_pem(pem.as_bytes()).expect("a usable key");
         assert_eq!(key.algorithm, algorithm);
         let auth = AuthConfig {
-            key,
+            keys: vec![key],
             cookie: "c".into(),
             query: "q".into(),
             audience: None,

@@ -168,13 +168,13 @@ mod tests {
         let route = Arc::new(RouteTopics::live(memory.clone()));
         let key = |secret: &[u8]| {
             let auth = crate::auth::AuthConfig {
-                key: crate::auth::JwtKey::secret(secret),
+                keys: vec![crate::auth::JwtKey::secret(secret)],
                 cookie: "c".into(),
                 query: "q".into(),
                 audience: None,
                 secret_env: None,
             };
-            auth.key_id()
+            auth.key_ids()[0]
         };
         let (old, new) = (key(b"old"), key(b"new"));
         assert_ne!(old, new);

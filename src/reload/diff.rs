@@ -89,7 +89,7 @@ pub fn continues(running: &Config, i: usize, new: &Config, j: usize) -> bool {
 
 /// The keys tokens are verified with.
 fn key_ids(config: &Config) -> Vec<KeyId> {
-    config.auth.iter().map(|auth| auth.key_id()).collect()
+    config.auth.iter().flat_map(|auth| auth.key_ids()).collect()
 }
 
 /// Whether the simulator runs the same way: the same settings on a broker defined the same way.
@@ -194,11 +194,19 @@ mod tests {
         assert_eq!(audience.keys.len(), 1);
         assert_ne!(audience.keys, key_ids(&running));
 
-        let rotated = config(
-            &format!("[auth]\njwt_public_key = \"jwt-rs256-pkcs1.pub\"\n{BROKERS}"),
-            &[("/a", "m", "auth = true")],
-        );
-        assert_eq!(super::diff(&running, &rotated).keys_gone, key_ids(&running));
+        // Rotation: the new key first, both accepted, then the old one taken away.
+        let keys = |files: &str| {
+            let key = format!("[auth]\njwt_public_key = [{files}]\n");
+            config(&format!("{key}{BROKERS}"), &[("/a", "m", "auth = true")])
+        };
+        let both = keys("\"jwt-rs256-pkcs1.pub\", \"jwt-rs256.pub\"");
+        let overlap = super::diff(&running, &both);
+        assert!(overlap.keys_gone.is_empty(), "the old key still verifies");
+        assert_eq!(overlap.keys[1], key_ids(&running)[0]);
+        let rotated = super::diff(&both, &keys("\"jwt-rs256-pkcs1.pub\""));
+        assert_eq!(rotated.keys_gone, key_ids(&running));
+        assert_eq!(rotated.keys, key_ids(&both)[..1]);
+        assert_eq!(rotated.routes, [Some(0)]);
     }
 
     #[test]
