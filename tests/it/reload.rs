@@ -9,8 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Streams held open across the reloads (the load harness runs 1,000).
-const STREAMS: usize = 200;
+/// Streams held open across the reloads; `SLUICE_RELOAD_STREAMS=1000` runs the full size.
+fn streams() -> usize {
+    std::env::var("SLUICE_RELOAD_STREAMS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(200)
+}
 /// Events published on each unchanged route while the reloads run, at 100 per second.
 const EVENTS: usize = 300;
 
@@ -46,8 +51,8 @@ async fn unchanged_routes_lose_and_duplicate_nothing_across_ten_reloads() {
 
     // Half the streams on a NATS route, half on a memory replay route, over two h2c connections.
     let (h2_live, h2_replay) = (H2::h2c(addr).await, H2::h2c(addr).await);
-    let mut streams = Vec::with_capacity(STREAMS);
-    for n in 0..STREAMS {
+    let mut streams = Vec::with_capacity(self::streams());
+    for n in 0..self::streams() {
         let stream = if n % 2 == 0 {
             h2_live.stream("/live/a").await
         } else {
