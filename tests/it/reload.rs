@@ -232,16 +232,7 @@ async fn changed_and_removed_routes_end_with_a_jittered_retry_and_new_routes_ser
 
 /// The names of sluice's connections to `server`, from its `/connz`.
 async fn connection_names(server: &NatsServer) -> Vec<String> {
-    let url = server.monitor_url("/connz");
-    let addr = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .expect("host")
-        .parse()
-        .expect("addr");
-    let resp = get(addr, "/connz").await.expect("connz");
-    let json: serde_json::Value = serde_json::from_slice(&resp.body).expect("connz json");
+    let json = nats_monitor(server, "/connz").await;
     json["connections"]
         .as_array()
         .into_iter()

@@ -60,6 +60,20 @@ pub async fn get(
     request(addr, "GET", path, Bytes::new()).await
 }
 
+/// A JSON page of a nats-server's monitoring endpoint (`/connz?subs=1`, `/varz`, ...).
+pub async fn nats_monitor(server: &sluice_testkit::NatsServer, path: &str) -> serde_json::Value {
+    let url = server.monitor_url(path);
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("host")
+        .parse()
+        .expect("addr");
+    let resp = get(addr, path).await.expect("nats monitoring");
+    serde_json::from_slice(&resp.body).expect("nats monitoring json")
+}
+
 /// POSTs `body` and expects `202 Accepted`.
 pub async fn publish(addr: SocketAddr, path: &str, body: impl Into<Bytes>) {
     let resp = within("publish", request(addr, "POST", path, body.into()))
