@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use sluice::hub::{Hub, Join};
+use sluice::hub::{Hub, Join, RouteTopics};
 use sluice::sse::encode_event;
 use sluice::stream::{Overflow, StreamQueue};
 use sluice_bridge::Bridge;
@@ -36,13 +36,14 @@ fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("fan-out");
     for streams in [1usize, 100, 10_000] {
         let memory = Arc::new(MemoryBridge::new());
-        let hub = Hub::new(vec![memory.clone()]);
+        let hub = Hub::new();
+        let route = Arc::new(RouteTopics::live(memory.clone()));
         // drop-oldest with a small buffer keeps memory flat while nothing drains the queues.
         let memberships: Vec<_> = (0..streams)
             .map(|_| {
                 let queue = Arc::new(StreamQueue::new(8, Overflow::DropOldest));
                 runtime
-                    .block_on(hub.join(Join::live(0, "bench/topic"), queue))
+                    .block_on(hub.join(Join::live(&route, "bench/topic"), queue))
                     .expect("join")
             })
             .collect();

@@ -12,6 +12,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sluice_bridge::TopicSyntax;
 use std::borrow::Cow;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Clock skew tolerated on `exp` and `nbf`.
@@ -26,6 +28,21 @@ pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 pub struct JwtKey {
     pub algorithm: Algorithm,
     pub key: DecodingKey,
+    /// A digest of the key material, never the material itself (see [`KeyId`]).
+    fingerprint: u64,
+}
+
+/// Which key, under which audience, verified a stream's token: a digest, so a stream keeps 8 bytes
+/// rather than its token, and a configuration reload that takes the key away (or changes the
+/// audience) can find and end the streams whose tokens no longer verify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KeyId(NonZeroU64);
+
+/// A digest of `parts` (std's SipHash with fixed keys: the same in every run of this binary).
+fn digest(parts: impl Hash) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl std::fmt::Debug for JwtKey {
@@ -41,27 +58,34 @@ impl JwtKey {
         Self {
             algorithm: Algorithm::HS256,
             key: DecodingKey::from_secret(secret),
+            fingerprint: digest(("secret", secret)),
         }
     }
 
-    /// An RS256 or ES256 public key in PEM (see [`crate::keys::jwt_public_key`]).
+    /// An RS256 or ES256 public key in PEM (see [`crate::keys::jwt_public_key`]). A file with other
+    /// bytes counts as another key, even if it encodes the same one.
     pub fn public_pem(pem: &[u8]) -> Result<Self, String> {
         let (algorithm, key) = crate::keys::jwt_public_key(pem)?;
-        Ok(Self { algorithm, key })
+        Ok(Self {
+            algorithm,
+            key,
+            fingerprint: digest(("public", pem)),
+        })
     }
 }
 
 /// The validated `[auth]` settings.
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
-    pub key: JwtKey,
+    /// The keys a token may be signed with (at least one): several while one is rotated out.
+    pub keys: Vec<JwtKey>,
     /// The cookie a token is read from.
     pub cookie: String,
     /// The query parameter a token is read from.
     pub query: String,
     /// When set, a token must name this audience in `aud`.
     pub audience: Option<String>,
-    /// The environment variable holding the HS256 secret (for `sluice --mint-token`).
+    /// The environment variable holding the first HS256 secret (for `sluice --mint-token`).
     pub secret_env: Option<String>,
 }
 
@@ -125,6 +149,8 @@ pub struct Grant {
     grants: Grants,
     /// The token's `exp`.
     pub expires: SystemTime,
+    /// The key that verified it.
+    pub key: KeyId,
 }
 
 impl Grant {
@@ -147,6 +173,18 @@ impl Grant {
 }
 
 impl AuthConfig {
+    /// The identity of `key` under this configuration's audience: a token verified under one
+    /// identity verifies under another only if the identities are equal.
+    pub fn key_id(&self, key: &JwtKey) -> KeyId {
+        let id = digest((key.algorithm, key.fingerprint, &self.audience));
+        KeyId(NonZeroU64::new(id).unwrap_or(NonZeroU64::MIN))
+    }
+
+    /// The identities of every configured key (see [`AuthConfig::key_id`]).
+    pub fn key_ids(&self) -> Vec<KeyId> {
+        self.keys.iter().map(|key| self.key_id(key)).collect()
+    }
+
     /// The request's token: `Authorization: Bearer`, then the cookie, then the query parameter.
     pub fn token<'a>(&self, request: &'a RequestHeader) -> Option<Cow<'a, str>> {
         let headers = &request.headers;
@@ -174,10 +212,25 @@ impl AuthConfig {
             .map(|token| Cow::Owned(token.into_owned()))
     }
 
-    /// Verifies a token: signature, `exp` (required), `nbf` when present, `aud` when configured, and
-    /// that every time claim (`exp`, `nbf`, `iat`) is a NumericDate in range.
+    /// Verifies a token: signature (by any configured key), `exp` (required), `nbf` when present,
+    /// `aud` when configured, and that every time claim (`exp`, `nbf`, `iat`) is a NumericDate in
+    /// range. A token that one key's signature check passes is judged by that key alone.
     pub fn verify(&self, token: &str) -> Result<Grant, AuthError> {
-        let mut validation = Validation::new(self.key.algorithm);
+        let mut wrong_key = None;
+        for key in &self.keys {
+            match self.verify_with(key, token) {
+                Ok(grant) => return Ok(grant),
+                Err(Refusal::WrongKey(e)) => {
+                    wrong_key.get_or_insert(e);
+                }
+                Err(Refusal::Invalid(e)) => return Err(e),
+            }
+        }
+        Err(wrong_key.unwrap_or_else(|| AuthError::Invalid("no key is configured".into())))
+    }
+
+    fn verify_with(&self, key: &JwtKey, token: &str) -> Result<Grant, Refusal> {
+        let mut validation = Validation::new(key.algorithm);
         // jsonwebtoken skips a time claim it cannot read as a number (an `nbf` string is ignored)
         // and rounds fractions: the time claims are all checked below instead, strictly.
         validation.validate_exp = false;
@@ -190,18 +243,25 @@ impl AuthConfig {
             }
             None => validation.validate_aud = false,
         }
-        let claims =
-            match jsonwebtoken::decode::<Map<String, Value>>(token, &self.key.key, &validation) {
-                Ok(data) => data.claims,
-                Err(e) => {
-                    // jsonwebtoken reads the claims only once the signature verified, and fails on
-                    // some ill-typed time claims (an object, an array) with a bare JSON error: name the claim.
-                    if let (ErrorKind::Json(_), Some(claims)) = (e.kind(), signed_claims(token)) {
-                        time_claims(&claims)?;
-                    }
-                    return Err(AuthError::Invalid(self.reason(&e)));
+        let claims = match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+        {
+            Ok(data) => data.claims,
+            Err(e) => {
+                // jsonwebtoken reads the claims only once the signature verified, and fails on
+                // some ill-typed time claims (an object, an array) with a bare JSON error: name the claim.
+                if let (ErrorKind::Json(_), Some(claims)) = (e.kind(), signed_claims(token)) {
+                    time_claims(&claims)?;
                 }
-            };
+                let error = AuthError::Invalid(reason(key, &e));
+                return Err(match e.kind() {
+                    // Checked before anything else of the token: another key may verify it.
+                    ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                        Refusal::WrongKey(error)
+                    }
+                    _ => Refusal::Invalid(error),
+                });
+            }
+        };
         let exp = time_claims(&claims)?;
         let grants = match claims.get("sluice") {
             None => Grants::default(),
@@ -215,21 +275,11 @@ impl AuthConfig {
         let expires = UNIX_EPOCH
             .checked_add(Duration::from_secs(exp.floor() as u64))
             .ok_or_else(|| AuthError::Invalid("exp is out of range".into()))?;
-        Ok(Grant { grants, expires })
-    }
-
-    /// A 401 reason for a token jsonwebtoken refused.
-    fn reason(&self, error: &jsonwebtoken::errors::Error) -> String {
-        match error.kind() {
-            ErrorKind::InvalidSignature => "the signature does not verify".into(),
-            ErrorKind::InvalidAlgorithm => {
-                format!("the token must be signed with {:?}", self.key.algorithm)
-            }
-            ErrorKind::InvalidAudience | ErrorKind::MissingRequiredClaim(_) => {
-                "the token needs an aud that names this server's audience".into()
-            }
-            _ => error.to_string(),
-        }
+        Ok(Grant {
+            grants,
+            expires,
+            key: self.key_id(key),
+        })
     }
 
     pub fn missing(&self) -> AuthError {
@@ -237,6 +287,34 @@ impl AuthConfig {
             cookie: self.cookie.clone(),
             query: self.query.clone(),
         }
+    }
+}
+
+/// Why one key did not verify a token.
+enum Refusal {
+    /// The token is not signed by this key (another may verify it).
+    WrongKey(AuthError),
+    /// This key verified the signature, and the token is refused all the same.
+    Invalid(AuthError),
+}
+
+impl From<AuthError> for Refusal {
+    fn from(error: AuthError) -> Self {
+        Self::Invalid(error)
+    }
+}
+
+/// A 401 reason for a token jsonwebtoken refused with `key`.
+fn reason(key: &JwtKey, error: &jsonwebtoken::errors::Error) -> String {
+    match error.kind() {
+        ErrorKind::InvalidSignature => "the signature does not verify".into(),
+        ErrorKind::InvalidAlgorithm => {
+            format!("the token must be signed with {:?}", key.algorithm)
+        }
+        ErrorKind::InvalidAudience | ErrorKind::MissingRequiredClaim(_) => {
+            "the token needs an aud that names this server's audience".into()
+        }
+        _ => error.to_string(),
     }
 }
 
@@ -332,7 +410,7 @@ mod tests {
 
     fn config() -> AuthConfig {
         AuthConfig {
-            key: JwtKey::secret(b"s3cret"),
+            keys: vec![JwtKey::secret(b"s3cret")],
             cookie: "sluice_token".into(),
             query: "access_token".into(),
             audience: None,
@@ -364,6 +442,42 @@ mod tests {
                 .expect("header");
         }
         request
+    }
+
+    #[test]
+    fn any_configured_key_verifies_and_the_grant_names_it() {
+        let auth = AuthConfig {
+            keys: vec![JwtKey::secret(b"new"), JwtKey::secret(b"s3cret")],
+            ..config()
+        };
+        let signed = |secret: &[u8], exp: u64| {
+            let claims = serde_json::json!({ "exp": exp });
+            encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(secret),
+            )
+            .expect("encode")
+        };
+        let ids = auth.key_ids();
+        let by_new = auth
+            .verify(&signed(b"new", now() + 60))
+            .expect("the first key");
+        let by_old = auth
+            .verify(&signed(b"s3cret", now() + 60))
+            .expect("the second key");
+        assert_eq!((by_new.key, by_old.key), (ids[0], ids[1]));
+        // Refused by the key that verifies it, for what it is, not for another key's signature.
+        let expired = auth.verify(&signed(b"s3cret", now() - 60)).err();
+        assert!(expired.is_some_and(|e| e.to_string().contains("expired")));
+        let stranger = auth.verify(&signed(b"other", now() + 60)).err();
+        assert!(stranger.is_some_and(|e| e.to_string().contains("signature does not verify")));
+        // Another audience is another identity of the same key.
+        let audience = AuthConfig {
+            audience: Some("x".into()),
+            ..auth.clone()
+        };
+        assert!(audience.key_ids().iter().all(|id| !ids.contains(id)));
     }
 
     #[test]

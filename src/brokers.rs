@@ -12,38 +12,44 @@ use std::sync::Arc;
 pub async fn connect_all(brokers: &[Broker]) -> Result<Vec<Arc<dyn Bridge>>, BridgeError> {
     let mut bridges: Vec<Arc<dyn Bridge>> = Vec::with_capacity(brokers.len());
     for broker in brokers {
-        let bridge: Arc<dyn Bridge> = match &broker.kind {
-            BrokerKind::Memory => Arc::new(MemoryBridge::new()),
-            BrokerKind::Nats {
-                url,
-                max_control_line,
-            } => Arc::new(
-                NatsBridge::connect(
-                    &broker.name,
-                    &NatsSettings {
-                        url: url.clone(),
-                        max_control_line: *max_control_line,
-                    },
-                )
-                .await?,
-            ),
-            BrokerKind::Mqtt {
-                url,
-                client_id,
-                qos,
-            } => Arc::new(MqttBridge::connect(
-                &broker.name,
-                &MqttSettings {
-                    url: url.clone(),
-                    client_id: client_id.clone(),
-                    qos: *qos,
-                },
-            )?),
-        };
-        tracing::info!(broker = %broker.name, kind = kind_name(&broker.kind), "broker configured");
-        bridges.push(bridge);
+        bridges.push(connect(broker).await?);
     }
     Ok(bridges)
+}
+
+/// Connects one broker (see [`connect_all`]); a configuration reload connects the brokers it adds
+/// with this, on the same runtime. Dropping the last handle of a bridge disconnects it.
+pub async fn connect(broker: &Broker) -> Result<Arc<dyn Bridge>, BridgeError> {
+    let bridge: Arc<dyn Bridge> = match &broker.kind {
+        BrokerKind::Memory => Arc::new(MemoryBridge::new()),
+        BrokerKind::Nats {
+            url,
+            max_control_line,
+        } => Arc::new(
+            NatsBridge::connect(
+                &broker.name,
+                &NatsSettings {
+                    url: url.clone(),
+                    max_control_line: *max_control_line,
+                },
+            )
+            .await?,
+        ),
+        BrokerKind::Mqtt {
+            url,
+            client_id,
+            qos,
+        } => Arc::new(MqttBridge::connect(
+            &broker.name,
+            &MqttSettings {
+                url: url.clone(),
+                client_id: client_id.clone(),
+                qos: *qos,
+            },
+        )?),
+    };
+    tracing::info!(broker = %broker.name, kind = kind_name(&broker.kind), "broker configured");
+    Ok(bridge)
 }
 
 fn kind_name(kind: &BrokerKind) -> &'static str {

@@ -21,6 +21,7 @@
 //! The idle connections wait in one queue in the order they became idle; one task closes them as
 //! they expire, so no connection or stream has a timer or a task of its own for this.
 
+use crate::pump::SharedDuration;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::http::ServerSession;
@@ -89,7 +90,8 @@ pub fn budget(file_limit: u64) -> usize {
 /// The open client connections, their budget and their idle clocks.
 pub struct Connections {
     budget: usize,
-    idle_timeout: Duration,
+    /// The `request_timeout`; a reload may change it ([`Connections::set_idle_timeout`]).
+    idle_timeout: SharedDuration,
     state: Mutex<State>,
     /// Wakes the sweeper when the idle queue stops being empty.
     wake_sweeper: Notify,
@@ -239,7 +241,7 @@ impl Connections {
     pub fn new(budget: usize, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
             budget,
-            idle_timeout,
+            idle_timeout: SharedDuration::new(idle_timeout),
             state: Mutex::new(State::default()),
             wake_sweeper: Notify::new(),
             sweeper: Once::new(),
@@ -253,6 +255,12 @@ impl Connections {
 
     pub fn budget(&self) -> usize {
         self.budget
+    }
+
+    /// A new idle timeout (a reloaded `request_timeout`), for connections that become idle from
+    /// now on (and those idle now, from the sweeper's next pass).
+    pub fn set_idle_timeout(&self, idle_timeout: Duration) {
+        self.idle_timeout.set(idle_timeout);
     }
 
     /// Connections open now (those being closed included).
@@ -346,7 +354,8 @@ impl Connections {
     /// Closes every connection idle for `idle_timeout` by `now`; returns when the next one is due.
     fn close_expired(&self, now: Instant) -> Option<Instant> {
         let mut state = self.state();
-        while let Some(key) = state.pop_idle(|since| since + self.idle_timeout <= now) {
+        let idle_timeout = self.idle_timeout.get();
+        while let Some(key) = state.pop_idle(|since| since + idle_timeout <= now) {
             tracing::debug!("idle connection closed after request_timeout");
             state.close(key);
         }
@@ -360,7 +369,7 @@ impl Connections {
             state.slots.shrink_to(keep);
         }
         // The front is current now (stale entries were dropped on the way).
-        state.idle.front().map(|e| e.since + self.idle_timeout)
+        state.idle.front().map(|e| e.since + idle_timeout)
     }
 
     /// The one task that closes expired idle connections, started with the first connection (on

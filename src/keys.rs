@@ -2,6 +2,7 @@
 //! its line instead of a panic at start or a refusal of every request: the JWT verification key
 //! (`[auth] jwt_public_key`) and the TLS certificate and key (`[server.tls]`).
 
+use arc_swap::ArcSwap;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use rustls::pki_types::pem::{self, PemObject, SectionKind};
@@ -212,14 +213,26 @@ pub fn tls_certified_key(cert: &[u8], key: &[u8]) -> Result<Arc<CertifiedKey>, (
     }
 }
 
-/// Serves the one configured certificate to every client (what rustls' `with_single_cert` does), so
-/// pingora never reads the files again at start, where a bad one would panic.
+/// Serves the configured certificate to every client (what rustls' `with_single_cert` does), so
+/// pingora never reads the files again at start, where a bad one would panic. A configuration reload
+/// replaces it ([`CurrentCertificate::replace`]): handshakes from then on get the new one, and
+/// connections already open keep the session they have.
 #[derive(Debug)]
-pub struct OneCertificate(pub Arc<CertifiedKey>);
+pub struct CurrentCertificate(ArcSwap<CertifiedKey>);
 
-impl ResolvesServerCert for OneCertificate {
+impl CurrentCertificate {
+    pub fn new(certified: Arc<CertifiedKey>) -> Self {
+        Self(ArcSwap::new(certified))
+    }
+
+    pub fn replace(&self, certified: Arc<CertifiedKey>) {
+        self.0.store(certified);
+    }
+}
+
+impl ResolvesServerCert for CurrentCertificate {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
+        Some(self.0.load_full())
     }
 }
 
@@ -239,7 +252,7 @@ mod tests {
         let key = JwtKey::public_pem(pem.as_bytes()).expect("a usable key");
         assert_eq!(key.algorithm, algorithm);
         let auth = AuthConfig {
-            key,
+            keys: vec![key],
             cookie: "c".into(),
             query: "q".into(),
             audience: None,

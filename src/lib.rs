@@ -22,6 +22,8 @@
 //!   connection, HTTP/2 send half); [`error`] decides every error's response.
 //! - [`simulator`]: simulated IoT devices publishing on a memory broker, for the demo dashboard.
 //! - [`shutdown`]: SIGTERM closes every stream with a randomised `retry:`; a second signal exits.
+//! - [`reload`]: SIGHUP re-reads the configuration file and applies what changed; the streams of
+//!   unchanged routes carry on untouched.
 
 pub mod auth;
 pub mod brokers;
@@ -35,6 +37,7 @@ pub mod hub;
 pub mod keys;
 pub mod limits;
 pub mod pump;
+pub mod reload;
 pub mod replay;
 pub mod route;
 pub mod shutdown;

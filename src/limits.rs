@@ -7,15 +7,16 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-/// The limits and what is open now.
+/// The limits and what is open now. A configuration reload sets new limits ([`Limits::set`]):
+/// they apply to the next stream; streams open past a lowered limit stay.
 pub struct Limits {
-    max_connections: usize,
+    max_connections: AtomicUsize,
     /// 0 is no limit.
-    max_per_ip: usize,
+    max_per_ip: AtomicUsize,
     open: Mutex<Open>,
 }
 
@@ -24,7 +25,8 @@ pub struct Limits {
 #[derive(Default)]
 struct Open {
     connections: usize,
-    streams_by_multiplexed: HashMap<SocketAddr, usize>,
+    /// Streams open on each multiplexed connection, and whether it is counted by IP.
+    streams_by_multiplexed: HashMap<SocketAddr, (usize, bool)>,
     connections_by_ip: HashMap<IpAddr, usize>,
 }
 
@@ -40,15 +42,25 @@ pub struct Admitted {
     limits: Arc<Limits>,
     connection: SocketAddr,
     multiplexed: bool,
+    /// Counted by IP (a per-IP limit was set when its connection was admitted); multiplexed
+    /// connections keep this in `Open`.
+    by_ip: bool,
 }
 
 impl Limits {
     pub fn new(max_connections: usize, max_per_ip: usize) -> Self {
         Self {
-            max_connections,
-            max_per_ip,
+            max_connections: AtomicUsize::new(max_connections),
+            max_per_ip: AtomicUsize::new(max_per_ip),
             open: Mutex::new(Open::default()),
         }
+    }
+
+    /// New limits, for the streams admitted from now on.
+    pub fn set(&self, max_connections: usize, max_per_ip: usize) {
+        self.max_connections
+            .store(max_connections, Ordering::Relaxed);
+        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
     }
 
     fn open(&self) -> MutexGuard<'_, Open> {
@@ -63,28 +75,39 @@ impl Limits {
         connection: SocketAddr,
         multiplexed: bool,
     ) -> Result<Admitted, Refused> {
+        let (max_connections, max_per_ip) = (
+            self.max_connections.load(Ordering::Relaxed),
+            self.max_per_ip.load(Ordering::Relaxed),
+        );
         let mut open = self.open();
         let new_connection = !multiplexed || !open.streams_by_multiplexed.contains_key(&connection);
+        let mut by_ip = false;
         if new_connection {
-            if open.connections >= self.max_connections {
+            if open.connections >= max_connections {
                 return Err(Refused::Connections);
             }
-            if self.max_per_ip > 0 {
+            if max_per_ip > 0 {
                 let per_ip = open.connections_by_ip.entry(connection.ip()).or_default();
-                if *per_ip >= self.max_per_ip {
+                if *per_ip >= max_per_ip {
                     return Err(Refused::ConnectionsPerIp);
                 }
                 *per_ip += 1;
+                by_ip = true;
             }
             open.connections += 1;
         }
         if multiplexed {
-            *open.streams_by_multiplexed.entry(connection).or_default() += 1;
+            let entry = open
+                .streams_by_multiplexed
+                .entry(connection)
+                .or_insert((0, by_ip));
+            entry.0 += 1;
         }
         Ok(Admitted {
             limits: self.clone(),
             connection,
             multiplexed,
+            by_ip,
         })
     }
 
@@ -97,18 +120,24 @@ impl Limits {
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut open = self.limits.open();
+        let mut by_ip = self.by_ip;
         if self.multiplexed {
-            let Some(streams) = open.streams_by_multiplexed.get_mut(&self.connection) else {
+            let Some((streams, counted)) = open.streams_by_multiplexed.get_mut(&self.connection)
+            else {
                 return;
             };
             *streams -= 1;
             if *streams > 0 {
                 return;
             }
+            by_ip = *counted;
             open.streams_by_multiplexed.remove(&self.connection);
         }
         open.connections -= 1;
         let ip = self.connection.ip();
+        if !by_ip {
+            return;
+        }
         if let Some(n) = open.connections_by_ip.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
@@ -125,7 +154,8 @@ impl Drop for Admitted {
 /// kernel's socket buffers), read from /proc at most every [`MemoryGuard::REFRESH_MS`]. Freed memory
 /// is not always returned to the system at once, so refusals may go on a while after the load fell.
 pub struct MemoryGuard {
-    limit: Option<u64>,
+    /// The limit in bytes; 0: none. A reload may change it ([`MemoryGuard::set_limit`]).
+    limit: AtomicU64,
     started: Instant,
     /// The last reading, and when it was taken (milliseconds since `started`, plus one; 0: never).
     rss: AtomicU64,
@@ -136,29 +166,29 @@ impl MemoryGuard {
     const REFRESH_MS: u64 = 100;
 
     pub fn new(limit: Option<u64>) -> Self {
-        if let (Some(limit), Some(cgroup)) = (limit, cgroup_memory_max()) {
-            if limit > cgroup / 10 * 9 {
-                tracing::warn!(
-                    max_memory = limit,
-                    cgroup_memory_max = cgroup,
-                    "max_memory is close to or above the cgroup's memory.max: the kernel may kill \
-                     sluice before it refuses anything (leave room for socket buffers)"
-                );
-            }
-        }
+        warn_near_cgroup_limit(limit);
         Self {
-            limit,
+            limit: AtomicU64::new(limit.unwrap_or(0)),
             started: Instant::now(),
             rss: AtomicU64::new(0),
             read_at: AtomicU64::new(0),
         }
     }
 
+    /// A new `max_memory` (`None`: no bound), for the requests from now on.
+    pub fn set_limit(&self, limit: Option<u64>) {
+        if limit.unwrap_or(0) != self.limit.load(Ordering::Relaxed) {
+            warn_near_cgroup_limit(limit);
+        }
+        self.limit.store(limit.unwrap_or(0), Ordering::Relaxed);
+    }
+
     /// True when the process uses more memory than `max_memory`.
     pub fn over(&self) -> bool {
-        let Some(limit) = self.limit else {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if limit == 0 {
             return false;
-        };
+        }
         let now = self.started.elapsed().as_millis() as u64 + 1;
         let read_at = self.read_at.load(Ordering::Relaxed);
         if read_at == 0 || now.saturating_sub(read_at) >= Self::REFRESH_MS {
@@ -168,6 +198,20 @@ impl MemoryGuard {
             self.read_at.store(now, Ordering::Relaxed);
         }
         self.rss.load(Ordering::Relaxed) > limit
+    }
+}
+
+/// Warns when `limit` leaves the kernel too little room below the cgroup's own limit.
+fn warn_near_cgroup_limit(limit: Option<u64>) {
+    if let (Some(limit), Some(cgroup)) = (limit, cgroup_memory_max()) {
+        if limit > cgroup / 10 * 9 {
+            tracing::warn!(
+                max_memory = limit,
+                cgroup_memory_max = cgroup,
+                "max_memory is close to or above the cgroup's memory.max: the kernel may kill \
+                 sluice before it refuses anything (leave room for socket buffers)"
+            );
+        }
     }
 }
 
@@ -203,6 +247,39 @@ mod tests {
         assert!(MemoryGuard::new(Some(1)).over(), "any process uses a byte");
         assert!(!MemoryGuard::new(Some(u64::MAX)).over());
         assert!(resident_bytes().is_some_and(|b| b > 1024 * 1024));
+        let guard = MemoryGuard::new(None);
+        guard.set_limit(Some(1));
+        assert!(guard.over(), "a reload's new limit applies");
+        guard.set_limit(None);
+        assert!(!guard.over());
+    }
+
+    #[test]
+    fn new_limits_apply_to_the_next_stream_and_open_ones_are_freed_as_counted() {
+        let limits = Arc::new(Limits::new(10, 0));
+        // Admitted with no per-IP limit, so not counted by IP: freeing it later frees no IP's place.
+        let before = limits.admit(addr([10, 0, 0, 1], 1), true).expect("h2");
+        limits.set(10, 1);
+        let after = limits
+            .admit(addr([10, 0, 0, 1], 2), false)
+            .expect("first by IP");
+        assert_eq!(
+            limits.admit(addr([10, 0, 0, 1], 3), false).err(),
+            Some(Refused::ConnectionsPerIp)
+        );
+        drop(before);
+        assert_eq!(
+            limits.admit(addr([10, 0, 0, 1], 3), false).err(),
+            Some(Refused::ConnectionsPerIp),
+            "the stream admitted before the limit did not hold the IP's place"
+        );
+        drop(after);
+        assert!(limits.admit(addr([10, 0, 0, 1], 3), false).is_ok());
+        limits.set(0, 0);
+        assert_eq!(
+            limits.admit(addr([10, 0, 0, 2], 1), false).err(),
+            Some(Refused::Connections)
+        );
     }
 
     fn addr(ip: [u8; 4], port: u16) -> SocketAddr {

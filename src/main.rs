@@ -10,9 +10,10 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 use sluice::config;
 use sluice::connections::{self, Bounded, Connections};
-use sluice::http::Gateway;
+use sluice::http::{Gateway, Routing};
 use sluice::hub::Hub;
-use sluice::keys::OneCertificate;
+use sluice::keys::CurrentCertificate;
+use sluice::reload::{self, ReloadStats, Reloader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
         };
     }
     init_logging();
-    match run(config) {
+    match run(config, cli.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -243,7 +244,8 @@ fn connection_budget(config: &config::Config) -> anyhow::Result<Arc<Connections>
     ))
 }
 
-fn run(config: config::Config) -> anyhow::Result<()> {
+/// Serves `config` (loaded from `path`, which SIGHUP reads again) until a shutdown signal.
+fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
@@ -262,12 +264,10 @@ fn run(config: config::Config) -> anyhow::Result<()> {
     let bridges = bridge_runtime
         .block_on(sluice::brokers::connect_all(&config.brokers))
         .context("connecting brokers")?;
-    if let Some(simulator) = &config.simulator {
-        if let Some(bridge) = bridges.get(simulator.broker) {
-            bridge_runtime.spawn(sluice::simulator::run(simulator.clone(), bridge.clone()));
-            tracing::info!(devices = simulator.devices, "simulated devices publishing");
-        }
-    }
+    let simulator = {
+        let _on = bridge_runtime.enter();
+        reload::start_simulator(&config, &bridges)
+    };
 
     let conf = ServerConf {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -282,12 +282,13 @@ fn run(config: config::Config) -> anyhow::Result<()> {
     let tls_listen = config.server.tls.iter().flat_map(|t| t.listen.iter());
     ensure_bindable(config.server.listen.iter().chain(tls_listen).copied())?;
 
-    let gateway = Gateway::new(config.clone(), Hub::new(bridges), connections.clone());
+    let routing = Routing::new(config.clone(), bridges, |_| None).map_err(anyhow::Error::msg)?;
+    let gateway = Arc::new(Gateway::new(routing, Hub::new(), connections.clone()));
     // Every connection passes through `Bounded` first: pingora gives the phases before a request
     // (the h2c preface, the h2 handshake, an h2 connection without streams) no deadline.
     let mut service = Service::new(
         "sluice".to_owned(),
-        Bounded::new(Arc::new(gateway), connections),
+        Bounded::new(gateway.clone(), connections),
     );
     for addr in &config.server.listen {
         service.add_listener(
@@ -297,14 +298,20 @@ fn run(config: config::Config) -> anyhow::Result<()> {
         );
         tracing::info!("listening on http://{addr} (HTTP/1.1 and h2c)");
     }
-    if let Some(tls) = &config.server.tls {
+    // What every TLS listener serves; a reload replaces it for new handshakes.
+    let certificate = config
+        .server
+        .tls
+        .as_ref()
+        .map(|tls| Arc::new(CurrentCertificate::new(tls.certified.clone())));
+    if let (Some(tls), Some(certificate)) = (&config.server.tls, &certificate) {
         let (cert, key) = (tls.cert.to_string_lossy(), tls.key.to_string_lossy());
         for addr in &tls.listen {
             let mut settings = TlsSettings::intermediate(&cert, &key)
                 .map_err(|e| anyhow::anyhow!("TLS certificate {cert} or key {key}: {e}"))?;
             // The pair the configuration loaded and matched; with a resolver set, pingora does
             // not read the files again.
-            settings.set_cert_resolver(Arc::new(OneCertificate(tls.certified.clone())));
+            settings.set_cert_resolver(certificate.clone());
             settings.enable_h2();
             service.add_listener(
                 ListenerConfig::tcp(addr.to_string())
@@ -318,6 +325,15 @@ fn run(config: config::Config) -> anyhow::Result<()> {
         inner: Some(service),
         name: "sluice".to_owned(),
     });
+    // SIGHUP reloads the configuration from here on (installed before the listeners open, so no
+    // client-visible moment exists where it would still end the process). The stats are for the
+    // reload metrics.
+    let stats = ReloadStats::started();
+    let reloader = Reloader::new(path, gateway, certificate, simulator, stats);
+    {
+        let _on = bridge_runtime.enter();
+        reloader.watch().context("listening for SIGHUP")?;
+    }
     server.run(RunArgs {
         shutdown_signal: Box::new(sluice::shutdown::TwoStepShutdown),
     });

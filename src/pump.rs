@@ -8,6 +8,7 @@ use crate::stream::{Backlog, Closed, Fill, Next, StreamQueue};
 use bytes::Bytes;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -61,11 +62,46 @@ pub trait Wire: Send {
     fn finish(&mut self) -> impl Future<Output = ()> + Send;
 }
 
-/// The server-wide timings of every stream (one shared copy).
+/// The server-wide timings of every stream (one shared copy). A configuration reload sets new
+/// values in place, so open streams take them too: the heartbeat from their next wake, the retry
+/// when they end, the write timeout from their next write.
 pub struct PumpSettings {
-    pub heartbeat: Duration,
-    pub retry: Duration,
-    pub write_timeout: Duration,
+    pub heartbeat: SharedDuration,
+    pub retry: SharedDuration,
+    pub write_timeout: SharedDuration,
+}
+
+impl PumpSettings {
+    pub fn new(heartbeat: Duration, retry: Duration, write_timeout: Duration) -> Self {
+        Self {
+            heartbeat: SharedDuration::new(heartbeat),
+            retry: SharedDuration::new(retry),
+            write_timeout: SharedDuration::new(write_timeout),
+        }
+    }
+}
+
+/// A duration read by many tasks and changed by a reload: an atomic, so reading it takes no lock.
+#[derive(Debug)]
+pub struct SharedDuration(AtomicU64);
+
+impl SharedDuration {
+    pub fn new(value: Duration) -> Self {
+        Self(AtomicU64::new(Self::nanos(value)))
+    }
+
+    pub fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+
+    pub fn set(&self, value: Duration) {
+        self.0.store(Self::nanos(value), Ordering::Relaxed);
+    }
+
+    /// Configured durations are at most a day (`config::DURATION_RANGE`): far below u64 nanoseconds.
+    fn nanos(value: Duration) -> u64 {
+        u64::try_from(value.as_nanos()).unwrap_or(u64::MAX)
+    }
 }
 
 /// What a stream's task holds besides its wire (passed as one reference: every argument of an async
@@ -159,7 +195,7 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
             Next::Closed(Closed::Shutdown) => break End::Shutdown,
             Next::Closed(Closed::Reload) => break End::Reload,
         }
-        let write_timeout = settings.write_timeout;
+        let write_timeout = settings.write_timeout.get();
         match send(wire, &mut frames, timer.as_mut(), write_timeout).await {
             Err(e) => break End::WriteFailed(e),
             // A slow write used the timer as its deadline: back to the heartbeat.
@@ -199,8 +235,9 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
         End::Shutdown | End::Reload => {
             // Spread the reconnects of every client over a few seconds.
             frames.clear();
-            frames.push(sse::shutdown_retry(settings.retry));
-            let _ = send(wire, &mut frames, timer.as_mut(), settings.write_timeout).await;
+            frames.push(sse::shutdown_retry(settings.retry.get()));
+            let write_timeout = settings.write_timeout.get();
+            let _ = send(wire, &mut frames, timer.as_mut(), write_timeout).await;
             wire.finish().await;
         }
     }
@@ -209,7 +246,7 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
 
 /// When a stream's timer should next wake: one heartbeat from now, or the token's expiry if sooner.
 fn next_wake<H>(feed: &Feed<H>) -> Instant {
-    let heartbeat = Instant::now() + feed.settings.heartbeat;
+    let heartbeat = Instant::now() + feed.settings.heartbeat.get();
     feed.expires_at.map_or(heartbeat, |e| e.min(heartbeat))
 }
 
@@ -361,11 +398,7 @@ mod tests {
             let mut feed = Feed {
                 queue: queue.clone(),
                 backlog: None,
-                settings: Arc::new(PumpSettings {
-                    heartbeat: HEARTBEAT,
-                    retry: RETRY,
-                    write_timeout: WRITE_TIMEOUT,
-                }),
+                settings: Arc::new(PumpSettings::new(HEARTBEAT, RETRY, WRITE_TIMEOUT)),
                 topic: "t".into(),
                 expires_at: expires_in.map(|d| start + d),
                 held: (),

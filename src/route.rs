@@ -103,6 +103,20 @@ impl PathTemplate {
         &self.text
     }
 
+    /// Whether some request path matches both templates (so the earlier of two routes takes it from
+    /// the later): the same number of segments, and no place where both have different literals.
+    pub fn overlaps(&self, other: &PathTemplate) -> bool {
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|pair| match pair {
+                    (Piece::Literal(a), Piece::Literal(b)) => a == b,
+                    _ => true,
+                })
+    }
+
     /// The parameter names, in path order.
     pub fn params(&self) -> impl Iterator<Item = &str> {
         self.segments.iter().filter_map(|s| match s {
@@ -222,6 +236,28 @@ mod tests {
 
     fn path(t: &str) -> PathTemplate {
         PathTemplate::parse(t).expect("valid template")
+    }
+
+    #[test]
+    fn templates_overlap_when_one_request_path_matches_both() {
+        let overlaps = |a: &str, b: &str| {
+            let (a, b) = (path(a), path(b));
+            assert_eq!(a.overlaps(&b), b.overlaps(&a), "symmetric");
+            a.overlaps(&b)
+        };
+        assert!(overlaps("/rooms/{room}", "/rooms/lobby"));
+        assert!(overlaps("/rooms/{room}", "/{kind}/{name}"));
+        assert!(overlaps("/a/{x}/c", "/{y}/b/c"), "/a/b/c matches both");
+        assert!(
+            overlaps("/rooms/", "/rooms/{room}"),
+            "an empty segment is a segment"
+        );
+        assert!(
+            !overlaps("/rooms/{room}", "/rooms"),
+            "segment counts differ"
+        );
+        assert!(!overlaps("/rooms/{room}", "/halls/{room}"));
+        assert!(!overlaps("/a/{x}/c", "/{y}/b/d"));
     }
 
     #[test]

@@ -109,7 +109,7 @@ fn hostile_text() -> impl Strategy<Value = String> {
 
 fn auth(audience: Option<&str>) -> AuthConfig {
     AuthConfig {
-        key: JwtKey::secret(b"secret"),
+        keys: vec![JwtKey::secret(b"secret")],
         cookie: "sluice_token".into(),
         query: "access_token".into(),
         audience: audience.map(str::to_owned),

@@ -24,8 +24,8 @@ pub(super) struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAuth {
-    pub jwt_secret_env: Option<Spanned<String>>,
-    pub jwt_public_key: Option<Spanned<String>>,
+    pub jwt_secret_env: Option<Spanned<OneOrMany>>,
+    pub jwt_public_key: Option<Spanned<OneOrMany>>,
     pub cookie: Option<Spanned<String>>,
     pub query: Option<Spanned<String>>,
     pub audience: Option<Spanned<String>>,

@@ -6,21 +6,23 @@
 //! - [`publish`]: a `POST` published to its broker.
 //! - [`respond`]: complete small responses, and the raw `400` for a head that does not parse.
 //! - [`wire`]: the HTTP/1.x and HTTP/2 wires a stream is written to.
+//! - [`routing`]: the configuration snapshot every request reads, which a reload swaps whole.
 
 mod publish;
 mod request;
 mod respond;
+pub mod routing;
 mod session;
 pub mod wire;
 
 use crate::auth::redacted_request_line;
-use crate::config::Config;
 use crate::connections::Connections;
 use crate::error::Error;
-use crate::hub::{Hub, RouteTopics};
+use crate::hub::Hub;
 use crate::limits::{Limits, MemoryGuard};
 use crate::pump::PumpSettings;
 use crate::{cors, files};
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
@@ -29,22 +31,22 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use request::{authorize, check_sizes, route, Action};
 use respond::{refuse_unparsable, respond};
+pub use routing::Routing;
 use session::StreamFeed;
 use std::sync::{Arc, Once};
 
 /// The gateway application shared by every listener.
 pub struct Gateway {
-    config: Config,
+    /// The configuration and route table; each request reads one snapshot of it (see [`routing`]).
+    routing: ArcSwap<Routing>,
     hub: Hub,
-    /// What the topics of each route share (by route index), with the route's replay budget.
-    route_topics: Vec<Arc<RouteTopics>>,
     server_options: HttpServerOptions,
     limits: Arc<Limits>,
     /// Refuses new streams and publishes while resident memory is past `max_memory`.
     memory: MemoryGuard,
     /// Every client connection's place and idle clock; requests and streams keep theirs busy.
     connections: Arc<Connections>,
-    /// The timings every stream shares.
+    /// The timings every stream shares (a reload updates them in place).
     pump_settings: Arc<PumpSettings>,
     /// Starts the one task that closes every stream's queue when the server shuts down.
     shutdown_watcher: Once,
@@ -59,30 +61,24 @@ enum Reuse {
 }
 
 impl Gateway {
-    pub fn new(config: Config, hub: Hub, connections: Arc<Connections>) -> Self {
+    pub fn new(routing: Routing, hub: Hub, connections: Arc<Connections>) -> Self {
         let mut server_options = HttpServerOptions::default();
         // Cleartext HTTP/2 with prior knowledge on the same port as HTTP/1.1 (pingora peeks the preface).
         server_options.h2c = true;
+        let server = &routing.config.server;
         let limits = Arc::new(Limits::new(
-            config.server.max_connections,
-            config.server.max_connections_per_ip,
+            server.max_connections,
+            server.max_connections_per_ip,
         ));
-        let pump_settings = Arc::new(PumpSettings {
-            heartbeat: config.server.heartbeat,
-            retry: config.server.retry,
-            write_timeout: config.server.write_timeout,
-        });
-        let route_topics = config
-            .routes
-            .iter()
-            .enumerate()
-            .map(|(index, route)| Arc::new(RouteTopics::new(index, route)))
-            .collect();
-        let memory = MemoryGuard::new(config.server.max_memory);
+        let pump_settings = Arc::new(PumpSettings::new(
+            server.heartbeat,
+            server.retry,
+            server.write_timeout,
+        ));
+        let memory = MemoryGuard::new(server.max_memory);
         Self {
-            config,
+            routing: ArcSwap::from_pointee(routing),
             hub,
-            route_topics,
             memory,
             server_options,
             limits,
@@ -110,11 +106,12 @@ impl Gateway {
 
     async fn handle(
         &self,
+        routing: &Routing,
         session: &mut ServerSession,
         cors_headers: &[(&'static str, String)],
     ) -> Result<Reuse, Error> {
         check_sizes(session.req_header())?;
-        match route(&self.config, session.req_header())? {
+        match route(&routing.config, session.req_header())? {
             Action::Health => {
                 let ok = Bytes::from_static(b"ok\n");
                 respond(session, 200, "text/plain", ok, cors_headers).await?;
@@ -137,15 +134,15 @@ impl Gateway {
                 Ok(Reuse::Yes)
             }
             Action::Publish(route, topic) => {
-                self.publish(session, route, topic, cors_headers).await
+                self.publish(routing, session, route, topic, cors_headers)
+                    .await
             }
             Action::Stream(index, route, topics) => {
-                let auth = self.config.auth.as_ref();
+                let auth = routing.config.auth.as_ref();
                 let grant = authorize(auth, session.req_header(), route, &topics, false)?;
-                Ok(Reuse::Stream(
-                    self.open_stream(session, index, route, topics, grant, cors_headers)
-                        .await?,
-                ))
+                let at = (index, route);
+                let opened = self.open_stream(routing, session, at, topics, grant, cors_headers);
+                Ok(Reuse::Stream(opened.await?))
             }
         }
     }
@@ -154,6 +151,7 @@ impl Gateway {
     /// another request after it.
     async fn answer_error(
         &self,
+        routing: &Routing,
         session: &mut ServerSession,
         error: Error,
         cors_headers: Vec<(&'static str, String)>,
@@ -164,7 +162,7 @@ impl Gateway {
         }
         let request = redacted_request_line(
             session.req_header(),
-            self.config.auth.as_ref().map(|a| a.query.as_str()),
+            routing.config.auth.as_ref().map(|a| a.query.as_str()),
         );
         let status = error.status();
         if status >= 500 {
@@ -194,15 +192,17 @@ impl HttpServerApp for Gateway {
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
         self.watch_shutdown(shutdown);
+        // The configuration this request is served by, whole, even if a reload swaps it meanwhile.
+        let routing = self.routing.load_full();
+        let server = &routing.config.server;
         // A client that never finishes its request head (slow loris) is dropped.
-        match tokio::time::timeout(self.config.server.request_timeout, session.read_request()).await
-        {
+        match tokio::time::timeout(server.request_timeout, session.read_request()).await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => return None,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "could not read a request");
                 if *e.etype() == pingora::ErrorType::InvalidHTTPHeader {
-                    refuse_unparsable(session, self.config.server.write_timeout).await;
+                    refuse_unparsable(session, server.write_timeout).await;
                 }
                 return None;
             }
@@ -214,13 +214,13 @@ impl HttpServerApp for Gateway {
         // From a complete request head until its response ends (or its stream does), the connection
         // is not idle.
         let busy = self.connections.request(&session);
-        session.set_write_timeout(Some(self.config.server.write_timeout));
-        let cors_headers =
-            cors::response_headers(self.config.server.cors.as_ref(), session.req_header());
-        let reuse = match self.handle(&mut session, &cors_headers).await {
+        session.set_write_timeout(Some(server.write_timeout));
+        let cors_headers = cors::response_headers(server.cors.as_ref(), session.req_header());
+        let reuse = match self.handle(&routing, &mut session, &cors_headers).await {
             Ok(reuse) => reuse,
             Err(error) => {
-                if !self.answer_error(&mut session, error, cors_headers).await {
+                let answered = self.answer_error(&routing, &mut session, error, cors_headers);
+                if !answered.await {
                     return None;
                 }
                 Reuse::Yes
@@ -228,7 +228,11 @@ impl HttpServerApp for Gateway {
         };
         if let Reuse::Stream(mut feed) = reuse {
             feed.held.busy = busy;
-            self.serve_stream(session, feed).await;
+            let write_timeout = server.write_timeout;
+            // A stream does not keep the configuration it was opened with: it would hold every
+            // replaced configuration in memory for as long as it runs.
+            drop(routing);
+            self.serve_stream(session, feed, write_timeout).await;
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);
@@ -242,7 +246,9 @@ impl HttpServerApp for Gateway {
 
     fn h2_options(&self) -> Option<H2Options> {
         let mut options = default_h2_options();
-        options.max_concurrent_streams(self.config.server.max_streams_per_connection);
+        // Read for each new HTTP/2 connection: a reloaded value applies to the next one.
+        let routing = self.routing.load();
+        options.max_concurrent_streams(routing.config.server.max_streams_per_connection);
         Some(options)
     }
 

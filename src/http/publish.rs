@@ -2,7 +2,7 @@
 
 use super::request::authorize;
 use super::respond::respond;
-use super::{Gateway, Reuse};
+use super::{Gateway, Reuse, Routing};
 use crate::config::Route;
 use crate::error::Error;
 use bytes::{Bytes, BytesMut};
@@ -17,6 +17,7 @@ impl Gateway {
     /// Publishes the request's body to `topic` and answers `202`.
     pub(super) async fn publish(
         &self,
+        routing: &Routing,
         session: &mut ServerSession,
         route: &Route,
         topic: String,
@@ -26,16 +27,16 @@ impl Gateway {
             return Err(Error::Busy("memory use is above max_memory"));
         }
         authorize(
-            self.config.auth.as_ref(),
+            routing.config.auth.as_ref(),
             session.req_header(),
             route,
             std::slice::from_ref(&topic),
             true,
         )?;
-        let body = read_body(session, self.config.server.max_publish_bytes).await?;
-        let bridge = self
-            .hub
-            .bridge(route.broker)
+        let body = read_body(session, routing.config.server.max_publish_bytes).await?;
+        let bridge = routing
+            .bridges
+            .get(route.broker)
             .ok_or(Error::Internal("broker missing"))?;
         // A broker that is away can leave a publish waiting for room in its client's queue.
         tokio::time::timeout(PUBLISH_TIMEOUT, bridge.publish(&topic, body))

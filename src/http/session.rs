@@ -3,7 +3,7 @@
 
 use super::request::last_event_id;
 use super::wire::{H2Wire, RawH1Wire, SessionWire};
-use super::Gateway;
+use super::{Gateway, Routing};
 use crate::auth::Grant;
 use crate::config::Route;
 use crate::connections::Busy;
@@ -17,6 +17,7 @@ use crate::stream::StreamQueue;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// What a stream holds until it ends, and lets go of when it does (each by its `Drop`).
@@ -36,12 +37,16 @@ pub(super) type StreamFeed = Feed<Held>;
 impl Gateway {
     /// Pumps an opened stream. HTTP/1.1 and HTTP/2 streams leave pingora's session for a small task
     /// of their own (see [`crate::pump`]): the raw connection, or the h2 stream's send half.
-    pub(super) async fn serve_stream(&self, session: ServerSession, mut feed: Box<StreamFeed>) {
+    pub(super) async fn serve_stream(
+        &self,
+        session: ServerSession,
+        mut feed: Box<StreamFeed>,
+        write_timeout: Duration,
+    ) {
         match session {
             ServerSession::H1(h1) => {
                 let chunked = h1.req_header().version != http::Version::HTTP_10;
-                let mut wire =
-                    RawH1Wire::new(h1.into_inner(), self.config.server.write_timeout, chunked);
+                let mut wire = RawH1Wire::new(h1.into_inner(), write_timeout, chunked);
                 tokio::spawn(async move {
                     // pingora may still hold the head and preamble in its write buffer (TLS).
                     if wire.flush().await.is_ok() {
@@ -73,9 +78,9 @@ impl Gateway {
     /// Subscribes and answers the head of an SSE stream; the caller then pumps it ([`pump`]).
     pub(super) async fn open_stream(
         &self,
+        routing: &Routing,
         session: &mut ServerSession,
-        route_index: usize,
-        route: &Route,
+        (route_index, route): (usize, &Route),
         topics: Vec<String>,
         grant: Option<Grant>,
         cors_headers: &[(&'static str, String)],
@@ -101,17 +106,19 @@ impl Gateway {
         };
         // Subscribe before answering, so a broker error is still a status and nothing published after
         // the headers are sent is missed.
-        let route_topics = self
-            .route_topics
+        let route_topics = routing
+            .routes
             .get(route_index)
             .ok_or(Error::Internal("route without topics"))?;
         let mut memberships = Vec::with_capacity(topics.len());
         let mut backlog = None;
+        let key = grant.as_ref().map(|g| g.key);
         for topic in &topics {
             let join = Join {
                 route: route_topics.clone(),
                 filter: topic.clone(),
                 last_event_id: last_event_id.clone(),
+                key,
             };
             let joined = self
                 .hub
@@ -153,7 +160,7 @@ impl Gateway {
             .await
             .map_err(Error::Write)?;
         session
-            .write_response_body(sse::preamble(self.config.server.retry), false)
+            .write_response_body(sse::preamble(routing.config.server.retry), false)
             .await
             .map_err(Error::Write)?;
 

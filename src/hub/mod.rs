@@ -7,23 +7,28 @@
 //! - [`resume`]: the one resume path for memory replay and JetStream: a resuming stream reads its
 //!   backlog a batch at a time as it drains, then switches to live with no gap and no duplicate.
 //!
-//! Locks, always taken in this order: the registry, a topic's sequence, its members, its ring, the
-//! route's replay budget queue. Nothing is encoded while a topic's members are locked, and no lock is
+//! - [`reload`]: a configuration reload ends the streams of the routes it changed or removed, and
+//!   of tokens whose key it took away.
+//!
+//! Locks, always taken in this order: the registry, the revoked keys, a topic's sequence, its
+//! members, its ring, the route's replay budget queue. Nothing is encoded while a topic's members are locked, and no lock is
 //! held across an await.
 
+mod reload;
 mod resume;
 mod topic;
 
 pub use resume::MAX_CATCH_UP;
 pub use topic::TopicKey;
 
+use crate::auth::KeyId;
 use crate::config::Route;
 use crate::replay::{Budget, Retention};
 use crate::sse::EventName;
 use crate::stream::{Backlog, Closed, OverflowStats, StreamQueue};
 use sluice_bridge::{Bridge, BridgeError, Delivery, Sink};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use topic::{lock, Member, Topic};
 
@@ -40,23 +45,26 @@ pub struct Hub {
 pub const MAX_LINGERING: usize = 10_000;
 
 struct HubInner {
-    bridges: Vec<Arc<dyn Bridge>>,
     topics: Mutex<HashMap<TopicKey, Arc<Topic>>>,
     /// Linger timers running now (see [`MAX_LINGERING`]).
     lingering: AtomicUsize,
     stats: Arc<OverflowStats>,
     /// Set by [`Hub::shutdown`]: every queue, including those of streams that join later, is closed.
     shutting_down: AtomicBool,
+    /// Token keys a reload took away (see [`Hub::revoke_keys`]): a stream whose token one of them
+    /// verified is closed, also when it joins after the reload.
+    revoked_keys: Mutex<HashSet<KeyId>>,
 }
 
 /// What every topic of one route shares: where it subscribes, how its events are encoded and how
-/// they are kept. Made once per route.
-#[derive(Debug)]
+/// they are kept. Made once per route definition: a configuration reload that leaves the route as
+/// it was keeps it (and with it the route's topics, rings and budget).
 pub struct RouteTopics {
-    /// The route's index: topics of different routes are never shared.
-    pub route: usize,
-    /// Index into the configured brokers.
-    pub broker: usize,
+    /// The route's identity in this process: topics of different routes are never shared, and a
+    /// route keeps its id across reloads that leave it unchanged, whatever its place in the list.
+    pub route: u64,
+    /// The route's broker connection.
+    pub bridge: Arc<dyn Bridge>,
     pub event: Option<EventName>,
     /// Send each event's data in a JSON envelope with its topic.
     pub envelope: bool,
@@ -65,37 +73,56 @@ pub struct RouteTopics {
     pub retention: Retention,
     /// The replay memory bound of the route (replay routes).
     pub budget: Option<Arc<Budget>>,
+    /// Set when a reload changed or removed the route (see [`Hub::retire_route`]).
+    pub(crate) retired: AtomicBool,
+}
+
+/// Gives every route definition its own id.
+fn next_route_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl RouteTopics {
-    /// The topics of route number `index`.
-    pub fn new(index: usize, route: &Route) -> Self {
+    /// The topics of `route`, subscribed through `bridge` (the route's broker).
+    pub fn new(route: &Route, bridge: Arc<dyn Bridge>) -> Self {
         let budget = match route.retention {
             Retention::Replay { bytes, .. } => Some(Budget::new(bytes)),
             _ => None,
         };
         Self {
-            route: index,
-            broker: route.broker,
+            route: next_route_id(),
+            bridge,
             event: route.event.clone(),
             envelope: route.envelope,
             retained: route.retained,
             retention: route.retention.clone(),
             budget,
+            retired: AtomicBool::new(false),
         }
     }
 
-    /// Live-only topics on `broker` with the default event name (for tests and benchmarks).
-    pub fn live(broker: usize) -> Self {
+    /// Live-only topics on `bridge` with the default event name (for tests and benchmarks).
+    pub fn live(bridge: Arc<dyn Bridge>) -> Self {
         Self {
-            route: 0,
-            broker,
+            route: next_route_id(),
+            bridge,
             event: None,
             envelope: false,
             retained: false,
             retention: Retention::Live,
             budget: None,
+            retired: AtomicBool::new(false),
         }
+    }
+}
+
+impl std::fmt::Debug for RouteTopics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteTopics")
+            .field("route", &self.route)
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
     }
 }
 
@@ -105,15 +132,18 @@ pub struct Join {
     pub filter: String,
     /// The client's `Last-Event-ID`, if it resumes.
     pub last_event_id: Option<String>,
+    /// The key that verified the stream's token (routes with `auth = true`).
+    pub key: Option<KeyId>,
 }
 
 impl Join {
-    /// A live-only stream on `filter` of `broker`, with the default event name.
-    pub fn live(broker: usize, filter: &str) -> Self {
+    /// A live-only stream on `filter` of `route` (e.g. [`RouteTopics::live`]).
+    pub fn live(route: &Arc<RouteTopics>, filter: &str) -> Self {
         Self {
-            route: Arc::new(RouteTopics::live(broker)),
+            route: route.clone(),
             filter: filter.to_owned(),
             last_event_id: None,
+            key: None,
         }
     }
 }
@@ -131,21 +161,23 @@ pub struct Joined {
     pub backlog: Option<Box<dyn Backlog>>,
 }
 
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Hub {
-    pub fn new(bridges: Vec<Arc<dyn Bridge>>) -> Self {
+    pub fn new() -> Self {
         Self {
             inner: Arc::new(HubInner {
-                bridges,
                 topics: Mutex::new(HashMap::new()),
                 lingering: AtomicUsize::new(0),
                 stats: Arc::new(OverflowStats::default()),
                 shutting_down: AtomicBool::new(false),
+                revoked_keys: Mutex::new(HashSet::new()),
             }),
         }
-    }
-
-    pub fn bridge(&self, broker: usize) -> Option<&Arc<dyn Bridge>> {
-        self.inner.bridges.get(broker)
     }
 
     pub fn stats(&self) -> &OverflowStats {
@@ -173,15 +205,7 @@ impl Hub {
     /// Adds `queue` to the topic of `join`, subscribing on the broker if it is the first. A stream
     /// that resumes gets its backlog to read first; until it has, live events pass it by.
     pub async fn join(&self, join: Join, queue: Arc<StreamQueue>) -> Result<Joined, BridgeError> {
-        let bridge = self
-            .inner
-            .bridges
-            .get(join.route.broker)
-            // A route names a configured broker (checked with the config): an internal error.
-            .ok_or(BridgeError::Unsupported(
-                "the route's broker is not configured",
-            ))?
-            .clone();
+        let bridge = join.route.bridge.clone();
         let key = TopicKey {
             route: join.route.route,
             filter: join.filter.into_boxed_str(),
@@ -203,6 +227,11 @@ impl Hub {
             if self.inner.shutting_down.load(Ordering::SeqCst) {
                 queue.close(Closed::Shutdown);
             }
+            // Under the registry lock, as a reload's retiring and revoking take it: a stream that
+            // matched the old configuration and joins now is closed here, so its client reconnects.
+            if self.inner.outdated(&join.route, join.key) {
+                queue.close(Closed::Reload);
+            }
             let mut members = lock(&topic.members);
             members.next_id += 1;
             let id = members.next_id;
@@ -213,6 +242,7 @@ impl Hub {
                 Member {
                     queue,
                     state: start.state,
+                    key: join.key,
                 },
             );
             drop(members);
@@ -367,12 +397,13 @@ mod tests {
     use sluice_memory::MemoryBridge;
     use std::time::Duration;
 
-    fn live(filter: &str) -> Join {
-        Join::live(0, filter)
+    /// A live route on `bridge`.
+    fn live_route(bridge: Arc<dyn Bridge>) -> Arc<RouteTopics> {
+        Arc::new(RouteTopics::live(bridge))
     }
 
     /// A replay route keeping 10 events per topic.
-    fn replay_route() -> Arc<RouteTopics> {
+    fn replay_route(memory: &Arc<MemoryBridge>) -> Arc<RouteTopics> {
         let retention = Retention::Replay {
             per_topic: 10,
             bytes: 1 << 20,
@@ -381,7 +412,7 @@ mod tests {
         Arc::new(RouteTopics {
             retention,
             budget: Some(Budget::new(1 << 20)),
-            ..RouteTopics::live(0)
+            ..RouteTopics::live(memory.clone())
         })
     }
 
@@ -390,6 +421,7 @@ mod tests {
             route: route.clone(),
             filter: filter.to_owned(),
             last_event_id,
+            key: None,
         }
     }
 
@@ -412,8 +444,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_replay_topic_lingers_for_its_lone_client_then_lets_go() {
         let memory = Arc::new(MemoryBridge::new());
-        let hub = Hub::new(vec![memory.clone()]);
-        let route = replay_route();
+        let hub = Hub::new();
+        let route = replay_route(&memory);
         let first = Arc::new(StreamQueue::new(8, Overflow::Disconnect));
         let joined = hub
             .join(replay(&route, "t", None), first.clone())
@@ -509,8 +541,8 @@ mod tests {
     #[tokio::test]
     async fn a_resume_reads_its_backlog_in_batches_then_goes_live_without_gap_or_duplicate() {
         let memory = Arc::new(MemoryBridge::new());
-        let hub = Hub::new(vec![memory.clone()]);
-        let route = replay_route();
+        let hub = Hub::new();
+        let route = replay_route(&memory);
         let (joined, id) = a_topic_and_an_id(&hub, &memory, &route).await;
         publish_all(&memory, 1..=8).await;
 
@@ -539,9 +571,9 @@ mod tests {
     #[tokio::test]
     async fn a_slow_resume_is_told_what_the_ring_evicted_under_it() {
         let memory = Arc::new(MemoryBridge::new());
-        let hub = Hub::new(vec![memory.clone()]);
+        let hub = Hub::new();
         // 10 events per topic: a stream that reads 2 and then stops while 12 more come loses some.
-        let route = replay_route();
+        let route = replay_route(&memory);
         let (joined, id) = a_topic_and_an_id(&hub, &memory, &route).await;
         publish_all(&memory, 1..=5).await;
         let back = Arc::new(StreamQueue::new(2, Overflow::Disconnect));
@@ -567,8 +599,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn at_most_max_lingering_topics_linger() {
         let memory = Arc::new(MemoryBridge::new());
-        let hub = Hub::new(vec![memory.clone()]);
-        let route = replay_route();
+        let hub = Hub::new();
+        let route = replay_route(&memory);
         for n in 0..MAX_LINGERING + 5 {
             let queue = Arc::new(StreamQueue::new(1, Overflow::Disconnect));
             let joined = hub
@@ -589,11 +621,18 @@ mod tests {
     #[tokio::test]
     async fn shares_one_subscription_and_encodes_once() {
         let memory = Arc::new(MemoryBridge::new());
-        let hub = Hub::new(vec![memory.clone()]);
+        let hub = Hub::new();
         let a = Arc::new(StreamQueue::new(8, Overflow::Disconnect));
         let b = Arc::new(StreamQueue::new(8, Overflow::Disconnect));
-        let ma = hub.join(live("t/1"), a.clone()).await.expect("join");
-        let mb = hub.join(live("t/1"), b.clone()).await.expect("join");
+        let route = live_route(memory.clone());
+        let ma = hub
+            .join(Join::live(&route, "t/1"), a.clone())
+            .await
+            .expect("join");
+        let mb = hub
+            .join(Join::live(&route, "t/1"), b.clone())
+            .await
+            .expect("join");
         assert_eq!(memory.subscription_count(), 1);
         memory
             .publish("t/1", Bytes::from_static(b"hi"))
@@ -636,20 +675,21 @@ mod tests {
     #[tokio::test]
     async fn a_failed_subscription_closes_its_streams_and_is_forgotten() {
         let release = Arc::new(tokio::sync::Notify::new());
-        let hub = Arc::new(Hub::new(vec![Arc::new(FailingBridge {
+        let hub = Arc::new(Hub::new());
+        let route = live_route(Arc::new(FailingBridge {
             release: release.clone(),
-        })]));
+        }));
         let first = Arc::new(StreamQueue::new(8, Overflow::Disconnect));
         let creator = tokio::spawn({
-            let (hub, first) = (hub.clone(), first.clone());
-            async move { hub.join(live("t"), first).await.map(drop) }
+            let (hub, first, route) = (hub.clone(), first.clone(), route.clone());
+            async move { hub.join(Join::live(&route, "t"), first).await.map(drop) }
         });
         // Wait until the creator is inside subscribe, then join the same topic.
         while hub.topic_count() == 0 {
             tokio::task::yield_now().await;
         }
         let second = Arc::new(StreamQueue::new(8, Overflow::Disconnect));
-        let joined = hub.join(live("t"), second.clone()).await;
+        let joined = hub.join(Join::live(&route, "t"), second.clone()).await;
         assert!(joined.is_ok(), "a later stream joins the pending topic");
         release.notify_one();
         assert!(creator.await.expect("joined").is_err());

@@ -3,6 +3,7 @@
 //! for every live stream (a refcount bump, no copy) and kept in the replay ring.
 
 use super::RouteTopics;
+use crate::auth::KeyId;
 use crate::replay::{self, Retention, Ring};
 use crate::sse::{self, GapReason};
 use crate::stream::{OverflowStats, StreamQueue};
@@ -16,10 +17,11 @@ use std::time::Duration;
 pub(super) use sluice_bridge::lock;
 
 /// A topic is one route's subscription to one filter: topics of different routes are never shared,
-/// so a topic has one event format, one retention and one replay budget.
+/// so a topic has one event format, one retention and one replay budget. `route` is the route's id
+/// ([`RouteTopics::route`]), which a reload that leaves the route unchanged keeps.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TopicKey {
-    pub route: usize,
+    pub route: u64,
     pub filter: Box<str>,
 }
 
@@ -62,6 +64,8 @@ pub(super) struct Members {
 pub(super) struct Member {
     pub(super) queue: Arc<StreamQueue>,
     pub(super) state: State,
+    /// The key that verified the stream's token, so a reload that takes the key away finds it.
+    pub(super) key: Option<KeyId>,
 }
 
 /// Whether a stream gets the topic's live events.
@@ -128,6 +132,11 @@ impl Topic {
     }
 
     pub(super) fn linger(&self) -> Duration {
+        // A route a reload changed or removed keeps nothing for returning clients: they come back
+        // to its successor.
+        if self.spec.retired.load(Ordering::Acquire) {
+            return Duration::ZERO;
+        }
         match self.spec.retention {
             Retention::Replay { linger, .. } => linger,
             _ => Duration::ZERO,

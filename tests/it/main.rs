@@ -17,5 +17,6 @@ mod mqtt;
 mod mqtt_faults;
 mod nats;
 mod protocols;
+mod reload;
 mod resume;
 mod support;

@@ -38,16 +38,7 @@ async fn client(server: &NatsServer) -> async_nats::Client {
 /// The subjects sluice's own connection (named `sluice/core`) is subscribed to for its topics, from
 /// `/connz`.
 async fn sluice_subscriptions(server: &NatsServer) -> Vec<String> {
-    let url = server.monitor_url("/connz?subs=1");
-    let addr = url
-        .trim_start_matches("http://")
-        .split('/')
-        .next()
-        .expect("host")
-        .parse()
-        .expect("addr");
-    let resp = get(addr, "/connz?subs=1").await.expect("connz");
-    let json: serde_json::Value = serde_json::from_slice(&resp.body).expect("connz json");
+    let json = nats_monitor(server, "/connz?subs=1").await;
     let mut subs: Vec<String> = json["connections"]
         .as_array()
         .into_iter()

@@ -60,6 +60,20 @@ pub async fn get(
     request(addr, "GET", path, Bytes::new()).await
 }
 
+/// A JSON page of a nats-server's monitoring endpoint (`/connz?subs=1`, `/varz`, ...).
+pub async fn nats_monitor(server: &sluice_testkit::NatsServer, path: &str) -> serde_json::Value {
+    let url = server.monitor_url(path);
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .expect("host")
+        .parse()
+        .expect("addr");
+    let resp = get(addr, path).await.expect("nats monitoring");
+    serde_json::from_slice(&resp.body).expect("nats monitoring json")
+}
+
 /// POSTs `body` and expects `202 Accepted`.
 pub async fn publish(addr: SocketAddr, path: &str, body: impl Into<Bytes>) {
     let resp = within("publish", request(addr, "POST", path, body.into()))
@@ -215,6 +229,19 @@ pub async fn tls_connect(
     cert_pem: &std::path::Path,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tls = try_tls_connect(addr, cert_pem, alpn)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn), "ALPN outcome");
+    tls
+}
+
+/// Like [`tls_connect`], with the handshake's error (e.g. a certificate `cert_pem` does not trust).
+pub async fn try_tls_connect(
+    addr: SocketAddr,
+    cert_pem: &std::path::Path,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let pem = std::fs::read(cert_pem).expect("read cert");
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile_certs(&pem) {
@@ -231,9 +258,7 @@ pub async fn tls_connect(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await.expect("connect");
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn), "ALPN outcome");
-    tls
+    connector.connect(name, tcp).await
 }
 
 /// Opens an SSE stream over HTTP/1.1 on a TLS connection (ALPN `http/1.1`).

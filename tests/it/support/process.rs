@@ -1,6 +1,6 @@
 //! A sluice process on a free port: its configuration, options and log, its memory, its signals.
 
-use super::{get, DEADLINE};
+use super::{eventually, get, DEADLINE};
 use http::StatusCode;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +33,8 @@ pub struct Sluice {
     pub tls_addr: Option<SocketAddr>,
     pub tls_addrs: Vec<SocketAddr>,
     pub dir: TempDir,
+    /// What follows the body in the configuration file (the TLS section), for rewriting it.
+    tls_section: String,
 }
 
 /// How to start a [`Sluice`].
@@ -94,8 +96,8 @@ impl Sluice {
             let port = sluice_testkit::free_port();
             format!("127.0.0.1:{port}").parse().expect("addr")
         });
-        let mut config = format!("[server]\nlisten = [\"{addr}\"]\n{body}\n");
         let mut tls_addrs: Vec<SocketAddr> = Vec::new();
+        let mut tls_section = String::new();
         if options.tls_listeners > 0 {
             let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
                 .expect("self-signed cert");
@@ -106,16 +108,13 @@ impl Sluice {
                 let tport = sluice_testkit::free_port();
                 tls_addrs.push(format!("127.0.0.1:{tport}").parse().expect("addr"));
             }
-            // The body may name the TLS ports (e.g. in CORS origins) as TLS_PORT_0, TLS_PORT_1, ...
-            for (n, tls) in tls_addrs.iter().enumerate() {
-                config = config.replace(&format!("TLS_PORT_{n}"), &tls.port().to_string());
-            }
             let listen: Vec<String> = tls_addrs.iter().map(|a| format!("\"{a}\"")).collect();
-            config.push_str(&format!(
+            tls_section = format!(
                 "\n[server.tls]\nlisten = [{}]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n",
                 listen.join(", ")
-            ));
+            );
         }
+        let config = config_text(addr, &tls_addrs, &tls_section, body);
         let path = dir.0.join("config.toml");
         std::fs::write(&path, &config).expect("write config");
         let mut command = match options.file_limit {
@@ -151,6 +150,7 @@ impl Sluice {
             tls_addr: tls_addrs.first().copied(),
             tls_addrs,
             dir,
+            tls_section,
         };
         sluice.wait_ready().await;
         sluice
@@ -202,6 +202,42 @@ impl Sluice {
         }
     }
 
+    /// Rewrites the configuration file with `body`, as [`Self::start_opts`] wrote it (the same
+    /// listen addresses and TLS section).
+    pub fn write_config(&self, body: &str) {
+        let text = config_text(self.addr, &self.tls_addrs, &self.tls_section, body);
+        std::fs::write(self.dir.0.join("config.toml"), text).expect("write config");
+    }
+
+    /// Sends SIGHUP (reload the configuration) to this sluice, by its PID.
+    pub fn send_sighup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Rewrites the configuration with `body`, sends SIGHUP and waits until sluice has logged the
+    /// reload's outcome: true when it applied the file, false when it refused it. Needs a sluice
+    /// started with its log captured at info level ([`Self::start_logged`]).
+    pub async fn reload(&self, body: &str) -> bool {
+        let count = |log: &str| {
+            (
+                log.matches("configuration reloaded").count(),
+                log.matches("configuration reload refused").count(),
+            )
+        };
+        let before = count(&self.log());
+        self.write_config(body);
+        self.send_sighup();
+        eventually("the reload's outcome in the log", || async {
+            let now = count(&self.log());
+            (now != before).then_some(now.0 > before.0)
+        })
+        .await
+    }
+
     /// Sends SIGTERM (graceful shutdown) and waits for the process to exit.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         self.send_sigterm();
@@ -231,6 +267,22 @@ impl Sluice {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// A configuration file's text: `body` after the `[server] listen` line, then the TLS section. The
+/// body may name the TLS ports (e.g. in CORS origins) as TLS_PORT_0, TLS_PORT_1, ...
+fn config_text(
+    addr: SocketAddr,
+    tls_addrs: &[SocketAddr],
+    tls_section: &str,
+    body: &str,
+) -> String {
+    let mut config = format!("[server]\nlisten = [\"{addr}\"]\n{body}\n");
+    for (n, tls) in tls_addrs.iter().enumerate() {
+        config = config.replace(&format!("TLS_PORT_{n}"), &tls.port().to_string());
+    }
+    config.push_str(tls_section);
+    config
 }
 
 impl Drop for Sluice {
