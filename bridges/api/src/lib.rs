@@ -145,6 +145,20 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
+/// A broker connection's state and counts since the bridge was made (for metrics and readiness).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BrokerStatus {
+    /// The connection to the broker is up now.
+    pub connected: bool,
+    /// Times the connection came back after it was lost (the first connect is not one).
+    pub reconnects: u64,
+    /// Messages received from the broker for live subscriptions (core subscriptions, MQTT topics,
+    /// JetStream live consumers; not JetStream read-backs of history).
+    pub messages: u64,
+    /// Broker subscriptions (and JetStream consumers) the bridge holds now.
+    pub subscriptions: u64,
+}
+
 /// What can go wrong when talking to a broker.
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
@@ -276,6 +290,16 @@ pub trait Bridge: Send + Sync + 'static {
 
     /// Publishes `payload` on the concrete `topic`.
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BridgeError>;
+
+    /// The connection's state and counts now, for metrics and readiness. Cheap and synchronous (no
+    /// I/O, no wait on the broker), so it may be called on every scrape and readiness probe. The default, for test doubles and brokers
+    /// without a connection to lose, is always connected with nothing counted.
+    fn status(&self) -> BrokerStatus {
+        BrokerStatus {
+            connected: true,
+            ..BrokerStatus::default()
+        }
+    }
 
     /// Subscribes to the messages stored from now on in the broker's persistent `stream` under `filter`,
     /// each with its [`Message::seq`], in order. Returns the subscription and the position it starts

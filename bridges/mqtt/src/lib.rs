@@ -16,13 +16,16 @@
 //! the connection (rumqttc acknowledges a message as soon as it reads it, so sluice had delivered it
 //! already). Such a redelivery is recognised and dropped (see [`Redeliveries`]): each message gets
 //! one replay id, once.
+//!
+//! The event loop keeps the bridge's status: a CONNACK means connected, any error not; every
+//! PUBLISH received is counted once, however many filters it matched.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{ConnAckProperties, Packet, Publish, SubscribeProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions, Request};
-use sluice_bridge::{Bridge, BridgeError, Message, Sink, Subscription, TopicSyntax};
+use sluice_bridge::{Bridge, BridgeError, BrokerStatus, Message, Sink, Subscription, TopicSyntax};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
@@ -79,6 +82,12 @@ struct Shared {
     subscription_ids: AtomicBool,
     /// Publishes given up because the broker kept dropping the connection while they were pending.
     dropped_publishes: AtomicU64,
+    /// Whether the current connection is up: set on CONNACK, cleared on any connection error.
+    connected: AtomicBool,
+    /// CONNACKs after the first one.
+    reconnects: AtomicU64,
+    /// PUBLISH packets received (one per message, however many filters it matched).
+    messages: AtomicU64,
 }
 
 impl Default for Shared {
@@ -88,6 +97,9 @@ impl Default for Shared {
             max_qos: AtomicU8::new(2),
             subscription_ids: AtomicBool::new(true),
             dropped_publishes: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            messages: AtomicU64::new(0),
         }
     }
 }
@@ -119,6 +131,8 @@ impl Shared {
 #[derive(Default)]
 struct Filters {
     inner: Mutex<FilterTable>,
+    /// How many filters (broker subscriptions) the table holds, so a status read takes no lock.
+    held: AtomicU64,
 }
 
 /// One broker subscription per distinct filter: MQTT keeps one subscription per filter and client
@@ -143,6 +157,12 @@ struct Filter {
 impl Filters {
     fn table(&self) -> MutexGuard<'_, FilterTable> {
         sluice_bridge::lock(&self.inner)
+    }
+
+    /// Records how many filters `table` (this one's, locked) holds; called wherever a filter is
+    /// added or removed, under the same lock, so the count cannot drift from the table.
+    fn count(&self, table: &FilterTable) {
+        self.held.store(table.by_id.len() as u64, Ordering::Relaxed);
     }
 
     /// Every subscriber of every filter.
@@ -438,9 +458,16 @@ async fn run_event_loop(conn: Connection, mut event_loop: EventLoop) {
                 if !connack.session_present {
                     redeliveries.session_lost();
                 }
+                let reconnected = std::mem::replace(&mut connected_before, true);
+                if reconnected {
+                    conn.shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                // Released after the reconnect count, so a status that reads connected reads the
+                // count of this connection too.
+                conn.shared.connected.store(true, Ordering::Release);
                 // Without a session kept for it (QoS 0, or a broker that lost it), what was published
                 // while sluice was away is gone: tell every stream.
-                if std::mem::replace(&mut connected_before, true) && !connack.session_present {
+                if reconnected && !connack.session_present {
                     for sink in conn.filters.all_sinks() {
                         sink.interrupted(sluice_bridge::Interruption::Disconnected);
                     }
@@ -463,6 +490,9 @@ async fn run_event_loop(conn: Connection, mut event_loop: EventLoop) {
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                // Counted as received, also when dropped below as a repeat: the count is of what
+                // the broker sent.
+                conn.shared.messages.fetch_add(1, Ordering::Relaxed);
                 if redeliveries.is_repeat(&publish) {
                     if !dropped_repeat {
                         dropped_repeat = true;
@@ -474,6 +504,9 @@ async fn run_event_loop(conn: Connection, mut event_loop: EventLoop) {
             }
             Ok(_) => {}
             Err(e) => {
+                // Every failed poll ends the connection (rumqttc reconnects on the next one); a
+                // DISCONNECT from the broker comes here too.
+                conn.shared.connected.store(false, Ordering::Release);
                 let was_connected = breaker.connected_at.is_some();
                 if was_connected || !warned {
                     tracing::warn!(%broker, %url, error = %e, "mqtt connection lost; reconnecting");
@@ -519,6 +552,7 @@ fn give_up_recent(conn: &Connection, event_loop: &mut EventLoop, since: Option<I
                 );
             }
         }
+        conn.filters.count(&table);
         failed
     };
     conn.shared
@@ -596,6 +630,7 @@ impl Drop for Unsubscribe {
                 return;
             };
             table.by_filter.remove(&filter);
+            self.filters.count(&table);
             filter
         };
         if self.client.try_unsubscribe(filter.clone()).is_err() {
@@ -647,6 +682,7 @@ impl Bridge for MqttBridge {
                     };
                     table.by_id.insert(id, entry);
                     table.by_filter.insert(filter.to_owned(), id);
+                    self.filters.count(&table);
                     id
                 }
             };
@@ -661,6 +697,17 @@ impl Bridge for MqttBridge {
             id,
             token,
         }))
+    }
+
+    fn status(&self) -> BrokerStatus {
+        // Acquired before the counts: see where the event loop releases it.
+        let connected = self.shared.connected.load(Ordering::Acquire);
+        BrokerStatus {
+            connected,
+            reconnects: self.shared.reconnects.load(Ordering::Relaxed),
+            messages: self.shared.messages.load(Ordering::Relaxed),
+            subscriptions: self.filters.held.load(Ordering::Relaxed),
+        }
     }
 
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BridgeError> {

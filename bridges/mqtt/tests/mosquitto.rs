@@ -1,11 +1,12 @@
 //! The MQTT bridge against a real mosquitto of the test's own: subscribe and publish round trips,
-//! topics and payloads the broker would refuse, and broker restarts with and without the session.
+//! topics and payloads the broker would refuse, broker restarts with and without the session, and
+//! the bridge's status (connection, reconnects, counts).
 
 use bytes::Bytes;
-use sluice_bridge::{Bridge, BridgeError, Delivery, Interruption, Subscription};
+use sluice_bridge::{Bridge, BridgeError, BrokerStatus, Delivery, Interruption, Subscription};
 use sluice_mqtt::{MqttBridge, MqttSettings};
 use sluice_testkit::bridge::{
-    assert_invalid_topics, message, payload, publish, recording_sink, Deliveries,
+    assert_invalid_topics, message, payload, publish, recording_sink, status_until, Deliveries,
 };
 use sluice_testkit::Mosquitto;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,17 +20,7 @@ async fn subscribed(
     filter: &str,
     topic: &str,
 ) -> (MqttBridge, Subscription, Deliveries) {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let settings = MqttSettings {
-        url: broker.url(),
-        client_id: format!(
-            "bridge-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ),
-        qos,
-    };
-    let bridge = MqttBridge::connect("test", &settings).expect("connect");
+    let bridge = MqttBridge::connect("test", &settings(broker, qos)).expect("connect");
     let (sink, mut deliveries) = recording_sink();
     let subscription = bridge.subscribe(filter, sink).await.expect("subscribe");
     let probe = |data: String| {
@@ -41,6 +32,20 @@ async fn subscribed(
     deliveries.publish_until_received("warm", probe).await;
     deliveries.settle(probe).await;
     (bridge, subscription, deliveries)
+}
+
+/// Settings for a bridge to `broker` at `qos`, with a client id of its own.
+fn settings(broker: &Mosquitto, qos: u8) -> MqttSettings {
+    static N: AtomicU32 = AtomicU32::new(0);
+    MqttSettings {
+        url: broker.url(),
+        client_id: format!(
+            "bridge-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ),
+        qos,
+    }
 }
 
 /// Restarts the broker with `restart`, then publishes on `topic` until the subscription gets
@@ -157,5 +162,79 @@ async fn a_broker_restart_that_keeps_the_session_is_no_interruption() {
     assert!(
         read.iter().all(|d| payload(d).is_some()),
         "messages only: {read:?}"
+    );
+}
+
+#[tokio::test]
+async fn status_follows_the_connection_the_messages_and_the_broker_subscriptions() {
+    let mut broker = Mosquitto::start();
+    let bridge = MqttBridge::connect("test", &settings(&broker, 1)).expect("connect");
+    let status = status_until(&bridge, "connected", |s| s.connected).await;
+    let connected = BrokerStatus {
+        connected: true,
+        ..BrokerStatus::default()
+    };
+    assert_eq!(status, connected);
+
+    let (sink, mut deliveries) = recording_sink();
+    let first = bridge.subscribe("status/a", sink).await.expect("subscribe");
+    assert_eq!(bridge.status().subscriptions, 1);
+    // Live once a probe comes back; the probes are counted too, so count from after them.
+    let probe = |data: String| {
+        let bridge = &bridge;
+        async move {
+            let _ = bridge.publish("status/a", data.into()).await;
+        }
+    };
+    deliveries.publish_until_received("warm", probe).await;
+    deliveries.settle(probe).await;
+    let before = bridge.status().messages;
+    assert!(before > 0, "the probes were counted");
+    for n in ["1", "2", "3"] {
+        publish(&bridge, "status/a", n).await;
+    }
+    for n in ["1", "2", "3"] {
+        assert_eq!(deliveries.next().await, message("status/a", n));
+    }
+    assert_eq!(bridge.status().messages, before + 3);
+
+    // A second subscriber of the same filter shares its broker subscription, and a message for
+    // both is one message from the broker.
+    let (sink, mut shared_deliveries) = recording_sink();
+    let shared = bridge.subscribe("status/a", sink).await.expect("subscribe");
+    assert_eq!(bridge.status().subscriptions, 1);
+    let other = bridge
+        .subscribe("status/b", recording_sink().0)
+        .await
+        .expect("subscribe");
+    assert_eq!(bridge.status().subscriptions, 2);
+    publish(&bridge, "status/a", "both").await;
+    assert_eq!(deliveries.next().await, message("status/a", "both"));
+    shared_deliveries.read_until("both").await;
+    assert_eq!(bridge.status().messages, before + 4);
+
+    drop(other);
+    assert_eq!(bridge.status().subscriptions, 1);
+    drop(shared);
+    assert_eq!(
+        bridge.status().subscriptions,
+        1,
+        "status/a still has a subscriber"
+    );
+    drop(first);
+    assert_eq!(bridge.status().subscriptions, 0);
+
+    // The broker goes away and comes back on the same port.
+    broker.stop();
+    status_until(&bridge, "disconnected", |s| !s.connected).await;
+    broker.restart();
+    let status = status_until(&bridge, "reconnected", |s| s.connected).await;
+    assert_eq!(
+        status,
+        BrokerStatus {
+            reconnects: 1,
+            messages: before + 4,
+            ..connected
+        }
     );
 }

@@ -14,14 +14,20 @@
 //! one shared consumer per route filter for live messages, and one short-lived consumer per resuming
 //! client to read back what it missed. An ordered consumer recreates itself after a reconnect from the
 //! last sequence it delivered, so a NATS restart loses nothing that the stream stored.
+//!
+//! The bridge's status takes the connection state and the count of connects from async-nats itself;
+//! live messages and held subscriptions are counted here, with one relaxed add per message.
 
+use async_nats::connection::State;
 use async_nats::jetstream::consumer::pull::{Ordered, OrderedConfig};
 use async_nats::jetstream::consumer::{Consumer, DeliverPolicy};
 use async_nats::{ConnectOptions, Event};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use sluice_bridge::{Bridge, BridgeError, HistoryReader, Message, Sink, Subscription, TopicSyntax};
+use sluice_bridge::{
+    Bridge, BridgeError, BrokerStatus, HistoryReader, Message, Sink, Subscription, TopicSyntax,
+};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -70,6 +76,10 @@ struct Live {
     max_control_line: AtomicUsize,
     next_id: AtomicU64,
     by_id: Mutex<HashMap<u64, Entry>>,
+    /// Messages received for live subscriptions and live JetStream consumers (see [`BrokerStatus`]).
+    messages: AtomicU64,
+    /// Broker subscriptions and JetStream consumers held now (see [`Held`]).
+    held: AtomicU64,
 }
 
 /// One live subscription.
@@ -101,6 +111,17 @@ impl Live {
         Ok(())
     }
 
+    /// Counts a broker subscription or JetStream consumer as held until the guard is dropped.
+    fn hold(self: &Arc<Self>) -> Held {
+        self.held.fetch_add(1, Ordering::Relaxed);
+        Held { live: self.clone() }
+    }
+
+    /// Counts one message received for a live subscription: on the hot path, so one relaxed add.
+    fn received(&self) {
+        self.messages.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Registers a live subscription; dropping the guard removes it.
     fn register(
         self: &Arc<Self>,
@@ -120,6 +141,7 @@ impl Live {
         Registered {
             live: self.clone(),
             id,
+            _held: self.hold(),
         }
     }
 
@@ -171,10 +193,22 @@ impl Live {
     }
 }
 
-/// Removes a subscription from [`Live`] when dropped.
+/// Removes a subscription from [`Live`] when dropped (and, through its [`Held`], from the count).
 struct Registered {
     live: Arc<Live>,
     id: u64,
+    _held: Held,
+}
+
+/// One broker subscription or JetStream consumer in [`Live::held`], until dropped.
+struct Held {
+    live: Arc<Live>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.live.held.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Registered {
@@ -207,6 +241,8 @@ impl NatsBridge {
             max_control_line: AtomicUsize::new(settings.max_control_line.max(MIN_MAX_CONTROL_LINE)),
             next_id: AtomicU64::new(1),
             by_id: Mutex::new(HashMap::new()),
+            messages: AtomicU64::new(0),
+            held: AtomicU64::new(0),
         });
         let client = ConnectOptions::new()
             .name(format!("sluice/{name}"))
@@ -321,6 +357,8 @@ struct LiveReader {
     /// The last stream sequence delivered.
     last: u64,
     sink: Sink,
+    /// Where received messages are counted.
+    live: Arc<Live>,
 }
 
 impl LiveReader {
@@ -367,6 +405,9 @@ impl LiveReader {
     }
 
     fn deliver(&mut self, msg: async_nats::jetstream::Message) {
+        // Counted as received, also when dropped below as one delivered already: the count is of
+        // what the broker sent.
+        self.live.received();
         if let Some(message) = stream_message(msg) {
             if let Some(seq) = message.seq.filter(|s| *s > self.last) {
                 self.last = seq;
@@ -471,6 +512,9 @@ struct NatsHistory {
     /// What the server still had to deliver after the last message read.
     pending: u64,
     messages: Ordered,
+    /// The read-back's consumer counts as held while the reader lives (its messages are not
+    /// counted: they are history, not live traffic).
+    _held: Held,
 }
 
 /// How long a read-back that has read everything stored waits for what is being stored now.
@@ -555,6 +599,7 @@ impl Bridge for NatsBridge {
             .await
             .is_ok();
         let (client, confirm_subject) = (self.client.clone(), self.confirm_subject.clone());
+        let live = self.live.clone();
         let reader = tokio::spawn(async move {
             // The server hangs or is away: the streams were answered without waiting longer, and
             // are told with a gap once the server has the subscription, since what was published
@@ -577,6 +622,7 @@ impl Bridge for NatsBridge {
                     }
                     msg = subscriber.next() => {
                         let Some(msg) = msg else { break };
+                        live.received();
                         if *last_topic != *msg.subject.as_str() {
                             last_topic = Arc::from(msg.subject.as_str());
                         }
@@ -589,6 +635,22 @@ impl Bridge for NatsBridge {
             reader,
             _registered: registered,
         }))
+    }
+
+    fn status(&self) -> BrokerStatus {
+        BrokerStatus {
+            connected: self.client.connection_state() == State::Connected,
+            // async-nats counts every successful connect, the first one included. Exact, unlike
+            // counting `Event::Connected`, which async-nats drops when its event channel is full.
+            reconnects: self
+                .client
+                .statistics()
+                .connects
+                .load(Ordering::Relaxed)
+                .saturating_sub(1),
+            messages: self.live.messages.load(Ordering::Relaxed),
+            subscriptions: self.live.held.load(Ordering::Relaxed),
+        }
     }
 
     async fn publish(&self, topic: &str, payload: Bytes) -> Result<(), BridgeError> {
@@ -624,6 +686,7 @@ impl Bridge for NatsBridge {
             created,
             last,
             sink,
+            live: self.live.clone(),
         };
         let registered = self
             .live
@@ -665,6 +728,7 @@ impl Bridge for NatsBridge {
             start,
             pending,
             messages: messages(consumer).await?,
+            _held: self.live.hold(),
         }))
     }
 }

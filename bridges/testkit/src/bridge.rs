@@ -3,10 +3,10 @@
 
 use crate::listen::{self, Listener, DEADLINE};
 use bytes::Bytes;
-use sluice_bridge::{Bridge, BridgeError, Delivery, Message, Sink};
+use sluice_bridge::{Bridge, BridgeError, BrokerStatus, Delivery, Message, Sink};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// What a bridge delivered to one subscription, in order.
@@ -60,6 +60,28 @@ pub async fn assert_invalid_topics(bridge: &impl Bridge, filters: &[&str], topic
             matches!(refused, Err(BridgeError::InvalidTopic { .. })),
             "publish {topic:.40?}: {refused:?}"
         );
+    }
+}
+
+/// Polls `bridge`'s status until `done` holds, and returns that status; fails the test, saying
+/// `what` was awaited, after [`DEADLINE`]. A status changes in the bridge's own tasks (a broker
+/// that went away, a reconnection), so there is nothing to await but the status itself.
+pub async fn status_until(
+    bridge: &impl Bridge,
+    what: &str,
+    done: impl Fn(&BrokerStatus) -> bool,
+) -> BrokerStatus {
+    let start = Instant::now();
+    loop {
+        let status = bridge.status();
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "not {what} within {DEADLINE:?}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
