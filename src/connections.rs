@@ -127,6 +127,8 @@ struct Slot {
     /// Counts the times the connection became idle; its current idle-queue entry carries it.
     idle_seq: u32,
     closing: bool,
+    /// Whether its requests are HTTP/2 (`None` until its first request).
+    http2: Option<bool>,
     /// Wakes the connection's task in [`Bounded`] to drop the connection.
     closer: Arc<Notify>,
 }
@@ -232,6 +234,15 @@ impl State {
     }
 }
 
+/// See [`Connections::open_by_protocol`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenByProtocol {
+    pub http1: usize,
+    pub http2: usize,
+    /// No request yet (or not trackable).
+    pub unknown: usize,
+}
+
 /// Why a new connection was turned away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Full;
@@ -307,6 +318,7 @@ impl Connections {
                         busy: 0,
                         idle_seq: 0,
                         closing: false,
+                        http2: None,
                         closer: closer.clone(),
                     },
                 );
@@ -333,7 +345,31 @@ impl Connections {
             .as_ref()?
             .socket_cookie()
             .ok()?;
-        self.busy(key)
+        let busy = self.busy(key)?;
+        if let Some(slot) = self.state().slots.get_mut(&key) {
+            slot.http2.get_or_insert(session.is_http2());
+        }
+        Some(busy)
+    }
+
+    /// The connections open now by the protocol of their requests (for metrics; it walks every
+    /// connection, so it is for a scrape, not for each request). An HTTP/1.1 stream that took its
+    /// socket over from pingora is an HTTP/1.1 connection.
+    pub fn open_by_protocol(&self) -> OpenByProtocol {
+        let state = self.state();
+        let mut open = OpenByProtocol {
+            http1: state.detached,
+            unknown: state.untracked,
+            ..OpenByProtocol::default()
+        };
+        for slot in state.slots.values() {
+            match slot.http2 {
+                Some(false) => open.http1 += 1,
+                Some(true) => open.http2 += 1,
+                None => open.unknown += 1,
+            }
+        }
+        open
     }
 
     /// Marks connection `key` busy until the guard is dropped.

@@ -24,7 +24,11 @@
 //! - [`shutdown`]: SIGTERM closes every stream with a randomised `retry:`; a second signal exits.
 //! - [`reload`]: SIGHUP re-reads the configuration file and applies what changed; the streams of
 //!   unchanged routes carry on untouched.
+//! - [`admin`]: the admin listener: Prometheus metrics (recorded where the work happens, through
+//!   [`admin::metrics`]), readiness, and a live status page; [`logging`]: text or JSON logs, and
+//!   each stream's access line.
 
+pub mod admin;
 pub mod auth;
 pub mod brokers;
 pub mod config;
@@ -36,6 +40,7 @@ pub mod http;
 pub mod hub;
 pub mod keys;
 pub mod limits;
+pub mod logging;
 pub mod pump;
 pub mod reload;
 pub mod replay;

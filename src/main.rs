@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use pingora::apps::ServerApp;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::protocols::TcpKeepalive;
@@ -13,7 +14,7 @@ use sluice::connections::{self, Bounded, Connections};
 use sluice::http::{Gateway, Routing};
 use sluice::hub::Hub;
 use sluice::keys::CurrentCertificate;
-use sluice::reload::{self, ReloadStats, Reloader};
+use sluice::reload::{self, Reloader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging();
+    sluice::logging::init(config.log_format);
     match run(config, cli.config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -109,13 +110,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // With its default `tracing-log` feature this also forwards pingora's `log` records into tracing.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
 }
 
 /// Socket options for every listener: bounded kernel send buffers, so a stalled HTTP/1.1 client
@@ -159,13 +153,13 @@ fn ensure_bindable(addrs: impl IntoIterator<Item = SocketAddr>) -> anyhow::Resul
 /// The listening service, made fatal: if pingora cannot start its listeners (it panics then, on the
 /// service's own thread, and would leave the process running without them), sluice exits with
 /// status 1 and the reason.
-struct MustListen {
-    inner: Option<Service<Bounded<Gateway>>>,
+struct MustListen<A> {
+    inner: Option<Service<A>>,
     name: String,
 }
 
 #[async_trait::async_trait]
-impl pingora::services::Service for MustListen {
+impl<A: ServerApp + Send + Sync + 'static> pingora::services::Service for MustListen<A> {
     async fn start_service(
         &mut self,
         fds: Option<pingora::server::ListenFds>,
@@ -280,7 +274,14 @@ fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
     server.bootstrap();
 
     let tls_listen = config.server.tls.iter().flat_map(|t| t.listen.iter());
-    ensure_bindable(config.server.listen.iter().chain(tls_listen).copied())?;
+    let admin_listen = config.admin.iter().map(|a| &a.listen);
+    let listen = config
+        .server
+        .listen
+        .iter()
+        .chain(tls_listen)
+        .chain(admin_listen);
+    ensure_bindable(listen.copied())?;
 
     let routing = Routing::new(config.clone(), bridges, |_| None).map_err(anyhow::Error::msg)?;
     let gateway = Arc::new(Gateway::new(routing, Hub::new(), connections.clone()));
@@ -288,7 +289,7 @@ fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
     // (the h2c preface, the h2 handshake, an h2 connection without streams) no deadline.
     let mut service = Service::new(
         "sluice".to_owned(),
-        Bounded::new(gateway.clone(), connections),
+        Bounded::new(gateway.clone(), connections.clone()),
     );
     for addr in &config.server.listen {
         service.add_listener(
@@ -325,11 +326,27 @@ fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
         inner: Some(service),
         name: "sluice".to_owned(),
     });
+    if let Some(admin) = &config.admin {
+        let app = sluice::admin::Admin::new(gateway.clone(), connections.clone());
+        let mut service = Service::new("sluice-admin".to_owned(), app);
+        // Metrics, readiness and one status stream per viewer: one thread is plenty.
+        service.threads = Some(1);
+        service.add_listener(
+            ListenerConfig::tcp(admin.listen.to_string()).tcp_socket_options(socket_options()),
+        );
+        tracing::info!(
+            "admin listener on http://{} (metrics, readiness, status)",
+            admin.listen
+        );
+        server.add_service(MustListen {
+            inner: Some(service),
+            name: "sluice-admin".to_owned(),
+        });
+    }
     // SIGHUP reloads the configuration from here on (installed before the listeners open, so no
-    // client-visible moment exists where it would still end the process). The stats are for the
-    // reload metrics.
-    let stats = ReloadStats::started();
-    let reloader = Reloader::new(path, gateway, certificate, simulator, stats);
+    // client-visible moment exists where it would still end the process).
+    sluice::admin::metrics::global().config_loaded();
+    let reloader = Reloader::new(path, gateway, certificate, simulator);
     {
         let _on = bridge_runtime.enter();
         reloader.watch().context("listening for SIGHUP")?;

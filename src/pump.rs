@@ -3,6 +3,7 @@
 //! what queued up in one write, heartbeats on idle, a jittered `retry:` at shutdown. The client side
 //! is a [`Wire`] (see [`crate::http::wire`] for HTTP/1.x and HTTP/2).
 
+use crate::admin::metrics::{CloseReason, RouteMetrics};
 use crate::sse;
 use crate::stream::{Backlog, Closed, Fill, Next, StreamQueue};
 use bytes::Bytes;
@@ -25,6 +26,23 @@ pub enum End {
     Overflow,
     BrokerError,
     WriteFailed(WriteError),
+}
+
+impl End {
+    /// The `reason` of the metrics and the access log.
+    pub fn reason(&self) -> CloseReason {
+        match self {
+            End::Shutdown => CloseReason::Shutdown,
+            End::Reload => CloseReason::Reload,
+            End::ClientGone => CloseReason::Client,
+            End::TokenExpired => CloseReason::TokenExpired,
+            End::Overflow => CloseReason::Overflow,
+            End::BrokerError => CloseReason::BrokerError,
+            End::WriteFailed(WriteError::TimedOut(_)) => CloseReason::WriteTimeout,
+            // The connection or the stream failed under the write: the client went away.
+            End::WriteFailed(_) => CloseReason::Client,
+        }
+    }
 }
 
 /// Why a write to a client failed.
@@ -115,8 +133,30 @@ pub struct Feed<H = ()> {
     pub topic: Box<str>,
     /// When the stream's token expires (routes with `auth = true`): the stream ends then.
     pub expires_at: Option<Instant>,
+    /// The route's metrics, recorded once per written batch.
+    pub metrics: Arc<RouteMetrics>,
+    /// What the stream has written so far (for its access log line).
+    pub sent: Sent,
     /// Whatever the stream holds until it ends (its topic memberships, its place under the limits).
     pub held: H,
+}
+
+/// What one stream wrote.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Event frames (events, gaps), not heartbeats.
+    pub events: u64,
+    /// Every byte of the body after the preamble.
+    pub bytes: u64,
+}
+
+/// What a batch about to be written is, for the metrics.
+struct Batch {
+    events: u64,
+    /// When its oldest live event reached sluice (none for backlogs and heartbeats).
+    since: Option<Instant>,
+    /// The share of the queue it took.
+    fill: f64,
 }
 
 /// Runs the stream to its end and reports how it ended (logged at debug level here).
@@ -132,12 +172,14 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
     // an idle stream gets a comment after one to two `heartbeat`s of silence.
     let mut wrote = false;
     let mut dropped_total: u64 = 0;
+    // Set when the batch is a heartbeat.
+    let mut heartbeat = false;
     // Reused for every batch, so taking frames from the queue allocates nothing.
     let mut frames = Vec::new();
     let end = loop {
         let wake = next_wake(feed);
         let expires_at = feed.expires_at;
-        let (queue, backlog, settings, topic) = feed.parts();
+        let (queue, backlog, settings, topic, feed_metrics) = feed.parts();
         let next = if let Some(source) = backlog {
             // Catching up: what the queue holds (the opening gap, current values, an interruption)
             // goes first, then the next batch of the backlog. No heartbeat is due: data flows.
@@ -157,7 +199,10 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
                     if frames.is_empty() {
                         continue;
                     }
-                    Next::Frames { dropped: 0 }
+                    Next::Frames {
+                        dropped: 0,
+                        since: None,
+                    }
                 }
             }
         } else {
@@ -175,13 +220,26 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
                         continue;
                     }
                     frames.push(sse::heartbeat());
-                    Next::Frames { dropped: 0 }
+                    // Not an event: counted only in bytes.
+                    heartbeat = true;
+                    Next::Frames { dropped: 0, since: None }
                 }
             }
         };
-        match next {
-            Next::Frames { dropped } => {
+        let batch = match next {
+            Next::Frames { dropped, since } => {
+                let batch = Batch {
+                    events: if std::mem::take(&mut heartbeat) {
+                        0
+                    } else {
+                        frames.len() as u64
+                    },
+                    since,
+                    fill: frames.len() as f64 / queue.capacity() as f64,
+                };
                 if dropped > 0 {
+                    feed_metrics.dropped(dropped);
+                    feed_metrics.gaps(sse::GapReason::Overflow, 1);
                     if dropped_total == 0 {
                         tracing::debug!(%topic, "slow client: drop-oldest started discarding events");
                     }
@@ -189,19 +247,28 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
                     // Tell the client, before the frames that follow what was discarded.
                     frames.insert(0, sse::gap(sse::GapReason::Overflow, Some(dropped)));
                 }
+                Batch {
+                    events: batch.events + u64::from(dropped > 0),
+                    ..batch
+                }
             }
             Next::Closed(Closed::Overflow) => break End::Overflow,
             Next::Closed(Closed::BrokerError) => break End::BrokerError,
             Next::Closed(Closed::Shutdown) => break End::Shutdown,
             Next::Closed(Closed::Reload) => break End::Reload,
-        }
+        };
         let write_timeout = settings.write_timeout.get();
+        let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
         match send(wire, &mut frames, timer.as_mut(), write_timeout).await {
             Err(e) => break End::WriteFailed(e),
             // A slow write used the timer as its deadline: back to the heartbeat.
             Ok(true) => timer.as_mut().reset(next_wake(feed)),
             Ok(false) => wrote = true,
         }
+        let lag = batch.since.map(|since| since.elapsed());
+        feed.metrics.wrote(batch.events, bytes, lag, batch.fill);
+        feed.sent.events += batch.events;
+        feed.sent.bytes += bytes;
         // Give back what a burst grew, so an idle stream stays small.
         if frames.capacity() > 64 {
             frames = Vec::new();
@@ -259,8 +326,15 @@ impl<H> Feed<H> {
         &mut Option<Box<dyn Backlog>>,
         &PumpSettings,
         &str,
+        &RouteMetrics,
     ) {
-        (&self.queue, &mut self.backlog, &self.settings, &self.topic)
+        (
+            &self.queue,
+            &mut self.backlog,
+            &self.settings,
+            &self.topic,
+            &self.metrics,
+        )
     }
 }
 
@@ -401,6 +475,8 @@ mod tests {
                 settings: Arc::new(PumpSettings::new(HEARTBEAT, RETRY, WRITE_TIMEOUT)),
                 topic: "t".into(),
                 expires_at: expires_in.map(|d| start + d),
+                metrics: crate::admin::metrics::global().route(""),
+                sent: super::Sent::default(),
                 held: (),
             };
             let mut wire = FakeWire(client.clone());
@@ -435,8 +511,11 @@ mod tests {
         }
 
         fn push(&self, data: &str) {
-            self.queue
-                .push(sse::encode_event(None, data.as_bytes()), &self.stats);
+            self.queue.push(
+                sse::encode_event(None, data.as_bytes()),
+                Instant::now(),
+                &self.stats,
+            );
         }
 
         /// Waits for the stream to end (failing after a day of the test's paused time).

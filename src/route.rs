@@ -90,8 +90,8 @@ impl PathTemplate {
                 }
             }
         }
-        if text == "/healthz" {
-            return Err("/healthz is reserved for the health check".into());
+        if text == "/healthz" || text == "/readyz" {
+            return Err(format!("{text} is reserved for the health checks"));
         }
         Ok(Self {
             segments,

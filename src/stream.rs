@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// What happens when a stream's queue is full (a route's `overflow`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,9 +65,11 @@ pub trait Backlog: Send {
 #[derive(Debug)]
 pub enum Next {
     /// Every queued frame was moved into the caller's buffer, oldest first; `dropped` frames were
-    /// discarded before them since the last call (drop-oldest policy).
+    /// discarded before them since the last call (drop-oldest policy). `since`: when the oldest of
+    /// them reached sluice (for the delivery lag).
     Frames {
         dropped: u64,
+        since: Option<Instant>,
     },
     Closed(Closed),
 }
@@ -74,6 +77,8 @@ pub enum Next {
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Bytes>,
+    /// When the oldest queued frame reached sluice: set by the push into an empty queue.
+    since: Option<Instant>,
     dropped: u64,
     closed: Option<Closed>,
 }
@@ -101,8 +106,9 @@ impl StreamQueue {
         sluice_bridge::lock(&self.state)
     }
 
-    /// Queues a frame without waiting; a full queue meets the overflow policy, counted in `stats`.
-    pub fn push(&self, frame: Bytes, stats: &OverflowStats) {
+    /// Queues a frame that reached sluice `at` without waiting; a full queue meets the overflow
+    /// policy, counted in `stats`. The caller reads the clock once for every stream it pushes to.
+    pub fn push(&self, frame: Bytes, at: Instant, stats: &OverflowStats) {
         let mut state = self.state();
         if state.closed.is_some() {
             return;
@@ -125,6 +131,9 @@ impl StreamQueue {
             }
         }
         let was_empty = state.frames.is_empty();
+        if was_empty {
+            state.since = Some(at);
+        }
         state.frames.push_back(frame);
         drop(state);
         // Only the first frame needs a wake-up: the consumer takes everything queued at once.
@@ -150,6 +159,9 @@ impl StreamQueue {
             return;
         }
         let was_empty = state.frames.is_empty();
+        if was_empty {
+            state.since = Some(Instant::now());
+        }
         state.frames.extend(frames);
         drop(state);
         if was_empty {
@@ -179,7 +191,8 @@ impl StreamQueue {
         }
         into.extend(state.frames.drain(..));
         let dropped = std::mem::take(&mut state.dropped);
-        Some(Next::Frames { dropped })
+        let since = state.since.take();
+        Some(Next::Frames { dropped, since })
     }
 
     /// Waits until something is queued (or the queue is closed) and moves all of it into `into`,
@@ -194,11 +207,12 @@ impl StreamQueue {
                 if !state.frames.is_empty() {
                     into.extend(state.frames.drain(..));
                     let dropped = std::mem::take(&mut state.dropped);
+                    let since = state.since.take();
                     // Release the ring's memory if it grew while the client was behind.
                     if state.frames.capacity() > 64 {
                         state.frames.shrink_to(16);
                     }
-                    return Next::Frames { dropped };
+                    return Next::Frames { dropped, since };
                 }
             }
             // notify_one stores a permit when nobody waits, so a push between the check above and
@@ -229,11 +243,11 @@ mod tests {
     async fn takes_everything_queued_in_order() {
         let q = StreamQueue::new(4, Overflow::Disconnect);
         let stats = OverflowStats::default();
-        q.push(frame(1), &stats);
-        q.push(frame(2), &stats);
+        q.push(frame(1), Instant::now(), &stats);
+        q.push(frame(2), Instant::now(), &stats);
         let mut frames = Vec::new();
         match q.next(&mut frames).await {
-            Next::Frames { dropped } => {
+            Next::Frames { dropped, .. } => {
                 assert_eq!(frames, vec![frame(1), frame(2)]);
                 assert_eq!(dropped, 0);
             }
@@ -247,7 +261,7 @@ mod tests {
         let q = StreamQueue::new(2, Overflow::Disconnect);
         let stats = OverflowStats::default();
         for n in 0..3 {
-            q.push(frame(n), &stats);
+            q.push(frame(n), Instant::now(), &stats);
         }
         let mut frames = Vec::new();
         assert!(matches!(
@@ -255,7 +269,7 @@ mod tests {
             Next::Closed(Closed::Overflow)
         ));
         assert_eq!(stats.disconnects.load(Ordering::Relaxed), 1);
-        q.push(frame(9), &stats);
+        q.push(frame(9), Instant::now(), &stats);
         assert!(matches!(
             q.next(&mut frames).await,
             Next::Closed(Closed::Overflow)
@@ -268,11 +282,11 @@ mod tests {
         let q = StreamQueue::new(2, Overflow::DropOldest);
         let stats = OverflowStats::default();
         for n in 0..5 {
-            q.push(frame(n), &stats);
+            q.push(frame(n), Instant::now(), &stats);
         }
         let mut frames = Vec::new();
         match q.next(&mut frames).await {
-            Next::Frames { dropped } => {
+            Next::Frames { dropped, .. } => {
                 assert_eq!(frames, vec![frame(3), frame(4)]);
                 assert_eq!(dropped, 3);
             }
@@ -289,7 +303,7 @@ mod tests {
             async move { q.next(&mut Vec::new()).await }
         });
         tokio::task::yield_now().await;
-        q.push(frame(7), &OverflowStats::default());
+        q.push(frame(7), Instant::now(), &OverflowStats::default());
         let next = tokio::time::timeout(std::time::Duration::from_secs(5), consumer)
             .await
             .expect("woken")

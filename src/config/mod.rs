@@ -1,7 +1,8 @@
 //! The configuration file: loading it, locating errors, and the one home of every default and bound.
 //!
 //! Two layers: `raw` mirrors the TOML for serde; one module per section validates it into runtime
-//! types that cannot hold an invalid value (`server`, `auth`, `brokers`, `routes`, `simulator`; the
+//! types that cannot hold an invalid value (`server`, `auth`, `brokers`, `routes`, `simulator`, `operations` for
+//! `[admin]` and `[log]`; the
 //! number and duration checks they share are in `values`). Nothing after start-up sees the serde
 //! layer. Every error names the file, line and column it comes from (`PATH:LINE:COLUMN: reason`).
 //! A runtime type lives with the module that uses it ([`Overflow`] in `stream`, `Retention` in
@@ -11,6 +12,7 @@
 
 mod auth;
 mod brokers;
+mod operations;
 mod raw;
 mod routes;
 mod server;
@@ -20,6 +22,7 @@ mod testing;
 mod values;
 
 pub use brokers::{Broker, BrokerKind};
+pub use operations::{Admin, LogFormat};
 pub use routes::{Route, Topics};
 pub use server::{Server, Tls};
 
@@ -49,6 +52,9 @@ pub struct Config {
     pub brokers: Vec<Broker>,
     pub routes: Vec<Route>,
     pub simulator: Option<Simulator>,
+    /// The admin listener, if `[admin]` is configured.
+    pub admin: Option<Admin>,
+    pub log_format: LogFormat,
 }
 
 // ---- bounds: what each key may be, so no accepted value can break sluice after start-up -------
@@ -153,7 +159,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Parses and validates configuration text; `base` resolves relative file paths (the file's folder).
-/// Sections are checked in a fixed order (server, auth, brokers, routes, simulator), so a file with
+/// Sections are checked in a fixed order (server, auth, brokers, routes, simulator, admin, log), so a file with
 /// several errors always reports the same one.
 pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigError> {
     let at = Locator { file, source };
@@ -170,12 +176,22 @@ pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigErro
         Some(sim) => Some(simulator::validate(&at, sim, &brokers)?),
         None => None,
     };
+    let admin = match raw.admin {
+        Some(admin) => Some(operations::validate_admin(&at, admin, &server)?),
+        None => None,
+    };
+    let log_format = match raw.log {
+        Some(log) => operations::validate_log(&at, log)?,
+        None => LogFormat::default(),
+    };
     Ok(Config {
         server,
         auth,
         brokers,
         routes,
         simulator,
+        admin,
+        log_format,
     })
 }
 

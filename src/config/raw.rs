@@ -19,6 +19,20 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     pub simulator: Option<RawSimulator>,
+    pub admin: Option<RawAdmin>,
+    pub log: Option<RawLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub listen: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub format: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -207,7 +207,7 @@ fn addresses(at: &Locator, value: Spanned<OneOrMany>) -> Result<Vec<SocketAddr>,
 /// `tls.listen`), or a wildcard beside another address on its port (`0.0.0.0:P` takes port P on
 /// every IPv4 address, `[::]:P` on every address, IPv4 included, as Linux binds it by default).
 /// Each list comes with its span; an error names the later list.
-fn check_overlaps(
+pub(super) fn check_overlaps(
     at: &Locator,
     lists: &[(&[SocketAddr], Range<usize>)],
 ) -> Result<(), ConfigError> {

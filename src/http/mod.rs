@@ -88,6 +88,12 @@ impl Gateway {
         }
     }
 
+    /// Whether the server is draining (shutting down, or handing over to an upgrade): `/readyz`
+    /// answers `503` then.
+    pub fn draining(&self) -> bool {
+        self.hub.is_shutting_down()
+    }
+
     /// Makes sure the hub is shut down with the server. Every request passes here first, and a
     /// stream can only start after a request, so starting it on the first one is early enough.
     fn watch_shutdown(&self, shutdown: &ShutdownWatch) {
@@ -117,6 +123,11 @@ impl Gateway {
                 respond(session, 200, "text/plain", ok, cors_headers).await?;
                 Ok(Reuse::Yes)
             }
+            Action::Ready => {
+                let (status, body) = crate::admin::ready::readiness(routing, self.draining());
+                respond(session, status, "text/plain", body.into(), cors_headers).await?;
+                Ok(Reuse::Yes)
+            }
             Action::Preflight => {
                 let mut headers = cors_headers.to_vec();
                 if cors::allows_origin(cors_headers) {
@@ -134,8 +145,12 @@ impl Gateway {
                 Ok(Reuse::Yes)
             }
             Action::Publish(route, topic) => {
-                self.publish(routing, session, route, topic, cors_headers)
-                    .await
+                let published = self.publish(routing, session, route, topic, cors_headers);
+                let published = published.await;
+                let status = published.as_ref().map_or_else(Error::status, |_| 202);
+                let metrics = crate::admin::metrics::global().route(route.path.as_str());
+                metrics.publish(status);
+                published
             }
             Action::Stream(index, route, topics) => {
                 let auth = routing.config.auth.as_ref();

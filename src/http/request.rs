@@ -21,6 +21,7 @@ pub(super) const MAX_HEADER_BYTES: usize = 16 * 1024;
 #[derive(Debug)]
 pub(super) enum Action<'a> {
     Health,
+    Ready,
     Preflight,
     File(PathBuf),
     /// A stream of route number `usize` on these topics.
@@ -34,9 +35,10 @@ pub(super) fn route<'a>(config: &'a Config, request: &RequestHeader) -> Result<A
     if *method == Method::OPTIONS {
         return Ok(Action::Preflight);
     }
-    if path == "/healthz" {
+    if path == "/healthz" || path == "/readyz" {
         return match *method {
-            Method::GET | Method::HEAD => Ok(Action::Health),
+            Method::GET | Method::HEAD if path == "/healthz" => Ok(Action::Health),
+            Method::GET | Method::HEAD => Ok(Action::Ready),
             _ => Err(Error::MethodNotAllowed("GET, HEAD")),
         };
     }
@@ -225,6 +227,8 @@ max_topics = 2
         let config = config();
         let route = |method, target| super::route(&config, &request(method, target, &[]));
         assert!(matches!(route("GET", "/healthz"), Ok(Action::Health)));
+        assert!(matches!(route("HEAD", "/readyz"), Ok(Action::Ready)));
+        assert_eq!(status(route("POST", "/readyz")), 405);
         assert_eq!(status(route("POST", "/healthz")), 405);
         assert!(matches!(
             route("OPTIONS", "/anything"),

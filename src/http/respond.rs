@@ -9,7 +9,7 @@ use pingora::protocols::http::ServerSession;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-/// Writes a complete small response.
+/// Writes a complete small response (counted in `sluice_http_requests_total`).
 pub(super) async fn respond(
     session: &mut ServerSession,
     status: u16,
@@ -17,6 +17,7 @@ pub(super) async fn respond(
     body: Bytes,
     extra: &[(&'static str, String)],
 ) -> Result<(), Error> {
+    crate::admin::metrics::global().http_request(status);
     let mut response = ResponseHeader::build(status, Some(3 + extra.len())).map_err(Error::Http)?;
     response
         .insert_header("content-type", content_type)
@@ -48,6 +49,7 @@ pub(super) async fn refuse_unparsable(session: ServerSession, write_timeout: Dur
     let ServerSession::H1(h1) = session else {
         return;
     };
+    crate::admin::metrics::global().http_request(400);
     let mut io = h1.into_inner();
     let body = "bad request: the request head does not parse as HTTP/1.1\n";
     let response = format!(

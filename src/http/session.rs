@@ -4,13 +4,14 @@
 use super::request::last_event_id;
 use super::wire::{H2Wire, RawH1Wire, SessionWire};
 use super::{Gateway, Routing};
+use crate::admin::metrics::{OpenStream, Protocol};
 use crate::auth::Grant;
 use crate::config::Route;
 use crate::connections::Busy;
 use crate::error::Error;
 use crate::hub::{Join, Membership};
 use crate::limits::{Admitted, Refused};
-use crate::pump::{pump, Feed};
+use crate::pump::{pump, End, Feed, Sent};
 use crate::replay::Retention;
 use crate::sse;
 use crate::stream::StreamQueue;
@@ -28,6 +29,35 @@ pub(super) struct Held {
     _admitted: Option<Admitted>,
     /// Its connection, kept from counting as idle.
     pub(super) busy: Option<Busy>,
+    /// Its place in `sluice_streams_open`; with its route and protocol for the access line.
+    open: OpenStream,
+    /// The rest of its access line.
+    client: Option<std::net::SocketAddr>,
+    started: Instant,
+    resumed: bool,
+}
+
+/// Counts a stream's end and writes its access line (the one info line a stream gets; no token
+/// or URL is in it).
+fn ended(feed: &StreamFeed, end: &End) {
+    let reason = end.reason();
+    let held = &feed.held;
+    let route = held.open.route();
+    route.closed(reason);
+    let Sent { events, bytes } = feed.sent;
+    let client = held.client.map(|c| c.to_string()).unwrap_or_default();
+    tracing::info!(
+        route = %route.path,
+        topics = %feed.topic,
+        protocol = held.open.protocol().as_str(),
+        client,
+        duration_ms = u64::try_from(held.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        events,
+        bytes,
+        reason = reason.as_str(),
+        resumed = held.resumed,
+        "stream ended"
+    );
 }
 
 /// A stream whose subscription is live and whose response head and preamble are written: what its
@@ -49,9 +79,11 @@ impl Gateway {
                 let mut wire = RawH1Wire::new(h1.into_inner(), write_timeout, chunked);
                 tokio::spawn(async move {
                     // pingora may still hold the head and preamble in its write buffer (TLS).
-                    if wire.flush().await.is_ok() {
-                        pump(&mut wire, &mut feed).await;
-                    }
+                    let end = match wire.flush().await {
+                        Ok(()) => pump(&mut wire, &mut feed).await,
+                        Err(e) => End::WriteFailed(e),
+                    };
+                    ended(&feed, &end);
                     drop(feed);
                 });
             }
@@ -63,13 +95,15 @@ impl Gateway {
                 drop(h2);
                 let mut wire = H2Wire::new(send);
                 tokio::spawn(async move {
-                    pump(&mut wire, &mut feed).await;
+                    let end = pump(&mut wire, &mut feed).await;
+                    ended(&feed, &end);
                     drop(feed);
                 });
             }
             mut session => {
                 // Never taken by HTTP/1.1 or HTTP/2; boxed so it does not grow every request's future.
-                Box::pin(pump(&mut SessionWire(&mut session), &mut feed)).await;
+                let end = Box::pin(pump(&mut SessionWire(&mut session), &mut feed)).await;
+                ended(&feed, &end);
                 drop(feed);
             }
         }
@@ -88,8 +122,9 @@ impl Gateway {
         if self.memory.over() {
             return Err(Error::Busy("memory use is above max_memory"));
         }
-        let admitted = match session.client_addr().and_then(|a| a.as_inet()) {
-            Some(client) => Some(self.limits.admit(*client, session.is_http2()).map_err(
+        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let admitted = match client {
+            Some(client) => Some(self.limits.admit(client, session.is_http2()).map_err(
                 |refused| {
                     Error::Busy(match refused {
                         Refused::Connections => "too many connections",
@@ -104,6 +139,7 @@ impl Gateway {
             Retention::Live => None,
             _ => last_event_id(session.req_header()),
         };
+        let resumed = last_event_id.is_some();
         // Subscribe before answering, so a broker error is still a status and nothing published after
         // the headers are sent is missed.
         let route_topics = routing
@@ -163,6 +199,12 @@ impl Gateway {
             .write_response_body(sse::preamble(routing.config.server.retry), false)
             .await
             .map_err(Error::Write)?;
+        let protocol = if session.is_http2() {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        };
+        let open = route_topics.metrics.opened(protocol);
 
         // One allocation per stream holds what it needs, so the stream's task stays small (the task
         // of an idle stream is most of what it costs). The topics and the limits are left when the
@@ -173,10 +215,16 @@ impl Gateway {
             settings: self.pump_settings.clone(),
             topic: topics.join(",").into_boxed_str(),
             expires_at: grant.map(|g| Instant::now() + g.remaining()),
+            metrics: route_topics.metrics.clone(),
+            sent: Sent::default(),
             held: Held {
                 _memberships: memberships,
                 _admitted: admitted,
                 busy: None,
+                open,
+                client,
+                started: Instant::now(),
+                resumed,
             },
         }))
     }

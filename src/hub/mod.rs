@@ -21,6 +21,7 @@ mod topic;
 pub use resume::MAX_CATCH_UP;
 pub use topic::TopicKey;
 
+use crate::admin::metrics::{self, RouteMetrics};
 use crate::auth::KeyId;
 use crate::config::Route;
 use crate::replay::{Budget, Retention};
@@ -75,6 +76,8 @@ pub struct RouteTopics {
     pub budget: Option<Arc<Budget>>,
     /// Set when a reload changed or removed the route (see [`Hub::retire_route`]).
     pub(crate) retired: AtomicBool,
+    /// The route's metrics (shared by every definition of the same path).
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// Gives every route definition its own id.
@@ -99,6 +102,7 @@ impl RouteTopics {
             retention: route.retention.clone(),
             budget,
             retired: AtomicBool::new(false),
+            metrics: metrics::global().route(route.path.as_str()),
         }
     }
 
@@ -113,6 +117,7 @@ impl RouteTopics {
             retention: Retention::Live,
             budget: None,
             retired: AtomicBool::new(false),
+            metrics: metrics::global().route(""),
         }
     }
 }
@@ -182,6 +187,11 @@ impl Hub {
 
     pub fn stats(&self) -> &OverflowStats {
         &self.inner.stats
+    }
+
+    /// Whether [`Hub::shutdown`] has run (the server is shutting down or draining for an upgrade).
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::SeqCst)
     }
 
     /// Ends every stream: their queues are closed with [`Closed::Shutdown`], so a stream waits on its

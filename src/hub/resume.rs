@@ -56,7 +56,9 @@ pub(super) fn start(
                 ring.head(),
                 replay::parse_memory_id(&last),
             );
+            topic.spec.metrics.resume(start.gap.is_none());
             if let Some(reason) = start.gap {
+                topic.spec.metrics.gaps(reason, 1);
                 first.push(sse::gap(reason, None));
             }
             if start.cursor >= ring.head() {
@@ -168,16 +170,19 @@ impl StreamBacklog {
             .max(self.topic.started_after.load(Ordering::Acquire));
         let mut after = replay::parse_sequence(&self.last);
         let mut reader = self.reader_after(after.unwrap_or(joined_at), batch).await?;
+        let mut expired = false;
         match after {
             Some(position) if position > reader.last() => after = None,
             Some(position) if reader.first_held() > position.saturating_add(1) => {
                 // The stream no longer holds what came right after the client's position.
-                into.push(sse::gap(GapReason::Expired, None));
+                into.push(self.gap(GapReason::Expired));
+                expired = true;
             }
             _ => {}
         }
+        self.topic.spec.metrics.resume(after.is_some() && !expired);
         if after.is_none() {
-            into.push(sse::gap(GapReason::UnknownId, None));
+            into.push(self.gap(GapReason::UnknownId));
             if self.cursor != joined_at || reader.last() < joined_at {
                 reader = self.reader_after(joined_at, batch).await?;
             }
@@ -200,6 +205,12 @@ impl StreamBacklog {
                 tracing::debug!(stream = %self.stream, error = %e, "JetStream read-back failed");
                 Fill::Failed
             })
+    }
+
+    /// A `gap` frame for `reason`, counted.
+    fn gap(&self, reason: GapReason) -> Bytes {
+        self.topic.spec.metrics.gaps(reason, 1);
+        sse::gap(reason, None)
     }
 
     /// Switches to live from the last live event on.
@@ -239,7 +250,7 @@ impl Backlog for StreamBacklog {
         }
         if self.read >= MAX_CATCH_UP {
             // The read stopped at its limit, short of the live events.
-            into.push(sse::gap(GapReason::Expired, None));
+            into.push(self.gap(GapReason::Expired));
             return self.live_now();
         }
         if !caught_up {
@@ -257,7 +268,7 @@ impl Backlog for StreamBacklog {
             if self.idle_reads < MAX_IDLE_READS {
                 return Fill::More;
             }
-            into.push(sse::gap(GapReason::Expired, None));
+            into.push(self.gap(GapReason::Expired));
             self.cursor = members.head;
         }
         go_live(&mut members, self.id, self.cursor);

@@ -214,6 +214,8 @@ impl Topic {
             (true, true) => Some(frame.clone()),
             (true, false) => Some(self.encode(seq, message, true)),
         };
+        // One clock read per message, for the delivery lag of every stream it is queued to.
+        let at = tokio::time::Instant::now();
         let mut guard = lock(&self.members);
         let members = &mut *guard;
         if let Some(current) = current {
@@ -241,7 +243,7 @@ impl Topic {
                     member.state = State::Live;
                 }
             }
-            member.queue.push(frame.clone(), &self.stats);
+            member.queue.push(frame.clone(), at, &self.stats);
         }
         drop(guard);
         drop(sequence);
@@ -272,8 +274,10 @@ impl Topic {
         };
         tracing::info!(route = self.key.route, filter = %self.key.filter, reason = reason.as_str(), "broker interruption; telling every stream");
         let frame = sse::gap(reason, None);
+        let at = tokio::time::Instant::now();
         for member in members.by_id.values() {
-            member.queue.push(frame.clone(), &self.stats);
+            member.queue.push(frame.clone(), at, &self.stats);
         }
+        self.spec.metrics.gaps(reason, members.by_id.len() as u64);
     }
 }

@@ -2,7 +2,7 @@
 //! alone (pure): which brokers and routes carry on, which end, what needs an upgrade.
 
 use crate::auth::KeyId;
-use crate::config::{Config, Route, Server};
+use crate::config::{Config, Route};
 use crate::simulator::Simulator;
 
 /// The changes a reload makes.
@@ -110,8 +110,17 @@ fn same_simulator(running: &Config, new: &Config) -> bool {
 /// The configuration that can run now: `new`, with the listeners that are running (pingora opens
 /// its listening sockets once, at start), and what of `new` needs an upgrade to apply. A TLS
 /// section keeps serving its (possibly new) certificate on the running TLS addresses.
-pub fn runnable(running: &Server, mut new: Config) -> (Config, Vec<&'static str>) {
+pub fn runnable(running: &Config, mut new: Config) -> (Config, Vec<&'static str>) {
     let mut upgrade = Vec::new();
+    if new.admin != running.admin {
+        upgrade.push("[admin] listen");
+        new.admin.clone_from(&running.admin);
+    }
+    if new.log_format != running.log_format {
+        upgrade.push("[log] format");
+        new.log_format = running.log_format;
+    }
+    let running = &running.server;
     if new.server.listen != running.listen {
         upgrade.push("listen addresses");
         new.server.listen.clone_from(&running.listen);
@@ -325,11 +334,11 @@ mod tests {
         let mut new = running.clone();
         new.server.listen = vec!["127.0.0.1:10".parse().expect("addr")];
         new.server.heartbeat = std::time::Duration::from_secs(1);
-        let (runnable, upgrade) = runnable(&running.server, new);
+        let (runnable, upgrade) = runnable(&running, new);
         assert_eq!(upgrade, ["listen addresses"]);
         assert_eq!(runnable.server.listen, running.server.listen);
         assert_eq!(runnable.server.heartbeat, std::time::Duration::from_secs(1));
-        let (unchanged, upgrade) = super::runnable(&running.server, running.clone());
+        let (unchanged, upgrade) = super::runnable(&running, running.clone());
         assert!(upgrade.is_empty());
         assert_eq!(unchanged.server, running.server);
     }

@@ -8,7 +8,8 @@
 //!   the old configuration or the new one), then the streams of ended routes and of tokens whose key
 //!   went are closed with a jittered `retry:`, the TLS certificate is replaced for new handshakes,
 //!   and the simulator restarts if its settings changed. Listen addresses need an upgrade.
-//! - [`ReloadStats`]: what reloads did, for metrics.
+//!
+//! Each reload is counted in `sluice_config_reloads_total` (see [`crate::admin::metrics`]).
 
 pub mod diff;
 
@@ -18,50 +19,9 @@ use crate::http::{Gateway, Routing};
 use crate::keys::CurrentCertificate;
 use sluice_bridge::Bridge;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
-
-/// Counts what reloads did (read by whoever exports metrics; nothing here depends on them).
-#[derive(Debug, Default)]
-pub struct ReloadStats {
-    /// Reloads applied.
-    pub succeeded: AtomicU64,
-    /// Reloads refused: the file did not pass its checks, or a new broker could not be set up.
-    pub failed: AtomicU64,
-    /// When the running configuration was last loaded (seconds since 1970): at start, then at each
-    /// reload applied.
-    pub last_success_unix: AtomicU64,
-}
-
-impl ReloadStats {
-    /// Stats for a process that has just loaded its configuration.
-    pub fn started() -> Arc<Self> {
-        let stats = Self::default();
-        stats.last_success_unix.store(now_unix(), Ordering::Relaxed);
-        Arc::new(stats)
-    }
-
-    fn record(&self, outcome: &Result<Applied, Refused>) {
-        match outcome {
-            Ok(_) => {
-                self.succeeded.fetch_add(1, Ordering::Relaxed);
-                self.last_success_unix.store(now_unix(), Ordering::Relaxed);
-            }
-            Err(_) => {
-                self.failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 /// What a reload applied (for its log line).
 #[derive(Debug, Default)]
@@ -99,7 +59,6 @@ pub struct Reloader {
     certificate: Option<Arc<CurrentCertificate>>,
     /// The simulator's task, if one runs.
     simulator: Option<JoinHandle<()>>,
-    stats: Arc<ReloadStats>,
 }
 
 impl Reloader {
@@ -108,14 +67,12 @@ impl Reloader {
         gateway: Arc<Gateway>,
         certificate: Option<Arc<CurrentCertificate>>,
         simulator: Option<JoinHandle<()>>,
-        stats: Arc<ReloadStats>,
     ) -> Self {
         Self {
             path,
             gateway,
             certificate,
             simulator,
-            stats,
         }
     }
 
@@ -137,7 +94,7 @@ impl Reloader {
     /// Loads the file and applies it, or refuses it; logs and counts either.
     pub async fn reload(&mut self) -> Result<Applied, Refused> {
         let outcome = self.apply().await;
-        self.stats.record(&outcome);
+        crate::admin::metrics::global().config_reloaded(outcome.is_ok());
         match &outcome {
             Ok(applied) => {
                 for what in &applied.needs_upgrade {
@@ -184,7 +141,7 @@ impl Reloader {
             };
             bridges.push(bridge);
         }
-        let (new, needs_upgrade) = diff::runnable(&running.config.server, new);
+        let (new, needs_upgrade) = diff::runnable(&running.config, new);
         let carried = |j: usize| {
             let i = diff.routes.get(j).copied().flatten()?;
             running.routes.get(i).cloned()

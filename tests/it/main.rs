@@ -16,6 +16,7 @@ mod jetstream;
 mod mqtt;
 mod mqtt_faults;
 mod nats;
+mod operations;
 mod protocols;
 mod reload;
 mod resume;
