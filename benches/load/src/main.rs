@@ -15,8 +15,8 @@ use clap::Parser;
 use publish::{payload, Publisher};
 use servers::{Kind, Running};
 use stats::Stats;
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -48,6 +48,11 @@ struct Cli {
     /// Skip the resume storm (clients resuming at once from a big replay buffer, never reading).
     #[arg(long)]
     no_resume_storm: bool,
+    /// The metrics benchmark instead of everything else: the saturation ramp on sluice's memory
+    /// route at 1,000 HTTP/1.1 subscribers, with no admin listener and with `/metrics` scraped
+    /// every second, alternately, this many times each; prints both and the ratio of the medians.
+    #[arg(long, value_name = "REPEATS")]
+    metrics_cost: Option<usize>,
 }
 
 #[derive(Clone, Copy)]
@@ -520,9 +525,31 @@ async fn resume_storm(
 }
 
 /// Raises the publish rate at 1,000 subscribers until delivered events/s stops growing.
-async fn saturation(kind: Kind, n: usize, step_seconds: u64) -> anyhow::Result<Row> {
+/// Whether a saturation run has sluice's admin listener scraped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scrape {
+    /// No admin listener at all.
+    Off,
+    /// `/metrics` fetched every second through the run.
+    EverySecond,
+}
+
+async fn saturation(
+    kind: Kind,
+    n: usize,
+    step_seconds: u64,
+    scrape: Scrape,
+) -> anyhow::Result<Row> {
     let run = RUN.fetch_add(1, Ordering::Relaxed);
-    let mut server = Running::start(kind).await?;
+    let admin: SocketAddr = format!("127.0.0.1:{}", sluice_testkit::free_port()).parse()?;
+    let mut server = match scrape {
+        Scrape::Off => Running::start(kind).await?,
+        Scrape::EverySecond => {
+            let section = format!("\n[admin]\nlisten = \"{admin}\"\n");
+            Running::start_with(kind, "", &section).await?
+        }
+    };
+    let scraper = (scrape == Scrape::EverySecond).then(|| tokio::spawn(scrape_metrics(admin)));
     let pids = server.pids();
     let stats = Arc::new(Stats::new());
     let mut tasks = JoinSet::new();
@@ -593,10 +620,76 @@ async fn saturation(kind: Kind, n: usize, step_seconds: u64) -> anyhow::Result<R
         }
         rate *= 2.0;
     }
+    if let Some(scraper) = scraper {
+        scraper.abort();
+        let scrapes = SCRAPES.swap(0, Ordering::Relaxed);
+        best.note = format!("/metrics scraped every 1 s ({scrapes} scrapes)");
+    }
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     server.stop();
     Ok(best)
+}
+
+/// Fetches `/metrics` from `admin` once a second, reading each body whole (as Prometheus does),
+/// until aborted; counts the scrapes that succeeded in [`SCRAPES`].
+async fn scrape_metrics(admin: SocketAddr) {
+    use http_body_util::{BodyExt, Empty};
+    let mut scrapes = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let fetched = async {
+            let io = hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(admin).await?);
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(conn);
+            let request = http::Request::get("/metrics")
+                .header("host", admin.to_string())
+                .body(Empty::<bytes::Bytes>::new())?;
+            let body = sender.send_request(request).await?.into_body();
+            let bytes = body.collect().await?.to_bytes();
+            anyhow::Ok(bytes.len())
+        };
+        if matches!(fetched.await, Ok(len) if len > 0) {
+            scrapes += 1;
+            SCRAPES.store(scrapes, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Scrapes done by the running [`scrape_metrics`].
+static SCRAPES: AtomicU64 = AtomicU64::new(0);
+
+/// The metrics benchmark (see `--metrics-cost`): rows of both variants, then their medians.
+async fn metrics_cost(repeats: usize, quick: bool) -> Vec<Row> {
+    let (n, step) = if quick { (200, 1) } else { (1000, 3) };
+    let mut rows = Vec::new();
+    let mut ceilings = [Vec::new(), Vec::new()];
+    for round in 0..repeats {
+        for (i, scrape) in [Scrape::Off, Scrape::EverySecond].into_iter().enumerate() {
+            eprintln!("metrics cost, round {}: scrape {}", round + 1, i == 1);
+            match saturation(Kind::SluiceMemory, n, step, scrape).await {
+                Ok(mut row) => {
+                    if scrape == Scrape::Off {
+                        row.note = "no admin listener".into();
+                    }
+                    ceilings[i].push(row.delivered_per_s);
+                    report(&mut rows, vec![row]);
+                }
+                Err(e) => eprintln!("  failed: {e:#}"),
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let (off, on) = (median(&mut ceilings[0]), median(&mut ceilings[1]));
+    eprintln!(
+        "metrics cost: median ceiling {off:.0} ev/s without, {on:.0} ev/s with /metrics scraped every second: {:.3}x",
+        on / off.max(1.0)
+    );
+    rows
 }
 
 /// Prints a finished row at once (to stderr), so an interrupted run still shows what it measured.
@@ -681,6 +774,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map(|l| (l, l))
         .unwrap_or((0, 0));
     eprintln!("open files limit: {soft} (hard {hard})");
+    if let Some(repeats) = cli.metrics_cost {
+        let rows = metrics_cost(repeats.max(1), cli.quick).await;
+        print_table(&rows);
+        return Ok(());
+    }
     let kinds: Vec<Kind> = match &cli.servers {
         Some(names) => names.iter().filter_map(|n| parse_kind(n)).collect(),
         None => vec![
@@ -749,6 +847,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 kind,
                 if cli.quick { 200 } else { 1000 },
                 if cli.quick { 1 } else { 3 },
+                Scrape::Off,
             )
             .await
             {
