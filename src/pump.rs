@@ -228,14 +228,11 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
         };
         let batch = match next {
             Next::Frames { dropped, since } => {
-                let batch = Batch {
-                    events: if std::mem::take(&mut heartbeat) {
-                        0
-                    } else {
-                        frames.len() as u64
-                    },
-                    since,
-                    fill: frames.len() as f64 / queue.capacity() as f64,
+                let fill = frames.len() as f64 / queue.capacity() as f64;
+                let mut events = if std::mem::take(&mut heartbeat) {
+                    0
+                } else {
+                    frames.len() as u64
                 };
                 if dropped > 0 {
                     feed_metrics.dropped(dropped);
@@ -246,10 +243,12 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
                     dropped_total += dropped;
                     // Tell the client, before the frames that follow what was discarded.
                     frames.insert(0, sse::gap(sse::GapReason::Overflow, Some(dropped)));
+                    events += 1;
                 }
                 Batch {
-                    events: batch.events + u64::from(dropped > 0),
-                    ..batch
+                    events,
+                    since,
+                    fill,
                 }
             }
             Next::Closed(Closed::Overflow) => break End::Overflow,
