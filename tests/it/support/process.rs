@@ -238,6 +238,21 @@ impl Sluice {
         .await
     }
 
+    /// The PID of this sluice.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The configuration file it was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.0.join("config.toml")
+    }
+
+    /// Sends `signal` (a name `kill` knows: QUIT, USR2, ...) to this sluice, by its PID.
+    pub fn send_signal(&self, signal: &str) {
+        send_signal(self.pid(), signal);
+    }
+
     /// Sends SIGTERM (graceful shutdown) and waits for the process to exit.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         self.send_sigterm();
@@ -267,6 +282,15 @@ impl Sluice {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Sends `signal` (a name `kill` knows) to the process `pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 /// A configuration file's text: `body` after the `[server] listen` line, then the TLS section. The
