@@ -374,6 +374,11 @@ async fn an_upgrade_refuses_no_connection_and_jetstream_streams_resume_exactly_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr2_starts_the_installed_binary_which_takes_over() {
+    // Installed as a symlink, so that "installing" a new version replaces the file at that path
+    // while the running process keeps its own (what /proc/self/exe would name).
+    let install = TempDir::new("installed");
+    let installed = install.0.join("sluice");
+    std::os::unix::fs::symlink(sluice_bin(), &installed).expect("install");
     let notify = Notifications::bind();
     let mut old = Sluice::start_opts(
         SERVER,
@@ -381,6 +386,8 @@ async fn sigusr2_starts_the_installed_binary_which_takes_over() {
             capture_log: true,
             log_level: "info".into(),
             env: notify.env(),
+            tls_listeners: 1,
+            program: Some(installed.clone()),
             ..Options::default()
         },
     )
@@ -388,6 +395,22 @@ async fn sigusr2_starts_the_installed_binary_which_takes_over() {
     assert_eq!(notify.next("READY").await, "1");
     let addr = old.addr;
     let mut open = live_stream(addr, "/ticks").await;
+
+    // The new version: a script that notes its PID and becomes sluice (exec keeps the PID).
+    let marker = install.0.join("new-version-started");
+    let script = install.0.join("sluice.new");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec '{}' \"$@\"\n",
+            marker.display(),
+            sluice_bin()
+        ),
+    )
+    .expect("write the new version");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    std::fs::rename(&script, &installed).expect("install the new version");
 
     old.send_signal("USR2");
     let new = ByPid(
@@ -399,6 +422,12 @@ async fn sigusr2_starts_the_installed_binary_which_takes_over() {
     );
     assert_ne!(new.0, old.pid(), "a new process took over");
     assert!(new.is_sluice(), "the new process is sluice");
+    let started = std::fs::read_to_string(&marker).expect("the installed new version was started");
+    assert_eq!(
+        started.trim(),
+        new.0.to_string(),
+        "by the path sluice was started as"
+    );
     assert_eq!(notify.next("READY").await, "1");
 
     open.until_end().await;
@@ -413,7 +442,7 @@ async fn sigusr2_starts_the_installed_binary_which_takes_over() {
         "the old process exits by itself: {status}"
     );
 
-    // The port is served by the new process alone now.
+    // The ports are served by the new process alone now, the TLS one included.
     assert!(new.alive(), "the new process runs");
     let log = old.log();
     assert!(
@@ -421,8 +450,13 @@ async fn sigusr2_starts_the_installed_binary_which_takes_over() {
         "{log}"
     );
     let mut fresh = live_stream(addr, "/ticks").await;
+    let tls_addr = old.tls_addr.expect("a TLS listener");
+    let mut tls = tls_h1_stream(tls_addr, &old.dir.0.join("cert.pem"), "/ticks").await;
+    assert_eq!(tls.status, StatusCode::OK);
+    tls.opened().await;
     publish(addr, "/ticks", "after").await;
     assert_eq!(fresh.next_event().await.data, "after");
+    assert_eq!(tls.next_event().await.data, "after");
     new.terminate().await;
 }
 
