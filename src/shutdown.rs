@@ -27,8 +27,8 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 /// The exit status after a second signal cut a graceful shutdown short (128 + SIGINT, as shells do).
 pub const INTERRUPTED: i32 = 130;
 
-/// How long an upgrade waits for the new process to wait on the upgrade socket: it connects its
-/// brokers first, then asks for the sockets. pingora's sender retries for about 5 s more.
+/// How long an upgrade waits for the new process to wait on the upgrade socket: it sets up its
+/// brokers first, then asks for the sockets. pingora's sender then retries for about 5 s more.
 const NEW_PROCESS_WAIT: Duration = Duration::from_secs(20);
 
 /// Set once a graceful shutdown or an upgrade's drain begins; never cleared.
