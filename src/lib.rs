@@ -21,7 +21,8 @@
 //!   [`route`], limits, tokens), opening streams and handing them to their wires (HTTP/1.x raw
 //!   connection, HTTP/2 send half); [`error`] decides every error's response.
 //! - [`simulator`]: simulated IoT devices publishing on a memory broker, for the demo dashboard.
-//! - [`shutdown`]: SIGTERM closes every stream with a randomised `retry:`; a second signal exits.
+//! - [`shutdown`]: signals: SIGTERM closes every stream with a randomised `retry:` (a second signal
+//!   exits); SIGQUIT and SIGUSR2 hand the listening sockets to a new process (graceful upgrade).
 //! - [`reload`]: SIGHUP re-reads the configuration file and applies what changed; the streams of
 //!   unchanged routes carry on untouched.
 //! - [`admin`]: the admin listener: Prometheus metrics (recorded where the work happens, through

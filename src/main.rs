@@ -6,7 +6,7 @@ use pingora::apps::ServerApp;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::protocols::TcpKeepalive;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 use sluice::config;
@@ -43,6 +43,10 @@ struct Cli {
     /// With --mint-token: how long the token is valid, from 1s to 1y.
     #[arg(long, default_value = "1h", value_parser = token_ttl)]
     ttl: Duration,
+    /// Take the listening sockets over from the running sluice, through `[server] upgrade_socket`;
+    /// then send the running one SIGQUIT (README: "Graceful upgrade").
+    #[arg(long, short)]
+    upgrade: bool,
 }
 
 /// `--ttl`: a humantime duration within [`config::TOKEN_TTL_RANGE`].
@@ -102,13 +106,35 @@ fn main() -> ExitCode {
             }
         };
     }
+    if cli.upgrade {
+        if let Err(e) = can_upgrade(&config) {
+            eprintln!("--upgrade: {e}");
+            return ExitCode::from(2);
+        }
+    }
     sluice::logging::init(config.log_format);
-    match run(config, cli.config) {
+    match run(config, cli.config, cli.upgrade) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--upgrade` needs the hand-off socket's path, in a folder that exists (pingora would panic).
+fn can_upgrade(config: &config::Config) -> Result<(), String> {
+    let socket = config.server.upgrade_socket.as_ref().ok_or(
+        "[server] upgrade_socket is not set: the running sluice hands its listening sockets over \
+         on that socket (and needs it set when it starts)",
+    )?;
+    match socket.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() && !folder.is_dir() => Err(format!(
+            "upgrade_socket {}: no such folder {}",
+            socket.display(),
+            folder.display()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -156,6 +182,8 @@ fn ensure_bindable(addrs: impl IntoIterator<Item = SocketAddr>) -> anyhow::Resul
 struct MustListen<A> {
     inner: Option<Service<A>>,
     name: String,
+    /// Tell systemd `READY=1` once this service listens (the public service does).
+    notify_ready: bool,
 }
 
 #[async_trait::async_trait]
@@ -169,6 +197,11 @@ impl<A: ServerApp + Send + Sync + 'static> pingora::services::Service for MustLi
         let Some(mut inner) = self.inner.take() else {
             return;
         };
+        // READY=1 for systemd once every address listens (pingora records each in `fds`).
+        let addresses = pingora::services::Service::listen_addresses(&inner);
+        if let (true, Some(fds), Some(addresses)) = (self.notify_ready, fds.clone(), addresses) {
+            tokio::spawn(sluice::shutdown::notify_when_listening(fds, addresses));
+        }
         let run = tokio::spawn(async move {
             pingora::services::Service::start_service(&mut inner, fds, shutdown, listeners_per_fd)
                 .await
@@ -238,8 +271,9 @@ fn connection_budget(config: &config::Config) -> anyhow::Result<Arc<Connections>
     ))
 }
 
-/// Serves `config` (loaded from `path`, which SIGHUP reads again) until a shutdown signal.
-fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
+/// Serves `config` (loaded from `path`, which SIGHUP reads again) until a shutdown signal; with
+/// `upgrade`, on the listening sockets of the running sluice.
+fn run(config: config::Config, path: PathBuf, upgrade: bool) -> anyhow::Result<()> {
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
@@ -263,25 +297,41 @@ fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
         reload::start_simulator(&config, &bridges)
     };
 
-    let conf = ServerConf {
+    let mut conf = ServerConf {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         // Streams end themselves on shutdown (after a randomised retry:), so little grace is needed.
         grace_period_seconds: Some(1),
         graceful_shutdown_timeout_seconds: Some(3),
         ..Default::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-
-    let tls_listen = config.server.tls.iter().flat_map(|t| t.listen.iter());
-    let admin_listen = config.admin.iter().map(|a| &a.listen);
-    let listen = config
-        .server
-        .listen
-        .iter()
-        .chain(tls_listen)
-        .chain(admin_listen);
-    ensure_bindable(listen.copied())?;
+    if let Some(socket) = &config.server.upgrade_socket {
+        conf.upgrade_sock = socket.to_string_lossy().into_owned();
+    }
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    if upgrade {
+        // Blocks until the running sluice sends its sockets (on SIGQUIT); pingora exits with status 1
+        // if none comes within about 5 s.
+        tracing::info!(
+            "waiting for the running sluice to hand its listening sockets over on {}: send it SIGQUIT",
+            server.configuration.upgrade_sock
+        );
+        server.bootstrap();
+        tracing::info!(
+            "took the listening sockets over (pid {})",
+            std::process::id()
+        );
+        sluice::shutdown::notify_main_pid();
+    } else {
+        server.bootstrap();
+        let tls_listen = config.server.tls.iter().flat_map(|t| t.listen.iter());
+        let admin_listen = config.admin.iter().map(|a| &a.listen);
+        let listen = config.server.listen.iter().chain(tls_listen);
+        ensure_bindable(listen.chain(admin_listen).copied())?;
+    }
 
     let routing = Routing::new(config.clone(), bridges, |_| None).map_err(anyhow::Error::msg)?;
     let gateway = Arc::new(Gateway::new(routing, Hub::new(), connections.clone()));
@@ -325,6 +375,7 @@ fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
     server.add_service(MustListen {
         inner: Some(service),
         name: "sluice".to_owned(),
+        notify_ready: true,
     });
     if let Some(admin) = &config.admin {
         let app = sluice::admin::Admin::new(gateway.clone(), connections.clone());
@@ -341,18 +392,21 @@ fn run(config: config::Config, path: PathBuf) -> anyhow::Result<()> {
         server.add_service(MustListen {
             inner: Some(service),
             name: "sluice-admin".to_owned(),
+            notify_ready: false,
         });
     }
     // SIGHUP reloads the configuration from here on (installed before the listeners open, so no
     // client-visible moment exists where it would still end the process).
     sluice::admin::metrics::global().config_loaded();
     let reloader = Reloader::new(path, gateway, certificate, simulator);
-    {
+    let shutdown = {
         let _on = bridge_runtime.enter();
         reloader.watch().context("listening for SIGHUP")?;
-    }
+        let socket = config.server.upgrade_socket.clone();
+        sluice::shutdown::TwoStepShutdown::new(socket).context("listening for signals")?
+    };
     server.run(RunArgs {
-        shutdown_signal: Box::new(sluice::shutdown::TwoStepShutdown),
+        shutdown_signal: Box::new(shutdown),
     });
     drop(bridge_runtime);
     Ok(())

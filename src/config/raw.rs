@@ -82,6 +82,7 @@ pub(super) struct RawServer {
     pub max_memory: Option<Spanned<u64>>,
     pub request_timeout: Option<Spanned<String>>,
     pub static_dir: Option<Spanned<String>>,
+    pub upgrade_socket: Option<Spanned<String>>,
     pub tls: Option<RawTls>,
     pub cors: Option<RawCors>,
 }

@@ -46,6 +46,8 @@ pub struct Server {
     pub request_timeout: Duration,
     /// Files served at `/` (the dashboard), if any.
     pub static_dir: Option<PathBuf>,
+    /// The Unix socket a new process (`--upgrade`) takes the listening sockets over on, if any.
+    pub upgrade_socket: Option<PathBuf>,
     pub cors: Option<Cors>,
 }
 
@@ -110,11 +112,16 @@ pub(super) fn validate(at: &Locator, raw: RawServer, base: &Path) -> Result<Serv
             Some(path)
         }
     };
+    let upgrade_socket = match raw.upgrade_socket {
+        None => None,
+        Some(path) => Some(upgrade_socket(at, &path, base)?),
+    };
     Ok(Server {
         listen,
         tls: tls.map(|(tls, _)| tls),
         cors,
         static_dir,
+        upgrade_socket,
         max_connections: within(
             at,
             raw.max_connections.as_ref(),
@@ -177,6 +184,43 @@ fn tls(at: &Locator, raw: RawTls, base: &Path) -> Result<Tls, ConfigError> {
         key,
         certified,
     })
+}
+
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// `upgrade_socket`: a path a Unix socket can be bound at. Only its form is checked: its folder may
+/// not exist where `--check` runs (systemd creates `/run/sluice` as the service starts), so `--upgrade`
+/// checks that itself. pingora would panic on a path too long for a socket address.
+fn upgrade_socket(
+    at: &Locator,
+    raw: &Spanned<String>,
+    base: &Path,
+) -> Result<PathBuf, ConfigError> {
+    if raw.get_ref().is_empty() {
+        return Err(at.error(raw.span(), "upgrade_socket needs a file path"));
+    }
+    let path = base.join(raw.get_ref());
+    let length = path.as_os_str().len();
+    if length > MAX_SOCKET_PATH {
+        return Err(at.error(
+            raw.span(),
+            format!(
+                "upgrade_socket {} is {length} bytes long: a Unix socket path holds at most {MAX_SOCKET_PATH}",
+                path.display()
+            ),
+        ));
+    }
+    if path.is_dir() {
+        return Err(at.error(
+            raw.span(),
+            format!(
+                "upgrade_socket {} is a folder: name a socket file in it",
+                path.display()
+            ),
+        ));
+    }
+    Ok(path)
 }
 
 fn addresses(at: &Locator, value: Spanned<OneOrMany>) -> Result<Vec<SocketAddr>, ConfigError> {
@@ -458,6 +502,35 @@ mod tests {
                 "2:14: no such folder",
             ),
         ]);
+    }
+
+    #[test]
+    fn upgrade_socket_must_be_a_socket_path() {
+        let server = |path: &str| format!("[server]\nupgrade_socket = {path:?}\n{ROUTE}");
+        assert_refused(&[
+            (
+                server(""),
+                "2:18: upgrade_socket needs a file path".to_owned(),
+            ),
+            (
+                server(&format!("/run/{}", "s".repeat(103))),
+                "2:18: upgrade_socket /run/sss".to_owned(),
+            ),
+            (
+                server("/tmp"),
+                "2:18: upgrade_socket /tmp is a folder".to_owned(),
+            ),
+        ]);
+        assert_accepted(&[
+            server("/run/sluice/upgrade.sock"),
+            server(&format!("/run/{}", "s".repeat(102))),
+        ]);
+        let config = crate::config::testing::parse_text(&server("upgrade.sock")).expect("valid");
+        assert_eq!(
+            config.server.upgrade_socket,
+            Some(crate::config::testing::base().join("upgrade.sock")),
+            "a relative path is relative to the configuration's folder"
+        );
     }
 
     #[test]

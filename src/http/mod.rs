@@ -91,7 +91,7 @@ impl Gateway {
     /// Whether the server is draining (shutting down, or handing over to an upgrade): `/readyz`
     /// answers `503` then.
     pub fn draining(&self) -> bool {
-        self.hub.is_shutting_down()
+        crate::shutdown::draining() || self.hub.is_shutting_down()
     }
 
     /// Makes sure the hub is shut down with the server. Every request passes here first, and a

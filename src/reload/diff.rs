@@ -120,6 +120,12 @@ pub fn runnable(running: &Config, mut new: Config) -> (Config, Vec<&'static str>
         upgrade.push("[log] format");
         new.log_format = running.log_format;
     }
+    if new.server.upgrade_socket != running.server.upgrade_socket {
+        upgrade.push("upgrade_socket");
+        new.server
+            .upgrade_socket
+            .clone_from(&running.server.upgrade_socket);
+    }
     let running = &running.server;
     if new.server.listen != running.listen {
         upgrade.push("listen addresses");

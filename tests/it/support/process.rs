@@ -51,6 +51,8 @@ pub struct Options {
     pub log_level: String,
     /// Run sluice with this many open files at most (soft and hard limit), as `ulimit -n` does.
     pub file_limit: Option<u64>,
+    /// Start sluice by this path (e.g. a symlink to it) instead of [`sluice_bin`].
+    pub program: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -62,6 +64,7 @@ impl Default for Options {
             capture_log: false,
             log_level: "warn".into(),
             file_limit: None,
+            program: None,
         }
     }
 }
@@ -117,16 +120,20 @@ impl Sluice {
         let config = config_text(addr, &tls_addrs, &tls_section, body);
         let path = dir.0.join("config.toml");
         std::fs::write(&path, &config).expect("write config");
+        let program = options
+            .program
+            .clone()
+            .unwrap_or_else(|| sluice_bin().into());
         let mut command = match options.file_limit {
             // The shell sets the limit and replaces itself with sluice, which keeps its PID.
             Some(limit) => {
                 let mut sh = Command::new("sh");
                 sh.arg("-c")
                     .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
-                    .arg(sluice_bin());
+                    .arg(&program);
                 sh
             }
-            None => Command::new(sluice_bin()),
+            None => Command::new(&program),
         };
         command
             .arg("--config")
@@ -238,6 +245,21 @@ impl Sluice {
         .await
     }
 
+    /// The PID of this sluice.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The configuration file it was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.0.join("config.toml")
+    }
+
+    /// Sends `signal` (a name `kill` knows: QUIT, USR2, ...) to this sluice, by its PID.
+    pub fn send_signal(&self, signal: &str) {
+        send_signal(self.pid(), signal);
+    }
+
     /// Sends SIGTERM (graceful shutdown) and waits for the process to exit.
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         self.send_sigterm();
@@ -267,6 +289,15 @@ impl Sluice {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Sends `signal` (a name `kill` knows) to the process `pid`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 /// A configuration file's text: `body` after the `[server] listen` line, then the TLS section. The
