@@ -1,27 +1,19 @@
 //! The process's Prometheus metrics: one registry, the families of the public metric names, and
-//! the handles the hot path records through (a route's handles are looked up once per route, so
-//! recording is an atomic add: no lock, no allocation, no label hashing per event).
+//! the handles the hot path records through. A route's handles are looked up once per route, so
+//! recording is an atomic add (no lock, no allocation, no label hashing per event); what every
+//! written batch records is counted per thread ([`super::hot`]).
 //!
 //! Labels name a route by its `path` template and a broker by its configured name, never a
 //! concrete topic, a client or a token: the label sets are bounded by the configuration.
 
+use super::hot::{BatchCollector, BatchCounters};
 use crate::sse::GapReason;
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
-
-/// Delivery lag buckets (seconds): from well under a millisecond to the 10 s a stalled client may
-/// take before its write timeout.
-const LAG_BUCKETS: &[f64] = &[
-    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0,
-];
-/// Queue fill buckets (a share of the route's `buffer`).
-const FILL_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0];
 
 /// Why a stream ended, as the `reason` label and the access log's `reason` field say it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,12 +80,8 @@ pub struct Metrics {
     streams_open: IntGaugeVec,
     streams_opened: IntCounterVec,
     streams_closed: IntCounterVec,
-    events_sent: IntCounterVec,
-    bytes_sent: IntCounterVec,
     events_dropped: IntCounterVec,
     gaps_sent: IntCounterVec,
-    delivery_lag: HistogramVec,
-    queue_fill: HistogramVec,
     resumes: IntCounterVec,
     publish_requests: IntCounterVec,
     pub(super) broker_up: IntGaugeVec,
@@ -105,7 +93,7 @@ pub struct Metrics {
     pub(super) config_reloads: IntCounterVec,
     pub(super) config_last_reload_success: Gauge,
     /// Each route's handles by path template: a reload that keeps a path keeps its counters.
-    routes: Mutex<HashMap<Box<str>, Arc<RouteMetrics>>>,
+    routes: Arc<Mutex<HashMap<Box<str>, Arc<RouteMetrics>>>>,
 }
 
 /// The process's metrics.
@@ -133,12 +121,6 @@ fn gauges(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGa
     registered(registry, vec.expect("a valid metric definition"))
 }
 
-fn histograms(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
-    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
-    let vec = HistogramVec::new(opts, &["route"]);
-    registered(registry, vec.expect("a valid metric definition"))
-}
-
 impl Metrics {
     #[allow(clippy::expect_used)] // constant definitions, checked by the tests below
     fn new() -> Self {
@@ -163,18 +145,6 @@ impl Metrics {
                 "SSE streams ended, by why they ended.",
                 &["route", "reason"],
             ),
-            events_sent: counters(
-                r,
-                "sluice_events_sent_total",
-                "Events written to clients.",
-                &["route"],
-            ),
-            bytes_sent: counters(
-                r,
-                "sluice_bytes_sent_total",
-                "Bytes of SSE frames written to clients (events, heartbeats, gaps).",
-                &["route"],
-            ),
             events_dropped: counters(
                 r,
                 "sluice_events_dropped_total",
@@ -186,19 +156,6 @@ impl Metrics {
                 "sluice_gaps_sent_total",
                 "gap events sent to streams, by reason.",
                 &["route", "reason"],
-            ),
-            delivery_lag: histograms(
-                r,
-                "sluice_delivery_lag_seconds",
-                "From a message reaching sluice to its bytes being accepted by the client's socket \
-                 (the oldest message of each written batch).",
-                LAG_BUCKETS,
-            ),
-            queue_fill: histograms(
-                r,
-                "sluice_queue_fill_ratio",
-                "Queued events over the route's buffer when a batch is written.",
-                FILL_BUCKETS,
             ),
             resumes: counters(
                 r,
@@ -264,9 +221,18 @@ impl Metrics {
                 )
                 .expect("a valid metric definition"),
             ),
-            routes: Mutex::new(HashMap::new()),
+            routes: Arc::new(Mutex::new(HashMap::new())),
             registry,
         };
+        // Events and bytes sent, the delivery lag and the queue fill: counted per thread, summed here.
+        match BatchCollector::new(metrics.routes.clone()) {
+            Ok(batches) => {
+                if let Err(e) = metrics.registry.register(Box::new(batches)) {
+                    tracing::error!(error = %e, "the batch metrics could not be registered");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "the batch metrics could not be defined"),
+        }
         let process = prometheus::process_collector::ProcessCollector::for_self();
         if let Err(e) = metrics.registry.register(Box::new(process)) {
             tracing::error!(error = %e, "the process metrics could not be registered");
@@ -349,11 +315,9 @@ pub struct RouteMetrics {
     streams_open: [IntGauge; 2],
     streams_opened: [IntCounter; 2],
     closed: [IntCounter; CloseReason::ALL.len()],
-    events_sent: IntCounter,
-    bytes_sent: IntCounter,
+    /// Events and bytes sent, lag and fill: recorded per batch, so per thread (see [`hot`]).
+    pub(super) batches: BatchCounters,
     events_dropped: IntCounter,
-    lag: Histogram,
-    fill: Histogram,
     resumed: IntCounter,
     resume_gap: IntCounter,
     gaps: [IntCounter; GAP_REASONS.len()],
@@ -377,11 +341,8 @@ impl RouteMetrics {
                     .streams_closed
                     .with_label_values(&[path, reason.as_str()])
             }),
-            events_sent: metrics.events_sent.with_label_values(&[path]),
-            bytes_sent: metrics.bytes_sent.with_label_values(&[path]),
+            batches: BatchCounters::default(),
             events_dropped: metrics.events_dropped.with_label_values(&[path]),
-            lag: metrics.delivery_lag.with_label_values(&[path]),
-            fill: metrics.queue_fill.with_label_values(&[path]),
             resumed: metrics.resumes.with_label_values(&[path, "resumed"]),
             resume_gap: metrics.resumes.with_label_values(&[path, "gap"]),
             gaps: GAP_REASONS.map(|reason| {
@@ -414,14 +375,7 @@ impl RouteMetrics {
     /// accepted by a client's socket; its oldest message reached sluice `lag` ago, and the batch
     /// filled `fill` of the stream's queue.
     pub fn wrote(&self, events: u64, bytes: u64, lag: Option<std::time::Duration>, fill: f64) {
-        if events > 0 {
-            self.events_sent.inc_by(events);
-        }
-        self.bytes_sent.inc_by(bytes);
-        if let Some(lag) = lag {
-            self.lag.observe(lag.as_secs_f64());
-            self.fill.observe(fill);
-        }
+        self.batches.record(events, bytes, lag, fill);
     }
 
     /// `n` events were discarded by the drop-oldest policy.
@@ -453,18 +407,14 @@ impl RouteMetrics {
 
     /// What the status page shows of the route: events sent, events dropped, open streams.
     pub fn totals(&self) -> RouteTotals {
-        let (lag_count, lag_buckets) = lag_buckets(&self.lag);
+        let batches = self.batches.totals();
+        let open: i64 = self.streams_open.iter().map(IntGauge::get).sum();
         RouteTotals {
-            streams: self
-                .streams_open
-                .iter()
-                .map(IntGauge::get)
-                .sum::<i64>()
-                .max(0) as u64,
-            events: self.events_sent.get(),
+            streams: u64::try_from(open).unwrap_or(0),
+            events: batches.events,
             dropped: self.events_dropped.get(),
-            lag_count,
-            lag_buckets,
+            lag_count: batches.lag_count(),
+            lag_buckets: batches.lag_buckets(),
         }
     }
 }
@@ -479,21 +429,6 @@ pub struct RouteTotals {
     pub lag_count: u64,
     /// The delivery lag histogram: cumulative counts by upper bound (seconds).
     pub lag_buckets: Vec<(f64, u64)>,
-}
-
-/// The count and cumulative buckets of `histogram`, from one snapshot of it.
-fn lag_buckets(histogram: &Histogram) -> (u64, Vec<(f64, u64)>) {
-    let families = histogram.collect();
-    let Some(metric) = families.first().and_then(|f| f.get_metric().first()) else {
-        return (0, Vec::new());
-    };
-    let histogram = metric.get_histogram();
-    let buckets = histogram
-        .get_bucket()
-        .iter()
-        .map(|b| (b.upper_bound(), b.cumulative_count()))
-        .collect();
-    (histogram.get_sample_count(), buckets)
 }
 
 /// An open stream's place in `sluice_streams_open`, given back when dropped.

@@ -1,13 +1,15 @@
 //! The admin listener (`[admin] listen`), apart from the public ones: Prometheus metrics, health
 //! and readiness, and a live status page fed by an SSE stream of its own.
 //!
-//! - [`metrics`]: the registry, the public metric names, and the handles the hot path records to.
+//! - [`metrics`]: the registry, the public metric names, and the handles the hot path records to;
+//!   [`hot`]: the per-batch counters, sharded by thread.
 //! - [`exposition`]: `/metrics` in Prometheus text 0.0.4, or OpenMetrics when `Accept` asks for it.
 //! - [`ready`]: `/readyz` (also on the public listeners).
 //! - [`status`]: the JSON snapshot the status page draws, once a second on `/status/events`.
 //! - `ui/`: the status page (plain HTML, JS and CSS, built into the binary).
 
 pub mod exposition;
+pub mod hot;
 pub mod metrics;
 pub mod ready;
 pub mod status;

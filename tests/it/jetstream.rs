@@ -38,15 +38,20 @@ pub async fn orders_stream(server: &NatsServer) -> jetstream::Context {
     js
 }
 
-/// Publishes `n` as order `n` until the server acknowledges it. The message id makes a retried publish
-/// whose first try was stored count once.
+/// Publishes `n` as order `n` until the server acknowledges it.
 async fn publish_order(js: &jetstream::Context, n: usize) {
+    publish_acked(js, format!("orders.{}", n % 3), n.to_string()).await;
+}
+
+/// Publishes `data` on `subject` until the server acknowledges it. The message id (`data`) makes a
+/// retried publish whose first try was stored count once.
+pub async fn publish_acked(js: &jetstream::Context, subject: String, data: String) {
     within("order stored", async {
         loop {
             let message = PublishMessage::build()
-                .payload(n.to_string().into())
-                .message_id(n.to_string());
-            if let Ok(ack) = js.send_publish(format!("orders.{}", n % 3), message).await {
+                .payload(data.clone().into())
+                .message_id(data.clone());
+            if let Ok(ack) = js.send_publish(subject.clone(), message).await {
                 if tokio::time::timeout(Duration::from_secs(2), ack)
                     .await
                     .is_ok_and(|a| a.is_ok())

@@ -1,9 +1,8 @@
 //! Graceful upgrade against the real binary: `--upgrade` plus SIGQUIT, and SIGUSR2 in place, hand the
 //! listening sockets over without refusing a connection; JetStream streams resume on the new process.
 
-use crate::jetstream::orders_stream;
+use crate::jetstream::{orders_stream, publish_acked};
 use crate::support::*;
-use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Empty;
@@ -190,28 +189,6 @@ fn open_streams_every_10ms(
         }
         (opened, failures)
     })
-}
-
-/// Publishes `data` on `subject` until the server acknowledges it (the message id makes a retry count
-/// once).
-async fn publish_acked(js: &jetstream::Context, subject: String, data: String) {
-    within("order stored", async {
-        loop {
-            let message = PublishMessage::build()
-                .payload(data.clone().into())
-                .message_id(data.clone());
-            if let Ok(ack) = js.send_publish(subject.clone(), message).await {
-                if tokio::time::timeout(Duration::from_secs(2), ack)
-                    .await
-                    .is_ok_and(|a| a.is_ok())
-                {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await;
 }
 
 /// One client of `/orders`: reads events; when its stream ends, reconnects with `Last-Event-ID` as a
