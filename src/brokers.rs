@@ -23,13 +23,13 @@ pub async fn connect(broker: &Broker) -> Result<Arc<dyn Bridge>, BridgeError> {
     let bridge: Arc<dyn Bridge> = match &broker.kind {
         BrokerKind::Memory => Arc::new(MemoryBridge::new()),
         BrokerKind::Nats {
-            url,
+            urls,
             max_control_line,
         } => Arc::new(
             NatsBridge::connect(
                 &broker.name,
                 &NatsSettings {
-                    url: url.clone(),
+                    urls: urls.clone(),
                     max_control_line: *max_control_line,
                 },
             )

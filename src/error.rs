@@ -22,6 +22,9 @@ pub enum Error {
     Forbidden(String),
     #[error("too busy: {0}; retry later")]
     Busy(&'static str),
+    /// A new stream past `max_new_streams_per_second`: the client comes back after these seconds.
+    #[error("too many new streams: retry in {0} s")]
+    Throttled(u64),
     #[error("request header too large: the limit is {0} bytes")]
     HeaderTooLarge(usize),
     #[error("request target too long: the limit is {0} bytes")]
@@ -48,7 +51,7 @@ impl Error {
             Error::PayloadTooLarge(_) => 413,
             Error::Unauthorized(_) => 401,
             Error::Forbidden(_) => 403,
-            Error::Busy(_) => 503,
+            Error::Busy(_) | Error::Throttled(_) => 503,
             Error::HeaderTooLarge(_) => 431,
             Error::UriTooLong(_) => 414,
             Error::Bridge(BridgeError::InvalidTopic { .. }) => 400,
@@ -75,6 +78,7 @@ impl Error {
                 vec![("www-authenticate", "Bearer realm=\"sluice\"".to_owned())]
             }
             Error::Busy(_) => vec![("retry-after", BUSY_RETRY_AFTER.to_owned())],
+            Error::Throttled(seconds) => vec![("retry-after", seconds.to_string())],
             _ => Vec::new(),
         }
     }

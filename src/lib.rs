@@ -12,7 +12,7 @@
 //!   and the backlog a resuming stream reads as it drains.
 //! - [`pump`]: writes one stream's backlog and queue to its wire: heartbeats, write deadlines.
 //! - [`cors`], [`files`] (the dashboard folder), [`limits`] (connections per server and per IP, and
-//!   `max_memory`).
+//!   `max_memory`), [`admission`] (new streams per second, so a reconnect storm becomes a ramp).
 //! - [`connections`]: every client connection under a budget from the file limit; one with no
 //!   stream and no request in progress is closed after `request_timeout`.
 //! - [`auth`]: JWT verification and topic grants for routes with `auth = true`; [`keys`]: the JWT
@@ -30,6 +30,7 @@
 //!   each stream's access line.
 
 pub mod admin;
+pub mod admission;
 pub mod auth;
 pub mod brokers;
 pub mod config;

@@ -1,6 +1,6 @@
 //! Validates `[brokers.NAME]` into [`Broker`]s: the type, its url and the keys of that type only.
 
-use super::raw::RawBroker;
+use super::raw::{OneOrMany, RawBroker};
 use super::values::within;
 use super::{
     ConfigError, Locator, DEFAULT_MAX_CONTROL_LINE, DEFAULT_MQTT_QOS, MAX_CONTROL_LINE_RANGE,
@@ -24,7 +24,8 @@ pub struct Broker {
 pub enum BrokerKind {
     Memory,
     Nats {
-        url: String,
+        /// The servers to connect to (one or more of a cluster); async-nats fails over between them.
+        urls: Vec<String>,
         /// The server's `max_control_line`: the longest protocol line (and so subject) it takes.
         max_control_line: usize,
     },
@@ -58,20 +59,33 @@ pub(super) fn validate(
 }
 
 fn kind(at: &Locator, name: &str, raw: RawBroker) -> Result<BrokerKind, ConfigError> {
-    let url = |scheme: &str| -> Result<String, ConfigError> {
+    // Every url of the broker: one string, or a list (NATS only).
+    let urls = |scheme: &str| -> Result<Vec<String>, ConfigError> {
         let Some(url) = &raw.url else {
             return Err(at.error(
                 raw.kind.span(),
                 format!("broker {name:?} needs a url, e.g. \"{scheme}://127.0.0.1\""),
             ));
         };
-        if !url.get_ref().starts_with(&format!("{scheme}://")) {
-            return Err(at.error(
-                url.span(),
-                format!("a {} url must start with {scheme}://", raw.kind.get_ref()),
-            ));
+        let list = match url.get_ref() {
+            OneOrMany::One(one) => vec![one.clone()],
+            OneOrMany::Many(many) => many.clone(),
+        };
+        if list.is_empty() {
+            return Err(at.error(url.span(), "url needs at least one address"));
         }
-        Ok(url.get_ref().clone())
+        for (i, one) in list.iter().enumerate() {
+            let host = one.strip_prefix(&format!("{scheme}://"));
+            if host.is_none_or(str::is_empty) {
+                let kind = raw.kind.get_ref();
+                let reason = format!("a {kind} url must start with {scheme}:// and name a host");
+                return Err(at.error(url.span(), reason));
+            }
+            if list[..i].contains(one) {
+                return Err(at.error(url.span(), format!("url {one:?} is listed twice")));
+            }
+        }
+        Ok(list)
     };
     let not_mqtt = |raw: &RawBroker| -> Result<(), ConfigError> {
         if let Some(c) = &raw.client_id {
@@ -113,13 +127,21 @@ fn kind(at: &Locator, name: &str, raw: RawBroker) -> Result<BrokerKind, ConfigEr
                 },
             )?;
             Ok(BrokerKind::Nats {
-                url: url("nats")?,
+                urls: urls("nats")?,
                 max_control_line,
             })
         }
         "mqtt" => {
             not_nats(&raw)?;
-            let url = url("mqtt")?;
+            let mut list = urls("mqtt")?;
+            let (Some(url), true) = (list.pop(), list.is_empty()) else {
+                let span = raw.url.as_ref().map_or(0..0, |u| u.span());
+                return Err(at.error(
+                    span,
+                    "an mqtt broker takes one url: put a broker cluster behind a load balancer \
+                     and name that",
+                ));
+            };
             let qos = within(
                 at,
                 raw.qos.as_ref(),
@@ -150,7 +172,26 @@ fn kind(at: &Locator, name: &str, raw: RawBroker) -> Result<BrokerKind, ConfigEr
 
 #[cfg(test)]
 mod tests {
-    use crate::config::testing::assert_refused;
+    use super::BrokerKind;
+    use crate::config::testing::{assert_refused, parse_text};
+
+    #[test]
+    fn a_nats_broker_takes_one_url_or_a_list() {
+        let route = "[[routes]]\npath = \"/a\"\nbroker = \"n\"\ntopic = \"a\"\n";
+        let config = |text: &str| format!("[brokers.n]\ntype = \"nats\"\n{text}\n{route}");
+        let urls = |text: &str| match parse_text(&config(text)) {
+            Ok(config) => match &config.brokers[0].kind {
+                BrokerKind::Nats { urls, .. } => urls.clone(),
+                other => panic!("{other:?}"),
+            },
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(urls("url = \"nats://a:4222\""), ["nats://a:4222"]);
+        assert_eq!(
+            urls("url = [\"nats://a:4222\", \"nats://b:4222\"]"),
+            ["nats://a:4222", "nats://b:4222"]
+        );
+    }
 
     #[test]
     fn each_broker_type_takes_its_own_keys_and_url() {
@@ -165,7 +206,23 @@ mod tests {
             ),
             (
                 "[brokers.n]\ntype = \"nats\"\nurl = \"http://x\"\n",
-                "3:7: a nats url must start with nats://",
+                "3:7: a nats url must start with nats:// and name a host",
+            ),
+            (
+                "[brokers.n]\ntype = \"nats\"\nurl = [\"nats://a\", \"nats://\"]\n",
+                "3:7: a nats url must start with nats:// and name a host",
+            ),
+            (
+                "[brokers.n]\ntype = \"nats\"\nurl = [\"nats://a\", \"nats://a\"]\n",
+                "3:7: url \"nats://a\" is listed twice",
+            ),
+            (
+                "[brokers.n]\ntype = \"nats\"\nurl = []\n",
+                "3:7: url needs at least one address",
+            ),
+            (
+                "[brokers.q]\ntype = \"mqtt\"\nurl = [\"mqtt://a\", \"mqtt://b\"]\n",
+                "3:7: an mqtt broker takes one url",
             ),
             (
                 "[brokers.n]\ntype = \"nats\"\nurl = \"nats://x\"\nqos = 1\n",

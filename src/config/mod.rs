@@ -69,6 +69,8 @@ pub const DURATION_RANGE: RangeInclusive<Duration> =
 /// memory whole before it is published; past the broker's own limit (its announced `max_payload` or
 /// maximum packet size) a publish gets `413`.
 pub const PUBLISH_BYTES_RANGE: RangeInclusive<usize> = 1..=64 * 1024 * 1024;
+/// `max_new_streams_per_second`: from 1 to a million (past what one process can open anyway).
+pub const NEW_STREAMS_RATE_RANGE: RangeInclusive<u32> = 1..=1_000_000;
 /// `max_memory`, in bytes: from 16 MiB (sluice itself takes about 10) to 16 TiB.
 pub const MAX_MEMORY_RANGE: RangeInclusive<u64> = 16 * 1024 * 1024..=16 * 1024 * 1024 * 1024 * 1024;
 /// `max_streams_per_connection`: at the top, one HTTP/2 connection holds about 200 MiB of streams.

@@ -60,9 +60,9 @@ pub(super) struct RawSimulator {
     pub interval: Option<Spanned<String>>,
 }
 
-/// A listen list: one address as a plain string, or an array of them.
+/// A listen or url list: one address as a plain string, or an array of them.
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a string or a list of strings")]
 pub(super) enum OneOrMany {
     One(String),
     Many(Vec<String>),
@@ -79,6 +79,7 @@ pub(super) struct RawServer {
     pub max_streams_per_connection: Option<Spanned<u32>>,
     pub max_connections: Option<Spanned<usize>>,
     pub max_connections_per_ip: Option<Spanned<usize>>,
+    pub max_new_streams_per_second: Option<Spanned<u32>>,
     pub max_memory: Option<Spanned<u64>>,
     pub request_timeout: Option<Spanned<String>>,
     pub static_dir: Option<Spanned<String>>,
@@ -100,7 +101,7 @@ pub(super) struct RawTls {
 pub(super) struct RawBroker {
     #[serde(rename = "type")]
     pub kind: Spanned<String>,
-    pub url: Option<Spanned<String>>,
+    pub url: Option<Spanned<OneOrMany>>,
     pub client_id: Option<Spanned<String>>,
     pub qos: Option<Spanned<u8>>,
     pub max_control_line: Option<Spanned<usize>>,

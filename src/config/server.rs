@@ -6,7 +6,7 @@ use super::{
     ConfigError, Locator, DEFAULT_HEARTBEAT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_PUBLISH_BYTES, DEFAULT_MAX_STREAMS_PER_CONNECTION,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY, DEFAULT_WRITE_TIMEOUT, MAX_CONNECTIONS_RANGE,
-    MAX_MEMORY_RANGE, PUBLISH_BYTES_RANGE, STREAMS_PER_CONNECTION_RANGE,
+    MAX_MEMORY_RANGE, NEW_STREAMS_RATE_RANGE, PUBLISH_BYTES_RANGE, STREAMS_PER_CONNECTION_RANGE,
 };
 use crate::cors::Cors;
 use crate::keys;
@@ -40,6 +40,8 @@ pub struct Server {
     pub max_connections: usize,
     /// The same, per client IP address; 0 is no limit.
     pub max_connections_per_ip: usize,
+    /// New streams admitted per second (a reconnect storm becomes a ramp); `None`: no bound.
+    pub max_new_streams_per_second: Option<u32>,
     /// Past this resident memory (bytes), new streams and publishes get `503`; `None`: no bound.
     pub max_memory: Option<u64>,
     /// A request's head must arrive within this time, or the connection is dropped.
@@ -132,6 +134,16 @@ pub(super) fn validate(at: &Locator, raw: RawServer, base: &Path) -> Result<Serv
         max_connections_per_ip: raw
             .max_connections_per_ip
             .map_or(DEFAULT_MAX_CONNECTIONS_PER_IP, Spanned::into_inner),
+        max_new_streams_per_second: match &raw.max_new_streams_per_second {
+            None => None,
+            Some(r) => Some(bounded(
+                at,
+                "max_new_streams_per_second",
+                Some(r),
+                1,
+                NEW_STREAMS_RATE_RANGE,
+            )?),
+        },
         max_memory: match &raw.max_memory {
             None => None,
             Some(m) => Some(bounded(at, "max_memory", Some(m), 0, MAX_MEMORY_RANGE)?),
@@ -432,6 +444,8 @@ mod tests {
             ("max_publish_bytes", "0", 1, 67_108_864),
             ("max_streams_per_connection", "100001", 1, 100_000),
             ("max_streams_per_connection", "0", 1, 100_000),
+            ("max_new_streams_per_second", "0", 1, 1_000_000),
+            ("max_new_streams_per_second", "1000001", 1, 1_000_000),
         ] {
             cases.push((
                 server(&format!("{key} = {past}")),

@@ -15,6 +15,7 @@ pub mod routing;
 mod session;
 pub mod wire;
 
+use crate::admission::Admission;
 use crate::auth::redacted_request_line;
 use crate::connections::Connections;
 use crate::error::Error;
@@ -48,8 +49,36 @@ pub struct Gateway {
     connections: Arc<Connections>,
     /// The timings every stream shares (a reload updates them in place).
     pump_settings: Arc<PumpSettings>,
+    /// New streams per second (`max_new_streams_per_second`).
+    admission: Admission,
     /// Starts the one task that closes every stream's queue when the server shuts down.
     shutdown_watcher: Once,
+}
+
+/// A stream refused by admission control, told when to come back. An `EventSource` (it asks for
+/// `text/event-stream`) does not reconnect after an error status, so it gets an empty stream that
+/// ends at once with a `retry:` of that delay: it reconnects by itself then, with its
+/// `Last-Event-ID`. Other clients get `503` with `retry-after`.
+async fn throttled(
+    session: &mut ServerSession,
+    wait: std::time::Duration,
+    cors_headers: &[(&'static str, String)],
+) -> Result<Reuse, Error> {
+    let accept = session.req_header().headers.get("accept");
+    let event_stream = accept
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    if !event_stream {
+        return Err(Error::Throttled(wait.as_secs().max(1)));
+    }
+    let mut headers = cors_headers.to_vec();
+    headers.push(("cache-control", "no-cache".to_owned()));
+    let body = format!(
+        ": too many new streams; reconnect later\nretry: {}\n\n",
+        wait.as_millis()
+    );
+    respond(session, 200, "text/event-stream", body.into(), &headers).await?;
+    Ok(Reuse::Yes)
 }
 
 /// What happens to the connection after a request.
@@ -76,7 +105,9 @@ impl Gateway {
             server.write_timeout,
         ));
         let memory = MemoryGuard::new(server.max_memory);
+        let admission = Admission::new(server.max_new_streams_per_second);
         Self {
+            admission,
             routing: ArcSwap::from_pointee(routing),
             hub,
             memory,
@@ -153,6 +184,9 @@ impl Gateway {
                 published
             }
             Action::Stream(index, route, topics) => {
+                if let Err(wait) = self.admission.admit() {
+                    return throttled(session, wait, cors_headers).await;
+                }
                 let auth = routing.config.auth.as_ref();
                 let grant = authorize(auth, session.req_header(), route, &topics, false)?;
                 let at = (index, route);

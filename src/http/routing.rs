@@ -68,6 +68,7 @@ impl Gateway {
         self.limits
             .set(server.max_connections, server.max_connections_per_ip);
         self.memory.set_limit(server.max_memory);
+        self.admission.set_rate(server.max_new_streams_per_second);
         self.connections.set_idle_timeout(server.request_timeout);
         self.routing.swap(routing)
     }

@@ -684,3 +684,50 @@ replay = 5000
         "seen {seen} of {accepted}, ended {ended}"
     );
 }
+
+#[tokio::test]
+async fn past_max_new_streams_per_second_clients_are_told_to_come_back_later() {
+    let body = r#"max_new_streams_per_second = 3
+
+[brokers.m]
+type = "memory"
+
+[[routes]]
+path = "/room/{name}"
+broker = "m"
+topic = "room/{name}"
+"#;
+    let sluice = Sluice::start(body).await;
+    // A full bucket: one second's worth gets in at once.
+    let mut open = Vec::new();
+    for n in 0..3 {
+        let stream = h1_stream(sluice.addr, &format!("/room/{n}")).await;
+        assert_eq!(stream.status, StatusCode::OK);
+        open.push(stream);
+    }
+    // An EventSource (it asks for text/event-stream) gets a stream that ends at once with a retry:
+    // it reconnects by itself then; an error status would end it for good.
+    let mut refused = h1_stream(sluice.addr, "/room/late").await;
+    assert_eq!(refused.status, StatusCode::OK);
+    let events = refused.until_end().await;
+    assert!(events.is_empty(), "{events:?}");
+    let retry = refused.retry.expect("a retry:");
+    assert!((1000..=60_000).contains(&retry), "retry: {retry}");
+    // Another client gets 503 and when to come back.
+    let plain = get(sluice.addr, "/room/late").await.expect("get");
+    assert_eq!(plain.status, StatusCode::SERVICE_UNAVAILABLE);
+    let after: u64 = plain
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after in seconds");
+    assert!((1..=60).contains(&after), "retry-after: {after}");
+    // Tokens come back at the rate: within a second or so a new stream gets in again (a live
+    // stream is chunked; a refusal is a complete response with a length).
+    let mut back = eventually("a stream admitted again", || async {
+        let stream = h1_stream(sluice.addr, "/room/again").await;
+        stream.header("content-length").is_none().then_some(stream)
+    })
+    .await;
+    assert_eq!(back.status, StatusCode::OK);
+    back.opened().await;
+}

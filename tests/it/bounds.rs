@@ -17,6 +17,7 @@ write_timeout = "1day"
 request_timeout = "1day"
 max_publish_bytes = 67108864
 max_streams_per_connection = 100000
+max_new_streams_per_second = 1000000
 
 [auth]
 jwt_secret_env = "TEST_JWT_SECRET"

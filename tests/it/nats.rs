@@ -221,3 +221,52 @@ async fn a_server_down_at_start_is_picked_up_later() {
         })
         .await;
 }
+
+/// Whether sluice's connection (named `sluice/core`) is on `server`, from its `/connz`.
+async fn holds_sluice(server: &NatsServer) -> bool {
+    let json = nats_monitor(server, "/connz").await;
+    json["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["name"] == "sluice/core")
+}
+
+#[tokio::test]
+async fn a_broker_with_a_url_list_fails_over_to_another_server() {
+    let mut servers = [NatsServer::start(), NatsServer::start()];
+    let list = format!("[\"{}\", \"{}\"]", servers[0].url(), servers[1].url());
+    let config = routes("X").replace("url = \"X\"", &format!("url = {list}"));
+    let sluice = Sluice::start(&config).await;
+    let mut stream = h1_stream(sluice.addr, "/alerts/r").await;
+    stream.opened().await;
+    publish(sluice.addr, "/alerts/r", "before").await;
+    assert_eq!(stream.next_event().await.data, "before");
+
+    // Stop the server sluice is on: it reconnects to the other one, and the same stream goes on.
+    let mut on = None;
+    for (i, server) in servers.iter().enumerate() {
+        if holds_sluice(server).await {
+            on = Some(i);
+        }
+    }
+    let on = on.expect("sluice is connected to one of the servers");
+    servers[on].stop();
+    let addr = sluice.addr;
+    let seen = stream
+        .publish_until_received("after", |data| async move {
+            // Refused (503) while sluice has no server: tried again by the loop.
+            let _ = request(addr, "POST", "/alerts/r", data.into()).await;
+        })
+        .await;
+    assert!(
+        seen.iter().all(|e| e.event == "alert" || e.event == "gap"),
+        "{seen:?}"
+    );
+    assert!(
+        holds_sluice(&servers[1 - on]).await,
+        "sluice moved to the other server"
+    );
+    let ready = get(sluice.addr, "/readyz").await.expect("readyz");
+    assert_eq!(ready.status, 200, "{}", ready.text());
+}

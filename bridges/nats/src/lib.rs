@@ -50,8 +50,9 @@ const CONTROL_LINE_OVERHEAD: usize = 256;
 /// How the NATS bridge connects.
 #[derive(Clone, Debug)]
 pub struct NatsSettings {
-    /// `nats://host:port`.
-    pub url: String,
+    /// `nats://host:port`, one or more servers of a cluster: async-nats connects to one of them and
+    /// fails over to the others (and to the servers the cluster announces).
+    pub urls: Vec<String>,
     /// The server's `max_control_line` ([`DEFAULT_MAX_CONTROL_LINE`] unless it was raised).
     pub max_control_line: usize,
 }
@@ -231,11 +232,12 @@ impl Drop for AbortOnDrop {
 }
 
 impl NatsBridge {
-    /// Starts connecting to `url` and returns at once: a server that is down at start is retried in the
-    /// background, and subscriptions made meanwhile are sent when the connection comes up.
+    /// Starts connecting to the `urls` and returns at once: servers that are down at start are
+    /// retried in the background, and subscriptions made meanwhile are sent when a connection comes
+    /// up.
     pub async fn connect(name: &str, settings: &NatsSettings) -> Result<Self, BridgeError> {
         let broker = name.to_owned();
-        let url = &settings.url;
+        let urls = &settings.urls;
         let connections = Arc::new(watch::Sender::new(0u64));
         let live = Arc::new(Live {
             max_control_line: AtomicUsize::new(settings.max_control_line.max(MIN_MAX_CONTROL_LINE)),
@@ -273,9 +275,12 @@ impl NatsBridge {
                     async move { log_event(&broker, event) }
                 }
             })
-            .connect(url)
+            .connect(urls)
             .await
-            .map_err(|e| BridgeError::unavailable(format!("nats broker {name:?} at {url}"), e))?;
+            .map_err(|e| {
+                let at = urls.join(", ");
+                BridgeError::unavailable(format!("nats broker {name:?} at {at}"), e)
+            })?;
         let jetstream = async_nats::jetstream::new(client.clone());
         Ok(Self {
             client,

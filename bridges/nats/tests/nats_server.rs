@@ -22,7 +22,7 @@ async fn subscribed(server: &NatsServer, filter: &str) -> (NatsBridge, Subscript
 /// A bridge to `server` (connecting in the background).
 async fn connect(server: &NatsServer) -> NatsBridge {
     let settings = NatsSettings {
-        url: server.url(),
+        urls: vec![server.url()],
         max_control_line: DEFAULT_MAX_CONTROL_LINE,
     };
     NatsBridge::connect("test", &settings)
