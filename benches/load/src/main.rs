@@ -9,6 +9,7 @@ mod publish;
 mod servers;
 mod sse;
 mod stats;
+mod storm;
 mod subscribers;
 
 use clap::Parser;
@@ -53,6 +54,13 @@ struct Cli {
     /// every second, alternately, this many times each; prints both and the ratio of the medians.
     #[arg(long, value_name = "REPEATS")]
     metrics_cost: Option<usize>,
+    /// The reconnect storm instead of everything else: this many HTTP/1.1 streams on a JetStream
+    /// route, sluice restarted under them (see the README's Performance section).
+    #[arg(long, value_name = "STREAMS")]
+    storm: Option<usize>,
+    /// With --storm: the new process's `max_new_streams_per_second`.
+    #[arg(long, value_name = "PER_SECOND")]
+    storm_rate: Option<u32>,
 }
 
 #[derive(Clone, Copy)]
@@ -796,6 +804,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map(|l| (l, l))
         .unwrap_or((0, 0));
     eprintln!("open files limit: {soft} (hard {hard})");
+    if let Some(n) = cli.storm {
+        let scratch = std::env::temp_dir().join(format!("sluice-storm-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        let result = storm::storm(n, cli.storm_rate, servers::bin_dir()?, scratch.clone()).await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        return result;
+    }
     if let Some(repeats) = cli.metrics_cost {
         let rows = metrics_cost(repeats.max(1), cli.quick).await;
         print_table(&rows);

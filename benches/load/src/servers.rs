@@ -48,7 +48,7 @@ pub struct Running {
     scratch: PathBuf,
 }
 
-fn bin_dir() -> anyhow::Result<PathBuf> {
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
 }
