@@ -142,7 +142,11 @@ fn start_sluice(bin: &Path, dir: &Path, addr: SocketAddr, nats: &str, rate: Opti
     Command::new(bin)
         .arg("--config")
         .arg(&path)
-        .env("RUST_LOG", "warn")
+        // `SLUICE_STORM_LOG=debug` shows what sluice did during the storm (on stderr).
+        .env(
+            "RUST_LOG",
+            std::env::var("SLUICE_STORM_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()))
