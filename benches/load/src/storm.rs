@@ -17,7 +17,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
 /// What every client counts.
-#[derive(Default)]
 struct Counts {
     /// Streams answered 200 (first connections and resumes).
     opened: AtomicU64,
@@ -32,11 +31,39 @@ struct Counts {
     done: AtomicU64,
     /// Refused or failed connection attempts (reconnected after a second).
     failed: AtomicU64,
+    /// Per client: the last sequence it got, and whether a stream is open now (for the report on
+    /// clients that never reach the end).
+    last_seen: Vec<AtomicU64>,
+    connected: Vec<std::sync::atomic::AtomicBool>,
+}
+
+impl Counts {
+    fn new(n: usize) -> Self {
+        Self {
+            opened: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            duplicated: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_seen: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            connected: (0..n)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
+        }
+    }
 }
 
 /// One client: connects, reads events (`data: SEQ`, `id: SEQ`), and when its stream ends comes back
 /// after the last `retry:` with `Last-Event-ID`, as `EventSource` does, until it has `last`.
-async fn browser(source: IpAddr, server: SocketAddr, counts: Arc<Counts>, last: Arc<AtomicU64>) {
+async fn browser(
+    index: usize,
+    source: IpAddr,
+    server: SocketAddr,
+    counts: Arc<Counts>,
+    last: Arc<AtomicU64>,
+) {
     let mut last_id: Option<u64> = None;
     let mut retry = Duration::from_secs(1);
     let mut ended_once = false;
@@ -83,6 +110,7 @@ async fn browser(source: IpAddr, server: SocketAddr, counts: Arc<Counts>, last: 
                 }
                 head_done = true;
                 counts.opened.fetch_add(1, Ordering::Relaxed);
+                counts.connected[index].store(true, Ordering::Relaxed);
                 if ended_once {
                     counts.resumed.fetch_add(1, Ordering::Relaxed);
                     ended_once = false;
@@ -113,6 +141,7 @@ async fn browser(source: IpAddr, server: SocketAddr, counts: Arc<Counts>, last: 
                         _ => {}
                     }
                     last_id = Some(seq);
+                    counts.last_seen[index].store(seq, Ordering::Relaxed);
                     counts.received.fetch_add(1, Ordering::Relaxed);
                     if seq == last.load(Ordering::Relaxed) {
                         counts.done.fetch_add(1, Ordering::Relaxed);
@@ -122,6 +151,7 @@ async fn browser(source: IpAddr, server: SocketAddr, counts: Arc<Counts>, last: 
         }
         if head_done {
             ended_once = true;
+            counts.connected[index].store(false, Ordering::Relaxed);
         }
         tokio::time::sleep(retry).await;
     }
@@ -239,11 +269,11 @@ pub async fn storm(
     let bin = bin_dir.join("sluice");
     let mut sluice = start_sluice(&bin, &scratch, addr, &nats.url(), None);
 
-    let counts = Arc::new(Counts::default());
+    let counts = Arc::new(Counts::new(n));
     let last = Arc::new(AtomicU64::new(u64::MAX));
     for i in 0..n {
         let source = IpAddr::V4(Ipv4Addr::new(127, 40, (i / 20_000) as u8, 2));
-        tokio::spawn(browser(source, addr, counts.clone(), last.clone()));
+        tokio::spawn(browser(i, source, addr, counts.clone(), last.clone()));
     }
     wait_for("every stream open", Duration::from_secs(120), || {
         counts.opened.load(Ordering::Relaxed) >= n as u64
@@ -346,6 +376,28 @@ pub async fn storm(
         nats_cpu,
         rate.map_or("none".into(), |r| format!("{r}/s")),
     );
+    let behind: Vec<String> = (0..n)
+        .filter(|i| counts.last_seen[*i].load(Ordering::Relaxed) < final_seq)
+        .take(10)
+        .map(|i| {
+            let connected = counts.connected[i].load(Ordering::Relaxed);
+            format!(
+                "#{i} at {} ({})",
+                counts.last_seen[i].load(Ordering::Relaxed),
+                if connected {
+                    "stream open"
+                } else {
+                    "reconnecting"
+                }
+            )
+        })
+        .collect();
+    if !behind.is_empty() {
+        eprintln!(
+            "  short of the last event ({final_seq}): {}",
+            behind.join(", ")
+        );
+    }
     eprintln!(
         "  received {}, done {}, failed attempts {}",
         counts.received.load(Ordering::Relaxed),
