@@ -8,6 +8,7 @@ mod broker_rules;
 mod browser;
 mod cdp;
 mod check;
+mod cluster;
 mod clients;
 mod connections;
 mod deploy;
