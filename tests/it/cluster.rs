@@ -36,8 +36,8 @@ buffer = 20000
 /// A 3-node NATS cluster and three sluice instances, instance `n` connected to node `n`.
 struct Topology {
     sluices: Vec<Sluice>,
-    // Dropped after the instances, so they never see their node go away.
-    _cluster: NatsCluster,
+    // Dropped after the instances (fields drop in order), so they never see their node go away.
+    cluster: NatsCluster,
 }
 
 impl Topology {
@@ -47,16 +47,13 @@ impl Topology {
         for url in cluster.urls() {
             sluices.push(Sluice::start(&routes(&url)).await);
         }
-        Self {
-            sluices,
-            _cluster: cluster,
-        }
+        Self { sluices, cluster }
     }
 
     /// The `ORDERS` stream, replicated on all three nodes, and a context that publishes to it
     /// through node 0.
     async fn orders(&self) -> jetstream::Context {
-        orders_stream_at(&self._cluster.url(0), 3).await
+        orders_stream_at(&self.cluster.url(0), 3).await
     }
 }
 
@@ -80,7 +77,9 @@ fn publish_rounds(
                 acks.push(ack);
             }
             for ack in acks {
-                within("order stored", ack.into_future()).await.expect("order stored");
+                within("order stored", ack.into_future())
+                    .await
+                    .expect("order stored");
             }
         }
     })
@@ -170,6 +169,8 @@ async fn join_all<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     results
 }
 
+/// Issue 12 reported duplicates (5 to 10) or one lost event right after the resume point in 2 of 20
+/// such moves between instances on different nodes; 50 moves a run keep watching for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_move_between_instances_mid_burst_exactly_once() {
     let topology = Topology::start().await;
@@ -200,7 +201,10 @@ async fn clients_move_between_instances_mid_burst_exactly_once() {
             while seen.len() < k {
                 seen.push(stream.next_event().await);
             }
-            let id = stream.last_event_id.clone().expect("JetStream events carry ids");
+            let id = stream
+                .last_event_id
+                .clone()
+                .expect("JetStream events carry ids");
             drop(stream);
             // As a browser behind a load balancer does: the same request, another instance.
             let mut moved = h1_stream_with(to, &path, &[("last-event-id", &id)]).await;
@@ -265,9 +269,15 @@ async fn clients_of_a_killed_instance_resume_on_the_others_exactly_once() {
                     seen.push(event);
                     received[i].fetch_add(1, Ordering::Relaxed);
                 }
-                assert!(stream.ended, "client {i}: the stream went quiet but did not end");
+                assert!(
+                    stream.ended,
+                    "client {i}: the stream went quiet but did not end"
+                );
                 if seen.last().map(|e| e.data.as_str()) != Some(last.as_str()) {
-                    let id = stream.last_event_id.clone().expect("an event before the kill");
+                    let id = stream
+                        .last_event_id
+                        .clone()
+                        .expect("an event before the kill");
                     let path = format!("/orders/{i}");
                     let mut resumed = h1_stream_with(to, &path, &[("last-event-id", &id)]).await;
                     seen.extend(resumed.read_until(&last).await);

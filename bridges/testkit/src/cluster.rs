@@ -208,6 +208,21 @@ impl NatsCluster {
         }
     }
 
+    /// Freezes node `n` (SIGSTOP, by its PID): its connections stay open and it answers nothing,
+    /// and it falls behind the others, as a hung or overloaded node does.
+    pub fn pause(&self, n: usize) {
+        if let Some(child) = &self.nodes[n].child {
+            super::signal_pid(child, "-STOP", "nats-server");
+        }
+    }
+
+    /// Lets a paused node `n` go on (SIGCONT); it then catches up with the others.
+    pub fn resume(&self, n: usize) {
+        if let Some(child) = &self.nodes[n].child {
+            super::signal_pid(child, "-CONT", "nats-server");
+        }
+    }
+
     /// Starts a stopped node `n` again on its ports with its store, and returns once the cluster
     /// has formed again.
     pub fn start_node(&mut self, n: usize) {
@@ -256,7 +271,10 @@ mod tests {
         let url = cluster.url(1);
         cluster.stop(1);
         assert!(!cluster.is_running(1));
-        assert!(cluster.monitor(1, "/varz").is_none(), "a stopped node answers nothing");
+        assert!(
+            cluster.monitor(1, "/varz").is_none(),
+            "a stopped node answers nothing"
+        );
         cluster.start_node(1);
         assert_eq!(cluster.url(1), url);
         let routes = cluster.monitor(1, "/routez").expect("routez");

@@ -150,7 +150,8 @@ fn spawn_nats(args: &[String]) -> Option<(Child, u16, u16)> {
     }
     // Keep draining stderr so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    let (client, monitor) = (client?, monitor?);
+    // The loop above ends only once both are read.
+    let (client, monitor) = (client.expect("client port"), monitor.expect("monitor port"));
     wait_for_port(client, &mut child, "nats-server");
     Some((child, client, monitor))
 }
