@@ -26,15 +26,28 @@ buffer = 20000
 /// A JetStream context on `server` with the stream `ORDERS` on `orders.>` (file storage, so it
 /// survives a server restart).
 pub async fn orders_stream(server: &NatsServer) -> jetstream::Context {
-    let client = async_nats::connect(server.url()).await.expect("connect");
+    orders_stream_at(&server.url(), 1).await
+}
+
+/// A JetStream context through the server at `url` with the stream `ORDERS` on `orders.>`, stored
+/// `replicas` times (3 on a cluster). Retried until the server takes it: a cluster that just formed
+/// may still be placing its peers.
+pub async fn orders_stream_at(url: &str, replicas: usize) -> jetstream::Context {
+    let client = within("connect", async_nats::connect(url))
+        .await
+        .expect("connect");
     let js = jetstream::new(client);
-    js.create_stream(stream::Config {
-        name: "ORDERS".into(),
-        subjects: vec!["orders.>".into()],
-        ..stream::Config::default()
+    eventually("the ORDERS stream created", || async {
+        js.create_stream(stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            num_replicas: replicas,
+            ..stream::Config::default()
+        })
+        .await
+        .ok()
     })
-    .await
-    .expect("create stream");
+    .await;
     js
 }
 

@@ -9,6 +9,7 @@ mod browser;
 mod cdp;
 mod check;
 mod clients;
+mod cluster;
 mod connections;
 mod deploy;
 mod faults;

@@ -1,4 +1,5 @@
-//! Test-only broker processes: `nats-server` and `mosquitto` on free loopback ports, killed on Drop.
+//! Test-only broker processes: `nats-server` (alone or as a 3-node [`cluster`]) and `mosquitto` on
+//! free loopback ports, killed on Drop.
 //! Also the waits for published messages that every test shares ([`listen`]: probes until a
 //! subscription is live, markers instead of quiet periods), and for the bridge crates' own tests a
 //! sink that records what a bridge delivers ([`bridge`]).
@@ -7,8 +8,10 @@
 //! test failure with an install hint, never a silent skip.
 
 pub mod bridge;
+pub mod cluster;
 pub mod listen;
 
+pub use cluster::NatsCluster;
 pub use listen::{Listener, DEADLINE};
 
 use std::io::{BufRead, BufReader};
@@ -125,6 +128,34 @@ fn wait_for_port(port: u16, child: &mut Child, program: &str) {
     panic!("{program} did not listen on port {port} within {START_DEADLINE:?}");
 }
 
+/// Starts `nats-server` with `args` and returns it with the client and monitoring ports it logged,
+/// once it accepts clients; `None` if it exited first (e.g. a port it was given was taken).
+fn spawn_nats(args: &[String]) -> Option<(Child, u16, u16)> {
+    let mut child = spawn("nats-server", args, "nats-server");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let (mut client, mut monitor) = (None, None);
+    // nats-server logs the ports it bound; read them back (as nats.rs's own test harness does).
+    while client.is_none() || monitor.is_none() {
+        let Some(Ok(line)) = lines.next() else {
+            kill(&mut child);
+            return None;
+        };
+        if let Some(addr) = line.split("client connections on ").nth(1) {
+            client = addr.trim().rsplit(':').next().and_then(|p| p.parse().ok());
+        }
+        if let Some(addr) = line.split("Starting http monitor on ").nth(1) {
+            monitor = addr.trim().rsplit(':').next().and_then(|p| p.parse().ok());
+        }
+    }
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    // The loop above ends only once both are read.
+    let (client, monitor) = (client.expect("client port"), monitor.expect("monitor port"));
+    wait_for_port(client, &mut child, "nats-server");
+    Some((child, client, monitor))
+}
+
 /// A `nats-server` process of this test's own, with JetStream and HTTP monitoring.
 pub struct NatsServer {
     child: Option<Child>,
@@ -171,28 +202,11 @@ impl NatsServer {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let mut child = spawn("nats-server", &args, "nats-server");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let (mut client, mut monitor) = (None, None);
-        // nats-server logs the ports it bound; read them back (as nats.rs's own test harness does).
-        while client.is_none() || monitor.is_none() {
-            let Some(Ok(line)) = lines.next() else {
-                kill(&mut child);
-                panic!("nats-server exited before reporting its ports");
-            };
-            if let Some(addr) = line.split("client connections on ").nth(1) {
-                client = addr.trim().rsplit(':').next().and_then(|p| p.parse().ok());
-            }
-            if let Some(addr) = line.split("Starting http monitor on ").nth(1) {
-                monitor = addr.trim().rsplit(':').next().and_then(|p| p.parse().ok());
-            }
-        }
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        self.port = client.expect("client port");
-        self.monitor_port = monitor.expect("monitor port");
-        wait_for_port(self.port, &mut child, "nats-server");
+        let Some((child, client, monitor)) = spawn_nats(&args) else {
+            panic!("nats-server exited before reporting its ports");
+        };
+        self.port = client;
+        self.monitor_port = monitor;
         self.child = Some(child);
     }
 
