@@ -56,6 +56,8 @@ pub struct NatsSettings {
     /// The server's `max_control_line` ([`DEFAULT_MAX_CONTROL_LINE`] unless it was raised).
     pub max_control_line: usize,
 }
+/// How long the first try to make a live consumer again may take (see `LiveReader::reopen`).
+const REOPEN_FIRST_TRY: Duration = Duration::from_secs(2);
 /// The longest a resuming client's read-back from JetStream may take.
 const READ_BACK_LIMIT: Duration = Duration::from_secs(15);
 
@@ -426,13 +428,22 @@ impl LiveReader {
     /// read from its start, after the subscriber is told.
     async fn reopen(&mut self, advisories: &mut async_nats::Subscriber) -> Ordered {
         let mut backoff = Duration::from_millis(100);
+        // Each try is cut short, then given longer: on a cluster that lost a node, the server may
+        // place the new consumer on a peer that is away, and the request then hangs for the whole
+        // JetStream timeout (10 s) while another try would land on a live peer at once.
+        let mut patience = REOPEN_FIRST_TRY;
         loop {
-            match self.try_reopen().await {
-                Ok(messages) => return messages,
-                Err(e) => {
+            let tried = tokio::time::timeout(patience, self.try_reopen()).await;
+            match tried {
+                Ok(Ok(messages)) => return messages,
+                Ok(Err(e)) => {
                     tracing::debug!(stream = %self.stream, filter = %self.filter, error = %e, "reopening JetStream consumer")
                 }
+                Err(_) => {
+                    tracing::debug!(stream = %self.stream, filter = %self.filter, ?patience, "reopening JetStream consumer timed out; trying again")
+                }
             }
+            patience = (patience * 2).min(READ_BACK_LIMIT);
             tokio::select! {
                 _ = advisories.next() => {}
                 () = tokio::time::sleep(backoff) => {}
