@@ -6,6 +6,8 @@
 //!   `Bytes` queued for every live stream (a refcount bump, no copy) and kept in the replay ring.
 //! - [`resume`]: the one resume path for memory replay and JetStream: a resuming stream reads its
 //!   backlog a batch at a time as it drains, then switches to live with no gap and no duplicate.
+//! - [`window`]: the JetStream read-back that concurrent resumes of a topic share (a reconnect
+//!   storm reads the broker once, not once per client).
 //!
 //! - [`reload`]: a configuration reload ends the streams of the routes it changed or removed, and
 //!   of tokens whose key it took away.
@@ -17,6 +19,7 @@
 mod reload;
 mod resume;
 mod topic;
+mod window;
 
 pub use resume::MAX_CATCH_UP;
 pub use topic::TopicKey;

@@ -5,6 +5,7 @@
 //! back it resumes; a stream that stops reading holds nothing more and meets its write timeout.
 
 use super::topic::{lock, Member, Members, State, Topic};
+use super::window::WINDOW_LINGER;
 use crate::replay::{self, Retention};
 use crate::sse::{self, GapReason};
 use crate::stream::{Backlog, Fill};
@@ -85,6 +86,7 @@ pub(super) fn start(
                 last,
                 joined_at: members.head,
                 reader: None,
+                shared: false,
                 cursor: 0,
                 read: 0,
                 idle_reads: 0,
@@ -143,7 +145,10 @@ struct StreamBacklog {
     last: String,
     /// The last event queued to live streams when this one joined: everything after it passed it by.
     joined_at: u64,
+    /// A reader of its own, when the topic's shared window does not serve it.
     reader: Option<Box<dyn HistoryReader>>,
+    /// It reads from the topic's shared window ([`super::window`]).
+    shared: bool,
     /// The last sequence read (or skipped as lost).
     cursor: u64,
     /// Events read so far (bounded by [`MAX_CATCH_UP`]).
@@ -161,6 +166,10 @@ impl StreamBacklog {
     /// Opens the reader at the client's position; a `gap` the client gets first goes to `into`. A
     /// position the stream cannot continue from (not a sequence, or one it never reached, as after
     /// the stream was replaced) continues from where the stream joined its topic.
+    ///
+    /// A position the topic's shared window serves reads from it and asks the broker nothing.
+    /// Otherwise the stream makes a reader; when no window is open, that reader starts one, and the
+    /// resumes that come meanwhile wait for it (they come back at about the same position).
     async fn open(&mut self, into: &mut Vec<Bytes>, batch: usize) -> Result<(), Fill> {
         // Read back only once the live consumer exists: it starts at the stream's end when it is
         // made, so a read that ended before that could miss what came in between.
@@ -169,6 +178,26 @@ impl StreamBacklog {
             .joined_at
             .max(self.topic.started_after.load(Ordering::Acquire));
         let mut after = replay::parse_sequence(&self.last);
+        let generation = self.topic.replaced.load(Ordering::Acquire);
+        let topic = self.topic.clone();
+        let share = &topic.read_back;
+        let mut window = share.window.lock().await;
+        if let Some(position) = after.filter(|p| window.extends_back_to(*p, generation)) {
+            // A client from a little before the window: read that stretch once, for it and for
+            // any that come back from within it.
+            let end = window.after;
+            let read = self.read_stretch(position, end, batch).await;
+            if let Ok(read) = read {
+                window.prepend(position, read);
+            }
+        }
+        if let Some(position) = after.filter(|p| window.serves(*p, generation)) {
+            self.topic.spec.metrics.resume(true);
+            self.cursor = position;
+            self.shared = true;
+            share.join();
+            return Ok(());
+        }
         let mut reader = self.reader_after(after.unwrap_or(joined_at), batch).await?;
         let mut expired = false;
         match after {
@@ -188,8 +217,97 @@ impl StreamBacklog {
             }
         }
         self.cursor = after.unwrap_or(joined_at);
-        self.reader = Some(reader);
+        if window.is_open() {
+            self.reader = Some(reader);
+            // An idle window whose expiry found it locked (by this open) would stay: expire it later.
+            if let Some(idled) = share.idle() {
+                Self::expire_later(&self.topic, idled);
+            }
+        } else {
+            window.start(self.cursor, reader, generation);
+            self.shared = true;
+            share.join();
+        }
         Ok(())
+    }
+
+    /// Reads the next batch from the shared window: what it holds past the cursor, or, at its end,
+    /// the next batch from the broker for every resume (the window's lock is held meanwhile). A full
+    /// window goes on with a reader of this stream's own. Returns the frames' count and whether the
+    /// stream is caught up with what the broker held at the last read.
+    async fn fill_shared(
+        &mut self,
+        into: &mut Vec<Bytes>,
+        max: usize,
+    ) -> Result<(usize, bool), Fill> {
+        let topic = self.topic.clone();
+        let mut window = topic.read_back.window.lock().await;
+        if window.generation != topic.replaced.load(Ordering::Acquire) {
+            // The stream was replaced under the resume: the client reconnects to the new one.
+            return Err(Fill::Failed);
+        }
+        let before = into.len();
+        if let Some(last) = window.copy_after(self.cursor, max, into) {
+            self.cursor = last;
+        } else if let Some(reader) = window.reader.as_mut() {
+            let messages = reader.next(max).await.map_err(|e| {
+                tracing::debug!(stream = %self.stream, error = %e, "JetStream read-back failed");
+                Fill::Failed
+            })?;
+            window.caught_up = messages.len() < max;
+            let frames: Vec<(u64, Bytes)> = messages
+                .iter()
+                .filter_map(|m| Some((m.seq?, topic.encode(None, m, false))))
+                .collect();
+            window.extend(frames.iter().cloned());
+            for (seq, frame) in frames {
+                if seq > self.cursor {
+                    self.cursor = seq;
+                    into.push(frame);
+                }
+            }
+        } else {
+            // The window is full (or its reader failed): on with a reader of its own from here.
+            drop(window);
+            self.leave_window();
+            let reader = self.reader_after(self.cursor, max).await?;
+            self.reader = Some(reader);
+            return Ok((0, false));
+        }
+        let caught_up = window.caught_up && self.cursor >= window.end;
+        Ok((into.len() - before, caught_up))
+    }
+
+    /// The encoded events of the stream in `(after, until]`, read with a short-lived reader.
+    async fn read_stretch(
+        &mut self,
+        after: u64,
+        until: u64,
+        batch: usize,
+    ) -> Result<Vec<(u64, Bytes)>, Fill> {
+        let mut reader = self.reader_after(after, batch).await?;
+        let mut read = Vec::new();
+        loop {
+            let messages = reader.next(batch).await.map_err(|e| {
+                tracing::debug!(stream = %self.stream, error = %e, "JetStream read-back failed");
+                Fill::Failed
+            })?;
+            let short = messages.len() < batch;
+            let mut reached = false;
+            for message in &messages {
+                let Some(seq) = message.seq else { continue };
+                if seq > until {
+                    reached = true;
+                    break;
+                }
+                read.push((seq, self.topic.encode(None, message, false)));
+                reached = seq == until;
+            }
+            // The stretch is whole once the read reached its end, or the stream had nothing more.
+            if reached || short {
+                return Ok(read);
+            }
+        }
     }
 
     async fn reader_after(
@@ -225,29 +343,38 @@ impl StreamBacklog {
 #[async_trait]
 impl Backlog for StreamBacklog {
     async fn fill(&mut self, into: &mut Vec<Bytes>, max: usize) -> Fill {
-        if self.reader.is_none() {
+        if self.reader.is_none() && !self.shared {
             if let Err(done) = self.open(into, max).await {
                 return done;
             }
         }
-        let Some(reader) = &mut self.reader else {
-            return Fill::Failed;
-        };
-        let messages = match reader.next(max).await {
-            Ok(messages) => messages,
-            Err(e) => {
-                tracing::debug!(stream = %self.stream, error = %e, "JetStream read-back failed");
+        let (read, caught_up) = if self.shared {
+            match self.fill_shared(into, max).await {
+                Ok(read) => read,
+                Err(done) => return done,
+            }
+        } else {
+            let Some(reader) = &mut self.reader else {
                 return Fill::Failed;
+            };
+            let messages = match reader.next(max).await {
+                Ok(messages) => messages,
+                Err(e) => {
+                    tracing::debug!(stream = %self.stream, error = %e, "JetStream read-back failed");
+                    return Fill::Failed;
+                }
+            };
+            let mut read = 0;
+            for message in &messages {
+                if let Some(seq) = message.seq.filter(|s| *s > self.cursor) {
+                    self.cursor = seq;
+                    read += 1;
+                    into.push(self.topic.encode(None, message, false));
+                }
             }
+            (read, messages.len() < max)
         };
-        let caught_up = messages.len() < max;
-        for message in &messages {
-            if let Some(seq) = message.seq.filter(|s| *s > self.cursor) {
-                self.cursor = seq;
-                self.read += 1;
-                into.push(self.topic.encode(None, message, false));
-            }
-        }
+        self.read += read;
         if self.read >= MAX_CATCH_UP {
             // The read stopped at its limit, short of the live events.
             into.push(self.gap(GapReason::Expired));
@@ -260,11 +387,7 @@ impl Backlog for StreamBacklog {
         if self.cursor < members.head {
             // Live events came in meanwhile: they are in the stream, read them too, unless the
             // stream keeps showing nothing new (they were removed from it since).
-            self.idle_reads = if messages.is_empty() {
-                self.idle_reads + 1
-            } else {
-                0
-            };
+            self.idle_reads = if read == 0 { self.idle_reads + 1 } else { 0 };
             if self.idle_reads < MAX_IDLE_READS {
                 return Fill::More;
             }
@@ -273,5 +396,38 @@ impl Backlog for StreamBacklog {
         }
         go_live(&mut members, self.id, self.cursor);
         Fill::Live
+    }
+}
+
+impl StreamBacklog {
+    /// Stops reading from the topic's window; the last reader to leave has it emptied after
+    /// [`WINDOW_LINGER`] unless another resume comes meanwhile.
+    fn leave_window(&mut self) {
+        if !std::mem::take(&mut self.shared) {
+            return;
+        }
+        if let Some(idled) = self.topic.read_back.leave() {
+            Self::expire_later(&self.topic, idled);
+        }
+    }
+
+    /// Empties `topic`'s window after [`WINDOW_LINGER`] if it has had no reader since `idled`.
+    fn expire_later(topic: &Arc<Topic>, idled: u64) {
+        // Weak: the wait must not keep a topic (and its broker subscription) that has gone.
+        let topic = Arc::downgrade(topic);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tokio::time::sleep(WINDOW_LINGER).await;
+                if let Some(topic) = topic.upgrade() {
+                    topic.read_back.expire(idled);
+                }
+            });
+        }
+    }
+}
+
+impl Drop for StreamBacklog {
+    fn drop(&mut self) {
+        self.leave_window();
     }
 }

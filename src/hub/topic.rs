@@ -2,6 +2,7 @@
 //! to them: encoded once, outside the lock that joins and resumes take, then queued as the same bytes
 //! for every live stream (a refcount bump, no copy) and kept in the replay ring.
 
+use super::window::SharedReadBack;
 use super::RouteTopics;
 use crate::auth::KeyId;
 use crate::replay::{self, Retention, Ring};
@@ -43,6 +44,11 @@ pub(super) struct Topic {
     pub(super) retired: AtomicBool,
     /// Set (and `on_established` notified) once the broker subscription is live.
     established: AtomicBool,
+    /// JetStream: the read-back that concurrent resumes share (see [`super::window`]).
+    pub(super) read_back: SharedReadBack,
+    /// JetStream: counts the times the stream was replaced, so a read-back of an older one is not
+    /// served after it.
+    pub(super) replaced: AtomicU64,
     pub(super) on_established: tokio::sync::Notify,
     stats: Arc<OverflowStats>,
 }
@@ -97,6 +103,8 @@ impl Topic {
             subscription: Mutex::new(None),
             retired: AtomicBool::new(false),
             established: AtomicBool::new(false),
+            read_back: SharedReadBack::default(),
+            replaced: AtomicU64::new(0),
             on_established: tokio::sync::Notify::new(),
             stats,
         }
@@ -260,6 +268,7 @@ impl Topic {
         let mut members = lock(&self.members);
         let reason = match why {
             Interruption::StreamReplaced => {
+                self.replaced.fetch_add(1, Ordering::AcqRel);
                 *sequence = 0;
                 members.head = 0;
                 for member in members.by_id.values_mut() {

@@ -216,3 +216,53 @@ async fn a_missing_stream_is_a_clear_503() {
     assert_eq!(resp.status, 503);
     assert!(resp.text().contains("ORDERS"), "{}", resp.text());
 }
+
+/// A reconnect storm in small: clients of one topic come back at once from different positions
+/// while orders keep coming. Concurrent resumes share one read-back window (`src/hub/window.rs`):
+/// each must still get every order after its own position exactly once, in order, and then live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_resumes_of_one_topic_each_get_exactly_what_they_missed() {
+    const CLIENTS: usize = 40;
+    const ORDERS: usize = 600;
+    let server = NatsServer::start();
+    let js = orders_stream(&server).await;
+    let sluice = Sluice::start(&routes(&server.url())).await;
+    // Every client reads a different number of the first orders, then leaves with its id.
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let mut stream = h1_stream(sluice.addr, "/orders").await;
+        stream.opened().await;
+        clients.push(stream);
+    }
+    let first = publish_orders(js.clone(), 0..100);
+    let mut positions = Vec::new();
+    for (i, mut stream) in clients.into_iter().enumerate() {
+        let seen = read_until(&mut stream, 2 * i).await;
+        let id = stream.last_event_id.clone().expect("ids");
+        positions.push((seen, id));
+    }
+    within("first orders published", first)
+        .await
+        .expect("publisher");
+    // All come back at once while the rest is published.
+    let rest = publish_orders(js, 100..ORDERS);
+    let resumes: Vec<_> = positions
+        .into_iter()
+        .map(|(mut seen, id)| {
+            let addr = sluice.addr;
+            tokio::spawn(async move {
+                let mut stream = h1_stream_with(addr, "/orders", &[("last-event-id", &id)]).await;
+                seen.extend(read_until(&mut stream, ORDERS - 1).await);
+                seen
+            })
+        })
+        .collect();
+    for (i, resume) in resumes.into_iter().enumerate() {
+        let seen = within("a client caught up", resume).await.expect("client");
+        assert_eq!(seen.len(), ORDERS, "client {i}: every order");
+        assert_orders(&seen, ORDERS);
+    }
+    within("every order published", rest)
+        .await
+        .expect("publisher");
+}
