@@ -249,21 +249,38 @@ impl StreamBacklog {
         let before = into.len();
         if let Some(last) = window.copy_after(self.cursor, max, into) {
             self.cursor = last;
+        } else if let Some(wait) = window.read_nothing_lately() {
+            // Another resume at the end just found nothing new, after waiting: wait as long here
+            // (without the lock), not once more per resume in turn.
+            drop(window);
+            tokio::time::sleep(wait).await;
+            return Ok((0, true));
         } else if let Some(reader) = window.reader.as_mut() {
-            let messages = reader.next(max).await.map_err(|e| {
-                tracing::debug!(stream = %self.stream, error = %e, "JetStream read-back failed");
-                Fill::Failed
-            })?;
-            window.caught_up = messages.len() < max;
-            let frames: Vec<(u64, Bytes)> = messages
-                .iter()
-                .filter_map(|m| Some((m.seq?, topic.encode(None, m, false))))
-                .collect();
-            window.extend(frames.iter().cloned());
-            for (seq, frame) in frames {
-                if seq > self.cursor {
-                    self.cursor = seq;
-                    into.push(frame);
+            match reader.next(max).await {
+                Ok(messages) => {
+                    window.caught_up = messages.len() < max;
+                    let frames: Vec<(u64, Bytes)> = messages
+                        .iter()
+                        .filter_map(|m| Some((m.seq?, topic.encode(None, m, false))))
+                        .collect();
+                    window.read(frames.is_empty());
+                    window.extend(frames.iter().cloned());
+                    for (seq, frame) in frames {
+                        if seq > self.cursor {
+                            self.cursor = seq;
+                            into.push(frame);
+                        }
+                    }
+                }
+                Err(e) => {
+                    // The window stops reading; each resume goes on with a reader of its own.
+                    tracing::debug!(stream = %self.stream, error = %e, "JetStream read-back failed");
+                    window.reader = None;
+                    drop(window);
+                    self.leave_window();
+                    let reader = self.reader_after(self.cursor, max).await?;
+                    self.reader = Some(reader);
+                    return Ok((0, false));
                 }
             }
         } else {

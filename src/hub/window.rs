@@ -9,12 +9,17 @@ use sluice_bridge::HistoryReader;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// The most frame bytes a window keeps: past it the window stops growing, and resumes that need
 /// more read the broker on their own.
 pub(super) const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 /// How far back, in stream positions, a window is extended for a resume that comes from before it.
 pub(super) const MAX_EXTEND_BACK: u64 = 10_000;
+
+/// How long a read that found nothing new counts for the other resumes at the window's end: about
+/// as long as a reader waits for new events before it says there are none.
+pub(super) const QUIET_READ: Duration = Duration::from_millis(500);
 
 /// How long a window outlives its last reader: the clients of a storm come back over the few
 /// seconds of their jittered `retry:`, and each would otherwise find it gone and read anew.
@@ -49,6 +54,8 @@ pub(super) struct Window {
     pub(super) last: u64,
     /// The topic's stream incarnation it was read from (see `Topic::replaced`).
     pub(super) generation: u64,
+    /// When a read last came back empty (the reader waits a moment for new events first).
+    read_nothing_at: Option<Instant>,
 }
 
 impl Window {
@@ -78,6 +85,18 @@ impl Window {
             && self.after <= position
             && position <= self.last
             && position.saturating_add(1) >= self.first_held
+    }
+
+    /// Records a read from the broker: whether it found nothing new.
+    pub(super) fn read(&mut self, nothing: bool) {
+        self.read_nothing_at = nothing.then(Instant::now);
+    }
+
+    /// How much longer to wait, when a read found nothing new less than [`QUIET_READ`] ago: the
+    /// resumes at the window's end then wait that out instead of each reading (and waiting) in turn.
+    pub(super) fn read_nothing_lately(&self) -> Option<Duration> {
+        let since = self.read_nothing_at?.elapsed();
+        QUIET_READ.checked_sub(since).filter(|wait| !wait.is_zero())
     }
 
     /// Whether a resume from `position`, before the window's start, can have the window extended
