@@ -58,6 +58,9 @@ struct Cli {
     /// route, sluice restarted under them (see the README's Performance section).
     #[arg(long, value_name = "STREAMS")]
     storm: Option<usize>,
+    /// With --storm: HTTP/2 instead, CONNECTIONSxSTREAMS (e.g. 100x100; the total replaces --storm's).
+    #[arg(long, value_name = "CxS")]
+    storm_h2: Option<String>,
     /// With --storm: the new process's `max_new_streams_per_second`.
     #[arg(long, value_name = "PER_SECOND")]
     storm_rate: Option<u32>,
@@ -807,7 +810,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(n) = cli.storm {
         let scratch = std::env::temp_dir().join(format!("sluice-storm-{}", std::process::id()));
         std::fs::create_dir_all(&scratch)?;
-        let result = storm::storm(n, cli.storm_rate, servers::bin_dir()?, scratch.clone()).await;
+        let (n, transport) = match &cli.storm_h2 {
+            None => (n, storm::Transport::H1),
+            Some(shape) => {
+                let (c, s) = shape
+                    .split_once('x')
+                    .and_then(|(c, s)| Some((c.parse::<usize>().ok()?, s.parse::<usize>().ok()?)))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--storm-h2 {shape:?}: expected CxS, e.g. 100x100")
+                    })?;
+                (
+                    c * s,
+                    storm::Transport::H2 {
+                        connections: c,
+                        streams: s,
+                    },
+                )
+            }
+        };
+        let bin = servers::bin_dir()?;
+        let result = storm::storm(n, transport, cli.storm_rate, bin, scratch.clone()).await;
         let _ = std::fs::remove_dir_all(&scratch);
         return result;
     }

@@ -55,8 +55,95 @@ impl Counts {
     }
 }
 
-/// One client: connects, reads events (`data: SEQ`, `id: SEQ`), and when its stream ends comes back
-/// after the last `retry:` with `Last-Event-ID`, as `EventSource` does, until it has `last`.
+/// What one client knows and does as `EventSource` would, whatever carries its stream: its last
+/// id and `retry:`, and the events it reads (counted into [`Counts`]).
+struct Progress {
+    index: usize,
+    last_id: Option<u64>,
+    retry: Duration,
+    /// Its stream ended (it reconnects next): the next stream that opens is a resume.
+    ended: bool,
+    partial: Vec<u8>,
+}
+
+impl Progress {
+    fn new(index: usize) -> Self {
+        Self {
+            index,
+            last_id: None,
+            retry: Duration::from_secs(1),
+            ended: false,
+            partial: Vec::new(),
+        }
+    }
+
+    /// The request's `Last-Event-ID`, once it has one.
+    fn last_event_id(&self) -> Option<String> {
+        self.last_id.map(|id| id.to_string())
+    }
+
+    /// A refusal (an error status, or admission control's empty stream with a length and a
+    /// `retry:`): it comes back after the retry it was given.
+    fn refused(&mut self, body: &[u8], counts: &Counts) {
+        counts.failed.fetch_add(1, Ordering::Relaxed);
+        let body = String::from_utf8_lossy(body);
+        if let Some(ms) = body.split("retry: ").nth(1).and_then(|r| r.lines().next()) {
+            self.retry = ms.trim().parse().map_or(self.retry, Duration::from_millis);
+        }
+    }
+
+    fn opened(&mut self, counts: &Counts) {
+        counts.opened.fetch_add(1, Ordering::Relaxed);
+        counts.connected[self.index].store(true, Ordering::Relaxed);
+        if std::mem::take(&mut self.ended) {
+            counts.resumed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.partial.clear();
+    }
+
+    /// Reads SSE lines: `retry:` and `data: SEQ` (chunk-size lines of HTTP/1.1 never look like
+    /// either).
+    fn feed(&mut self, data: &[u8], counts: &Counts, last: &AtomicU64) {
+        self.partial.extend_from_slice(data);
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end();
+            if let Some(ms) = line.strip_prefix("retry: ") {
+                if let Ok(ms) = ms.parse() {
+                    self.retry = Duration::from_millis(ms);
+                }
+            } else if let Some(seq) = line.strip_prefix("data: ") {
+                let Ok(seq) = seq.parse::<u64>() else {
+                    continue;
+                };
+                match self.last_id {
+                    Some(prev) if seq <= prev => {
+                        counts.duplicated.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    Some(prev) if seq > prev + 1 => {
+                        counts.lost.fetch_add(seq - prev - 1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+                self.last_id = Some(seq);
+                counts.last_seen[self.index].store(seq, Ordering::Relaxed);
+                counts.received.fetch_add(1, Ordering::Relaxed);
+                if seq == last.load(Ordering::Relaxed) {
+                    counts.done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn stream_ended(&mut self, counts: &Counts) {
+        self.ended = true;
+        counts.connected[self.index].store(false, Ordering::Relaxed);
+    }
+}
+
+/// One HTTP/1.1 client on a socket of its own, reconnecting after each end as `EventSource` does.
 async fn browser(
     index: usize,
     source: IpAddr,
@@ -64,16 +151,16 @@ async fn browser(
     counts: Arc<Counts>,
     last: Arc<AtomicU64>,
 ) {
-    let mut last_id: Option<u64> = None;
-    let mut retry = Duration::from_secs(1);
-    let mut ended_once = false;
+    let mut progress = Progress::new(index);
     let mut buf = vec![0u8; 8192];
     loop {
+        let resume = progress
+            .last_event_id()
+            .map_or(String::new(), |id| format!("last-event-id: {id}\r\n"));
         let attempt = async {
             let socket = TcpSocket::new_v4()?;
             socket.bind(SocketAddr::new(source, 0))?;
             let mut socket = socket.connect(server).await?;
-            let resume = last_id.map_or(String::new(), |id| format!("last-event-id: {id}\r\n"));
             let request = format!(
                 "GET /storm HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\n{resume}\r\n"
             );
@@ -82,78 +169,118 @@ async fn browser(
         };
         let Ok(mut socket) = attempt.await else {
             counts.failed.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(retry).await;
+            tokio::time::sleep(progress.retry).await;
             continue;
         };
-        let mut text = Vec::new();
-        let mut head_done = false;
+        let mut head = Vec::new();
+        let mut open = false;
         loop {
             let n = match socket.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            text.extend_from_slice(&buf[..n]);
-            if !head_done {
-                let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    continue;
-                };
-                let head = String::from_utf8_lossy(&text[..end]).to_ascii_lowercase();
-                // A refusal (503, or admission control's empty stream with a length and a retry:)
-                // is not a resume: the client comes back after the retry it was given.
-                if !head.starts_with("http/1.1 200") || head.contains("content-length:") {
-                    counts.failed.fetch_add(1, Ordering::Relaxed);
-                    let body = String::from_utf8_lossy(&text[end + 4..]).into_owned();
-                    if let Some(ms) = body.split("retry: ").nth(1).and_then(|r| r.lines().next()) {
-                        retry = ms.trim().parse().map_or(retry, Duration::from_millis);
-                    }
-                    break;
-                }
-                head_done = true;
-                counts.opened.fetch_add(1, Ordering::Relaxed);
-                counts.connected[index].store(true, Ordering::Relaxed);
-                if ended_once {
-                    counts.resumed.fetch_add(1, Ordering::Relaxed);
-                    ended_once = false;
-                }
-                text.drain(..end + 4);
+            if open {
+                progress.feed(&buf[..n], &counts, &last);
+                continue;
             }
-            // Chunk sizes are lines of hex digits: they never look like the fields read here.
-            while let Some(end) = text.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = text.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&line);
-                let line = line.trim_end();
-                if let Some(ms) = line.strip_prefix("retry: ") {
-                    if let Ok(ms) = ms.parse() {
-                        retry = Duration::from_millis(ms);
-                    }
-                } else if let Some(seq) = line.strip_prefix("data: ") {
-                    let Ok(seq) = seq.parse::<u64>() else {
-                        continue;
-                    };
-                    match last_id {
-                        Some(prev) if seq <= prev => {
-                            counts.duplicated.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        Some(prev) if seq > prev + 1 => {
-                            counts.lost.fetch_add(seq - prev - 1, Ordering::Relaxed);
-                        }
-                        _ => {}
-                    }
-                    last_id = Some(seq);
-                    counts.last_seen[index].store(seq, Ordering::Relaxed);
-                    counts.received.fetch_add(1, Ordering::Relaxed);
-                    if seq == last.load(Ordering::Relaxed) {
-                        counts.done.fetch_add(1, Ordering::Relaxed);
-                    }
+            head.extend_from_slice(&buf[..n]);
+            let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
+            if !text.starts_with("http/1.1 200") || text.contains("content-length:") {
+                progress.refused(&head[end + 4..], &counts);
+                break;
+            }
+            open = true;
+            progress.opened(&counts);
+            progress.feed(&head[end + 4..], &counts, &last);
+        }
+        if open {
+            progress.stream_ended(&counts);
+        }
+        tokio::time::sleep(progress.retry).await;
+    }
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+/// The HTTP/2 connection a group of clients shares, made again when it has gone.
+async fn h2_sender(
+    shared: &tokio::sync::Mutex<Option<H2Sender>>,
+    source: IpAddr,
+    server: SocketAddr,
+) -> Option<H2Sender> {
+    let mut current = shared.lock().await;
+    if let Some(sender) = current.as_ref().filter(|s| !s.is_closed()) {
+        return Some(sender.clone());
+    }
+    let socket = TcpSocket::new_v4().ok()?;
+    socket.bind(SocketAddr::new(source, 0)).ok()?;
+    let socket = socket.connect(server).await.ok()?;
+    let io = hyper_util::rt::TokioIo::new(socket);
+    let executor = hyper_util::rt::TokioExecutor::new();
+    let (sender, connection) = hyper::client::conn::http2::handshake(executor, io)
+        .await
+        .ok()?;
+    tokio::spawn(connection);
+    *current = Some(sender.clone());
+    Some(sender)
+}
+
+/// One client whose stream is one of the HTTP/2 streams of a shared connection.
+async fn h2_browser(
+    index: usize,
+    shared: Arc<tokio::sync::Mutex<Option<H2Sender>>>,
+    source: IpAddr,
+    server: SocketAddr,
+    counts: Arc<Counts>,
+    last: Arc<AtomicU64>,
+) {
+    use http_body_util::BodyExt;
+    let mut progress = Progress::new(index);
+    loop {
+        let Some(mut sender) = h2_sender(&shared, source, server).await else {
+            counts.failed.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(progress.retry).await;
+            continue;
+        };
+        let mut request = http::Request::get(format!("http://{server}/storm"))
+            .header("accept", "text/event-stream");
+        if let Some(id) = progress.last_event_id() {
+            request = request.header("last-event-id", id);
+        }
+        let Ok(request) = request.body(http_body_util::Empty::new()) else {
+            return;
+        };
+        let response = match sender.ready().await {
+            Ok(()) => sender.send_request(request).await,
+            Err(e) => Err(e),
+        };
+        let Ok(response) = response else {
+            counts.failed.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(progress.retry).await;
+            continue;
+        };
+        let refused = response.status() != 200 || response.headers().contains_key("content-length");
+        let mut body = response.into_body();
+        if refused {
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            progress.refused(&body, &counts);
+        } else {
+            progress.opened(&counts);
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    progress.feed(&data, &counts, &last);
                 }
             }
+            progress.stream_ended(&counts);
         }
-        if head_done {
-            ended_once = true;
-            counts.connected[index].store(false, Ordering::Relaxed);
-        }
-        tokio::time::sleep(retry).await;
+        tokio::time::sleep(progress.retry).await;
     }
 }
 
@@ -248,9 +375,19 @@ fn children_named(name: &str) -> Vec<u32> {
         .collect()
 }
 
+/// How the storm's clients reach sluice.
+#[derive(Clone, Copy)]
+pub enum Transport {
+    /// A connection per client.
+    H1,
+    /// `connections` HTTP/2 connections carrying `streams` clients each.
+    H2 { connections: usize, streams: usize },
+}
+
 /// Runs the storm with `n` clients; `rate`: the new sluice's `max_new_streams_per_second`.
 pub async fn storm(
     n: usize,
+    transport: Transport,
     rate: Option<u32>,
     bin_dir: PathBuf,
     scratch: PathBuf,
@@ -271,9 +408,26 @@ pub async fn storm(
 
     let counts = Arc::new(Counts::new(n));
     let last = Arc::new(AtomicU64::new(u64::MAX));
-    for i in 0..n {
-        let source = IpAddr::V4(Ipv4Addr::new(127, 40, (i / 20_000) as u8, 2));
-        tokio::spawn(browser(i, source, addr, counts.clone(), last.clone()));
+    let source = |i: usize| IpAddr::V4(Ipv4Addr::new(127, 40, (i / 20_000) as u8, 2));
+    match transport {
+        Transport::H1 => {
+            for i in 0..n {
+                tokio::spawn(browser(i, source(i), addr, counts.clone(), last.clone()));
+            }
+        }
+        Transport::H2 {
+            connections,
+            streams,
+        } => {
+            for c in 0..connections {
+                let shared = Arc::new(tokio::sync::Mutex::new(None));
+                for s in 0..streams {
+                    let i = c * streams + s;
+                    let (counts, last) = (counts.clone(), last.clone());
+                    tokio::spawn(h2_browser(i, shared.clone(), source(c), addr, counts, last));
+                }
+            }
+        }
     }
     wait_for("every stream open", Duration::from_secs(120), || {
         counts.opened.load(Ordering::Relaxed) >= n as u64
@@ -361,10 +515,17 @@ pub async fn storm(
         .status();
     let _ = sluice.wait();
 
-    println!("| storm | clients | new process listening after | every stream resumed after | lost | duplicated | JetStream API requests | peak consumers | sluice peak RSS | sluice CPU s | nats-server CPU s | admission |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let label = match transport {
+        Transport::H1 => "h1".to_owned(),
+        Transport::H2 {
+            connections,
+            streams,
+        } => format!("h2 {connections}x{streams}"),
+    };
+    println!("| storm | proto | clients | new process listening after | every stream resumed after | lost | duplicated | JetStream API requests | peak consumers | sluice peak RSS | sluice CPU s | nats-server CPU s | admission |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     println!(
-        "| restart (SIGTERM, new process) | {n} | {} | {} | {} | {} | {} | {} | {} MiB | {:.1} | {:.1} | {} |",
+        "| restart (SIGTERM, new process) | {label} | {n} | {} | {} | {} | {} | {} | {} | {} MiB | {:.1} | {:.1} | {} |",
         listening.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64())),
         resumed_in.map_or("not all".into(), |d| format!("{:.1} s", d.as_secs_f64())),
         counts.lost.load(Ordering::Relaxed),
