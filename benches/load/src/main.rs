@@ -61,6 +61,10 @@ struct Cli {
     /// With --storm: HTTP/2 instead, CONNECTIONSxSTREAMS (e.g. 100x100; the total replaces --storm's).
     #[arg(long, value_name = "CxS")]
     storm_h2: Option<String>,
+    /// The storm across instances instead of everything else: this many HTTP/1.1 clients on one of
+    /// three instances on a 3-node NATS cluster; it is killed and they move to the two others.
+    #[arg(long, value_name = "STREAMS")]
+    storm_across: Option<usize>,
     /// With --storm: the new process's `max_new_streams_per_second`.
     #[arg(long, value_name = "PER_SECOND")]
     storm_rate: Option<u32>,
@@ -807,6 +811,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .map(|l| (l, l))
         .unwrap_or((0, 0));
     eprintln!("open files limit: {soft} (hard {hard})");
+    if let Some(n) = cli.storm_across {
+        let scratch = std::env::temp_dir().join(format!("sluice-storm-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        let result = storm::storm_across(n, servers::bin_dir()?, scratch.clone()).await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        return result;
+    }
     if let Some(n) = cli.storm {
         let scratch = std::env::temp_dir().join(format!("sluice-storm-{}", std::process::id()));
         std::fs::create_dir_all(&scratch)?;

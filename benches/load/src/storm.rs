@@ -143,16 +143,19 @@ impl Progress {
     }
 }
 
-/// One HTTP/1.1 client on a socket of its own, reconnecting after each end as `EventSource` does.
+/// One HTTP/1.1 client on a socket of its own, reconnecting after each end as `EventSource` does:
+/// to `targets[0]` first, then always to `targets[1]` (a load balancer sending it elsewhere once its
+/// instance went away; the same address for a restart in place).
 async fn browser(
     index: usize,
     source: IpAddr,
-    server: SocketAddr,
+    targets: [SocketAddr; 2],
     counts: Arc<Counts>,
     last: Arc<AtomicU64>,
 ) {
     let mut progress = Progress::new(index);
     let mut buf = vec![0u8; 8192];
+    let mut server = targets[0];
     loop {
         let resume = progress
             .last_event_id()
@@ -169,6 +172,7 @@ async fn browser(
         };
         let Ok(mut socket) = attempt.await else {
             counts.failed.fetch_add(1, Ordering::Relaxed);
+            server = targets[1];
             tokio::time::sleep(progress.retry).await;
             continue;
         };
@@ -199,6 +203,7 @@ async fn browser(
         if open {
             progress.stream_ended(&counts);
         }
+        server = targets[1];
         tokio::time::sleep(progress.retry).await;
     }
 }
@@ -285,16 +290,17 @@ async fn h2_browser(
 }
 
 /// A sluice process on `addr` serving `/storm` from the JetStream stream `STORM`.
-fn start_sluice(bin: &Path, dir: &Path, addr: SocketAddr, nats: &str, rate: Option<u32>) -> Child {
+/// A sluice process on `addr`; `urls`: the broker's `url` value as TOML (a string or a list).
+fn start_sluice(bin: &Path, dir: &Path, addr: SocketAddr, urls: &str, rate: Option<u32>) -> Child {
     let admission = rate.map_or(String::new(), |r| {
         format!("max_new_streams_per_second = {r}\n")
     });
     let config = format!(
         "[server]\nlisten = \"{addr}\"\nretry = \"1s\"\nheartbeat = \"30s\"\n{admission}\n\
-         [brokers.b]\ntype = \"nats\"\nurl = \"{nats}\"\n\n\
+         [brokers.b]\ntype = \"nats\"\nurl = {urls}\n\n\
          [[routes]]\npath = \"/storm\"\nbroker = \"b\"\ntopic = \"storm.x\"\njetstream = \"STORM\"\n"
     );
-    let path = dir.join("storm.toml");
+    let path = dir.join(format!("storm-{}.toml", addr.port()));
     let _ = std::fs::write(&path, config);
     Command::new(bin)
         .arg("--config")
@@ -404,7 +410,7 @@ pub async fn storm(
     let nats_pids = children_named("nats-server");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let bin = bin_dir.join("sluice");
-    let mut sluice = start_sluice(&bin, &scratch, addr, &nats.url(), None);
+    let mut sluice = start_sluice(&bin, &scratch, addr, &format!("\"{}\"", nats.url()), None);
 
     let counts = Arc::new(Counts::new(n));
     let last = Arc::new(AtomicU64::new(u64::MAX));
@@ -412,7 +418,13 @@ pub async fn storm(
     match transport {
         Transport::H1 => {
             for i in 0..n {
-                tokio::spawn(browser(i, source(i), addr, counts.clone(), last.clone()));
+                tokio::spawn(browser(
+                    i,
+                    source(i),
+                    [addr, addr],
+                    counts.clone(),
+                    last.clone(),
+                ));
             }
         }
         Transport::H2 {
@@ -463,7 +475,7 @@ pub async fn storm(
         .status();
     let _ = sluice.wait();
     let restarted = Instant::now();
-    let mut sluice = start_sluice(&bin, &scratch, addr, &nats.url(), rate);
+    let mut sluice = start_sluice(&bin, &scratch, addr, &format!("\"{}\"", nats.url()), rate);
     let pid = sluice.id();
     let mut listening = None;
     while listening.is_none() && restarted.elapsed() < Duration::from_secs(30) {
@@ -559,6 +571,153 @@ pub async fn storm(
             behind.join(", ")
         );
     }
+    eprintln!(
+        "  received {}, done {}, failed attempts {}",
+        counts.received.load(Ordering::Relaxed),
+        counts.done.load(Ordering::Relaxed),
+        counts.failed.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// The JetStream API requests a cluster's nodes have answered, and the consumers they hold now
+/// (summed over the nodes; a replicated consumer counts once per node that holds it).
+fn cluster_load(cluster: &sluice_testkit::NatsCluster) -> (u64, u64) {
+    (0..cluster.len())
+        .filter_map(|n| cluster.monitor(n, "/jsz"))
+        .map(|jsz| {
+            let api = jsz["api"]["total"].as_u64().unwrap_or(0);
+            (api, jsz["consumers"].as_u64().unwrap_or(0))
+        })
+        .fold((0, 0), |(a, c), (api, consumers)| (a + api, c + consumers))
+}
+
+/// The storm across instances (`--storm-across N`): a 3-node NATS cluster with an R3 stream, three
+/// sluice instances with the same configuration, N clients on instance A; A is killed (SIGKILL)
+/// and its clients come back on B and C, alternately, with their `Last-Event-ID`.
+pub async fn storm_across(n: usize, bin_dir: PathBuf, scratch: PathBuf) -> anyhow::Result<()> {
+    let cluster = sluice_testkit::NatsCluster::start();
+    let js = jetstream::new(async_nats::connect(cluster.urls()).await?);
+    let config = stream::Config {
+        name: "STORM".into(),
+        subjects: vec!["storm.>".into()],
+        num_replicas: 3,
+        max_messages: 1_000_000,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    while js.get_or_create_stream(config.clone()).await.is_err() {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "no R3 stream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let urls = format!("[{}]", urls.join(", "));
+    let bin = bin_dir.join("sluice");
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        instances.push((addr, start_sluice(&bin, &scratch, addr, &urls, None)));
+    }
+    for (addr, _) in &instances {
+        let addr = *addr;
+        wait_for("an instance listening", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(addr).is_ok()
+        })
+        .await;
+    }
+    let [a, b, c] = [instances[0].0, instances[1].0, instances[2].0];
+    let counts = Arc::new(Counts::new(n));
+    let last = Arc::new(AtomicU64::new(u64::MAX));
+    for i in 0..n {
+        let source = IpAddr::V4(Ipv4Addr::new(127, 41, (i / 20_000) as u8, 2));
+        let elsewhere = if i % 2 == 0 { b } else { c };
+        tokio::spawn(browser(
+            i,
+            source,
+            [a, elsewhere],
+            counts.clone(),
+            last.clone(),
+        ));
+    }
+    wait_for("every stream open", Duration::from_secs(120), || {
+        counts.opened.load(Ordering::Relaxed) >= n as u64
+    })
+    .await;
+    eprintln!("  {n} streams open on instance A");
+    let published = Arc::new(AtomicU64::new(0));
+    let publishing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let publisher = {
+        let (js, published, publishing) = (js.clone(), published.clone(), publishing.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            let mut seq = 0u64;
+            while publishing.load(Ordering::Relaxed) {
+                tick.tick().await;
+                seq += 1;
+                if let Ok(ack) = js.publish("storm.x", seq.to_string().into()).await {
+                    let _ = ack.await;
+                }
+                published.store(seq, Ordering::Relaxed);
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (api_before, _) = cluster_load(&cluster);
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .arg(instances[0].1.id().to_string())
+        .status();
+    let _ = instances[0].1.wait();
+    let killed = Instant::now();
+    let mut peak_consumers = 0;
+    let mut peak_rss = 0;
+    let survivors = [instances[1].1.id(), instances[2].1.id()];
+    let resumed_in = loop {
+        peak_consumers = peak_consumers.max(cluster_load(&cluster).1);
+        peak_rss = peak_rss.max(procfs::rss_kib(&survivors));
+        if counts.resumed.load(Ordering::Relaxed) >= n as u64 {
+            break Some(killed.elapsed());
+        }
+        if killed.elapsed() > Duration::from_secs(120) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (api_after, _) = cluster_load(&cluster);
+    let cpu = procfs::cpu_seconds(&survivors);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    publishing.store(false, Ordering::Relaxed);
+    let _ = publisher.await;
+    let final_seq = published.load(Ordering::Relaxed) + 1;
+    last.store(final_seq, Ordering::Relaxed);
+    if let Ok(ack) = js.publish("storm.x", final_seq.to_string().into()).await {
+        let _ = ack.await;
+    }
+    wait_for(
+        "every client at the last event",
+        Duration::from_secs(60),
+        || counts.done.load(Ordering::Relaxed) >= n as u64,
+    )
+    .await;
+    for (_, child) in &mut instances[1..] {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let _ = child.wait();
+    }
+    println!("| storm | clients | every stream resumed after the kill | lost | duplicated | JetStream API requests (3 nodes) | peak consumers (3 nodes) | B+C peak RSS | B+C CPU s |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| instance A killed, clients to B and C | {n} | {} | {} | {} | {} | {} | {} MiB | {:.1} |",
+        resumed_in.map_or("not all".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+        counts.lost.load(Ordering::Relaxed),
+        counts.duplicated.load(Ordering::Relaxed),
+        api_after.saturating_sub(api_before),
+        peak_consumers,
+        peak_rss / 1024,
+        cpu,
+    );
     eprintln!(
         "  received {}, done {}, failed attempts {}",
         counts.received.load(Ordering::Relaxed),
