@@ -381,6 +381,66 @@ fn children_named(name: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The storm's publisher: 100 msg/s on `storm.x`, each acknowledged by the stream, numbered from 1.
+struct Publisher {
+    task: tokio::task::JoinHandle<()>,
+    published: Arc<AtomicU64>,
+    publishing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Publisher {
+    fn start(js: &jetstream::Context) -> Self {
+        let published = Arc::new(AtomicU64::new(0));
+        let publishing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let task = {
+            let (js, published, publishing) = (js.clone(), published.clone(), publishing.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                let mut seq = 0u64;
+                while publishing.load(Ordering::Relaxed) {
+                    tick.tick().await;
+                    seq += 1;
+                    if let Ok(ack) = js.publish("storm.x", seq.to_string().into()).await {
+                        let _ = ack.await;
+                    }
+                    published.store(seq, Ordering::Relaxed);
+                }
+            })
+        };
+        Self {
+            task,
+            published,
+            publishing,
+        }
+    }
+
+    /// Publishes 2 s more, stops, publishes one last event (the clients count themselves done when
+    /// they see it) and waits until every client has; returns its sequence.
+    async fn finish(
+        self,
+        js: &jetstream::Context,
+        last: &AtomicU64,
+        counts: &Counts,
+        n: usize,
+    ) -> u64 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        self.publishing.store(false, Ordering::Relaxed);
+        let _ = self.task.await;
+        let final_seq = self.published.load(Ordering::Relaxed) + 1;
+        last.store(final_seq, Ordering::Relaxed);
+        if let Ok(ack) = js.publish("storm.x", final_seq.to_string().into()).await {
+            let _ = ack.await;
+        }
+        wait_for(
+            "every client at the last event",
+            Duration::from_secs(60),
+            || counts.done.load(Ordering::Relaxed) >= n as u64,
+        )
+        .await;
+        final_seq
+    }
+}
+
 /// How the storm's clients reach sluice.
 #[derive(Clone, Copy)]
 pub enum Transport {
@@ -448,23 +508,7 @@ pub async fn storm(
     eprintln!("  {n} streams open on the first process");
 
     // 100 msg/s from now to the end, each acknowledged by the stream.
-    let published = Arc::new(AtomicU64::new(0));
-    let publishing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let publisher = {
-        let (js, published, publishing) = (js.clone(), published.clone(), publishing.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            let mut seq = 0u64;
-            while publishing.load(Ordering::Relaxed) {
-                tick.tick().await;
-                seq += 1;
-                if let Ok(ack) = js.publish("storm.x", seq.to_string().into()).await {
-                    let _ = ack.await;
-                }
-                published.store(seq, Ordering::Relaxed);
-            }
-        })
-    };
+    let publisher = Publisher::start(&js);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let (api_before, _) = jetstream_load(&nats).await;
@@ -505,22 +549,7 @@ pub async fn storm(
     let sluice_cpu = procfs::cpu_seconds(&[pid]);
     let nats_cpu = procfs::cpu_seconds(&nats_pids) - nats_cpu_before;
 
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    publishing.store(false, Ordering::Relaxed);
-    let _ = publisher.await;
-    last.store(published.load(Ordering::Relaxed), Ordering::Relaxed);
-    // A client already past the end counts as done when it sees the last event: publish one more.
-    let final_seq = published.load(Ordering::Relaxed) + 1;
-    last.store(final_seq, Ordering::Relaxed);
-    if let Ok(ack) = js.publish("storm.x", final_seq.to_string().into()).await {
-        let _ = ack.await;
-    }
-    wait_for(
-        "every client at the last event",
-        Duration::from_secs(60),
-        || counts.done.load(Ordering::Relaxed) >= n as u64,
-    )
-    .await;
+    let final_seq = publisher.finish(&js, &last, &counts, n).await;
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(pid.to_string())
@@ -644,23 +673,7 @@ pub async fn storm_across(n: usize, bin_dir: PathBuf, scratch: PathBuf) -> anyho
     })
     .await;
     eprintln!("  {n} streams open on instance A");
-    let published = Arc::new(AtomicU64::new(0));
-    let publishing = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let publisher = {
-        let (js, published, publishing) = (js.clone(), published.clone(), publishing.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(10));
-            let mut seq = 0u64;
-            while publishing.load(Ordering::Relaxed) {
-                tick.tick().await;
-                seq += 1;
-                if let Ok(ack) = js.publish("storm.x", seq.to_string().into()).await {
-                    let _ = ack.await;
-                }
-                published.store(seq, Ordering::Relaxed);
-            }
-        })
-    };
+    let publisher = Publisher::start(&js);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (api_before, _) = cluster_load(&cluster);
     let _ = Command::new("kill")
@@ -685,20 +698,7 @@ pub async fn storm_across(n: usize, bin_dir: PathBuf, scratch: PathBuf) -> anyho
     };
     let (api_after, _) = cluster_load(&cluster);
     let cpu = procfs::cpu_seconds(&survivors);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    publishing.store(false, Ordering::Relaxed);
-    let _ = publisher.await;
-    let final_seq = published.load(Ordering::Relaxed) + 1;
-    last.store(final_seq, Ordering::Relaxed);
-    if let Ok(ack) = js.publish("storm.x", final_seq.to_string().into()).await {
-        let _ = ack.await;
-    }
-    wait_for(
-        "every client at the last event",
-        Duration::from_secs(60),
-        || counts.done.load(Ordering::Relaxed) >= n as u64,
-    )
-    .await;
+    publisher.finish(&js, &last, &counts, n).await;
     for (_, child) in &mut instances[1..] {
         let _ = Command::new("kill")
             .arg("-TERM")
