@@ -83,7 +83,8 @@ impl Window {
         self.is_open()
             && self.generation == generation
             && self.after <= position
-            && position <= self.last
+            // A position the stream had when the reader was made, or one the window read since.
+            && position <= self.last.max(self.end)
             && position.saturating_add(1) >= self.first_held
     }
 
