@@ -317,7 +317,11 @@ impl StreamBacklog {
                     reached = true;
                     break;
                 }
-                read.push((seq, self.topic.encode(None, message, false)));
+                // Only ever forward: a read-back consumer that recovers by itself may deliver
+                // again what it delivered before.
+                if read.last().is_none_or(|(last, _)| seq > *last) && seq > after {
+                    read.push((seq, self.topic.encode(None, message, false)));
+                }
                 reached = seq == until;
             }
             // The stretch is whole once the read reached its end, or the stream had nothing more.

@@ -114,9 +114,17 @@ impl Window {
     /// Puts `read` (sequences in `(position, after]`, in order) before the window's frames, which
     /// then start at `position`; `false` (and nothing changed) when that would make it too large.
     pub(super) fn prepend(&mut self, position: u64, read: Vec<(u64, Bytes)>) -> bool {
+        // Strictly increasing, within the stretch: the window never holds an event twice.
+        let mut last = position;
         let read: Vec<(u64, Bytes)> = read
             .into_iter()
-            .filter(|(seq, _)| *seq > position && *seq <= self.after)
+            .filter(|(seq, _)| {
+                let keep = *seq > last && *seq <= self.after;
+                if keep {
+                    last = *seq;
+                }
+                keep
+            })
             .collect();
         let bytes: usize = read.iter().map(|(_, frame)| frame.len()).sum();
         if self.bytes + bytes > WINDOW_BYTES {
@@ -235,7 +243,8 @@ mod tests {
         assert_eq!(window.copy_after(10, 2, &mut into), Some(13));
         // Extended back to 7: what the stream held in (7, 10], and the window then serves 7.
         assert!(window.extends_back_to(7, 1) && !window.serves(7, 1));
-        assert!(window.prepend(7, vec![frame(8), frame(10), frame(11)]));
+        // A repeat (a read-back consumer that recovered) is kept once.
+        assert!(window.prepend(7, vec![frame(8), frame(8), frame(10), frame(11)]));
         assert!(window.serves(7, 1) && window.after == 7);
         into.clear();
         assert_eq!(window.copy_after(7, 3, &mut into), Some(11));
