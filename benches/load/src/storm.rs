@@ -38,6 +38,25 @@ struct Counts {
 }
 
 impl Counts {
+    /// Waits until `n` streams have opened on `on` (the clients' first connections).
+    async fn wait_open(&self, n: usize, on: &str) {
+        wait_for("every stream open", Duration::from_secs(120), || {
+            self.opened.load(Ordering::Relaxed) >= n as u64
+        })
+        .await;
+        eprintln!("  {n} streams open on {on}");
+    }
+
+    /// The totals, on stderr beside the table.
+    fn summary(&self) {
+        eprintln!(
+            "  received {}, done {}, failed attempts {}",
+            self.received.load(Ordering::Relaxed),
+            self.done.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed)
+        );
+    }
+
     fn new(n: usize) -> Self {
         Self {
             opened: AtomicU64::new(0),
@@ -290,6 +309,15 @@ async fn h2_browser(
 }
 
 /// A sluice process on `addr` serving `/storm` from the JetStream stream `STORM`.
+/// Sends `signal` to a sluice this harness started (by its PID) and waits for it to exit.
+fn stop(child: &mut Child, signal: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
+}
+
 /// A sluice process on `addr`; `urls`: the broker's `url` value as TOML (a string or a list).
 fn start_sluice(bin: &Path, dir: &Path, addr: SocketAddr, urls: &str, rate: Option<u32>) -> Child {
     let admission = rate.map_or(String::new(), |r| {
@@ -470,7 +498,8 @@ pub async fn storm(
     let nats_pids = children_named("nats-server");
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let bin = bin_dir.join("sluice");
-    let mut sluice = start_sluice(&bin, &scratch, addr, &format!("\"{}\"", nats.url()), None);
+    let url = format!("\"{}\"", nats.url());
+    let mut sluice = start_sluice(&bin, &scratch, addr, &url, None);
 
     let counts = Arc::new(Counts::new(n));
     let last = Arc::new(AtomicU64::new(u64::MAX));
@@ -501,11 +530,7 @@ pub async fn storm(
             }
         }
     }
-    wait_for("every stream open", Duration::from_secs(120), || {
-        counts.opened.load(Ordering::Relaxed) >= n as u64
-    })
-    .await;
-    eprintln!("  {n} streams open on the first process");
+    counts.wait_open(n, "the first process").await;
 
     // 100 msg/s from now to the end, each acknowledged by the stream.
     let publisher = Publisher::start(&js);
@@ -513,13 +538,9 @@ pub async fn storm(
 
     let (api_before, _) = jetstream_load(&nats).await;
     let nats_cpu_before = procfs::cpu_seconds(&nats_pids);
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(sluice.id().to_string())
-        .status();
-    let _ = sluice.wait();
+    stop(&mut sluice, "TERM");
     let restarted = Instant::now();
-    let mut sluice = start_sluice(&bin, &scratch, addr, &format!("\"{}\"", nats.url()), rate);
+    let mut sluice = start_sluice(&bin, &scratch, addr, &url, rate);
     let pid = sluice.id();
     let mut listening = None;
     while listening.is_none() && restarted.elapsed() < Duration::from_secs(30) {
@@ -550,11 +571,7 @@ pub async fn storm(
     let nats_cpu = procfs::cpu_seconds(&nats_pids) - nats_cpu_before;
 
     let final_seq = publisher.finish(&js, &last, &counts, n).await;
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-    let _ = sluice.wait();
+    stop(&mut sluice, "TERM");
 
     let label = match transport {
         Transport::H1 => "h1".to_owned(),
@@ -600,12 +617,7 @@ pub async fn storm(
             behind.join(", ")
         );
     }
-    eprintln!(
-        "  received {}, done {}, failed attempts {}",
-        counts.received.load(Ordering::Relaxed),
-        counts.done.load(Ordering::Relaxed),
-        counts.failed.load(Ordering::Relaxed)
-    );
+    counts.summary();
     Ok(())
 }
 
@@ -668,19 +680,11 @@ pub async fn storm_across(n: usize, bin_dir: PathBuf, scratch: PathBuf) -> anyho
             last.clone(),
         ));
     }
-    wait_for("every stream open", Duration::from_secs(120), || {
-        counts.opened.load(Ordering::Relaxed) >= n as u64
-    })
-    .await;
-    eprintln!("  {n} streams open on instance A");
+    counts.wait_open(n, "instance A").await;
     let publisher = Publisher::start(&js);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (api_before, _) = cluster_load(&cluster);
-    let _ = Command::new("kill")
-        .arg("-KILL")
-        .arg(instances[0].1.id().to_string())
-        .status();
-    let _ = instances[0].1.wait();
+    stop(&mut instances[0].1, "KILL");
     let killed = Instant::now();
     let mut peak_consumers = 0;
     let mut peak_rss = 0;
@@ -700,11 +704,7 @@ pub async fn storm_across(n: usize, bin_dir: PathBuf, scratch: PathBuf) -> anyho
     let cpu = procfs::cpu_seconds(&survivors);
     publisher.finish(&js, &last, &counts, n).await;
     for (_, child) in &mut instances[1..] {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let _ = child.wait();
+        stop(child, "TERM");
     }
     println!("| storm | clients | every stream resumed after the kill | lost | duplicated | JetStream API requests (3 nodes) | peak consumers (3 nodes) | B+C peak RSS | B+C CPU s |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -718,11 +718,6 @@ pub async fn storm_across(n: usize, bin_dir: PathBuf, scratch: PathBuf) -> anyho
         peak_rss / 1024,
         cpu,
     );
-    eprintln!(
-        "  received {}, done {}, failed attempts {}",
-        counts.received.load(Ordering::Relaxed),
-        counts.done.load(Ordering::Relaxed),
-        counts.failed.load(Ordering::Relaxed)
-    );
+    counts.summary();
     Ok(())
 }
