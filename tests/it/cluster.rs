@@ -182,16 +182,17 @@ async fn join_all<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     results
 }
 
-/// Issue 12 reported duplicates (5 to 10) or one lost event right after the resume point in 2 of 20
-/// such moves between instances on different nodes; 50 moves a run keep watching for it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_move_between_instances_mid_burst_exactly_once() {
-    let topology = Topology::start().await;
-    let js = topology.orders().await;
+/// A client on shard `i` (its topic): its stream, where it moves to, and its path.
+type Mover = (usize, SseStream, std::net::SocketAddr, String);
+
+/// `moves` clients, client `i` on instance `i % 3` and moving to the next one, each on its own
+/// shard; and a witness on the target instance for every other one, so half the moves land on a
+/// topic already watched there.
+async fn movers(topology: &Topology, moves: usize) -> (Vec<Mover>, Vec<Mover>) {
     let addrs: Vec<_> = topology.sluices.iter().map(|s| s.addr).collect();
     let mut clients = Vec::new();
     let mut witnesses = Vec::new();
-    for i in 0..MOVES {
+    for i in 0..moves {
         let (from, to) = (addrs[i % 3], addrs[(i + 1) % 3]);
         let path = format!("/orders/{i}");
         let mut stream = h1_stream(from, &path).await;
@@ -199,10 +200,20 @@ async fn clients_move_between_instances_mid_burst_exactly_once() {
         if i % 2 == 1 {
             let mut witness = h1_stream(to, &path).await;
             witness.opened().await;
-            witnesses.push((i, witness));
+            witnesses.push((i, witness, to, path.clone()));
         }
         clients.push((i, stream, to, path));
     }
+    (clients, witnesses)
+}
+
+/// Issue 12 reported duplicates (5 to 10) or one lost event right after the resume point in 2 of 20
+/// such moves between instances on different nodes; 50 moves a run keep watching for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_move_between_instances_mid_burst_exactly_once() {
+    let topology = Topology::start().await;
+    let js = topology.orders().await;
+    let (clients, witnesses) = movers(&topology, MOVES).await;
     let burst = publish_rounds(js, MOVES, EVENTS);
     let last = (EVENTS - 1).to_string();
     let moves = clients.into_iter().map(|(i, mut stream, to, path)| {
@@ -227,7 +238,7 @@ async fn clients_move_between_instances_mid_burst_exactly_once() {
         })
     });
     let moves: Vec<_> = moves.collect();
-    let watched = witnesses.into_iter().map(|(i, mut witness)| {
+    let watched = witnesses.into_iter().map(|(i, mut witness, _, _)| {
         let last = last.clone();
         tokio::spawn(async move {
             let seen = witness.read_until(&last).await;
@@ -591,21 +602,7 @@ async fn clients_move_between_instances_during_leader_changes_exactly_once() {
     let mode = std::env::var("SLUICE_DISTURB").unwrap_or_else(|_| "all".into());
     let topology = Topology::start().await;
     let js = topology.orders().await;
-    let addrs: Vec<_> = topology.sluices.iter().map(|s| s.addr).collect();
-    let mut clients = Vec::new();
-    let mut witnesses = Vec::new();
-    for i in 0..MOVES {
-        let (from, to) = (addrs[i % 3], addrs[(i + 1) % 3]);
-        let path = format!("/orders/{i}");
-        let mut stream = h1_stream(from, &path).await;
-        stream.opened().await;
-        if i % 2 == 1 {
-            let mut witness = h1_stream(to, &path).await;
-            witness.opened().await;
-            witnesses.push((i, witness, to, path.clone()));
-        }
-        clients.push((i, stream, to, path));
-    }
+    let (clients, witnesses) = movers(&topology, MOVES).await;
     let burst = publish_rounds_acked(js, MOVES, EVENTS);
     let last = (EVENTS - 1).to_string();
     let gaps = Arc::new(std::sync::atomic::AtomicUsize::new(0));
