@@ -345,11 +345,7 @@ impl Connections {
             .as_ref()?
             .socket_cookie()
             .ok()?;
-        let busy = self.busy(key)?;
-        if let Some(slot) = self.state().slots.get_mut(&key) {
-            slot.http2.get_or_insert(session.is_http2());
-        }
-        Some(busy)
+        self.mark_busy(key, Some(session.is_http2()))
     }
 
     /// The connections open now by the protocol of their requests (for metrics; it walks every
@@ -374,9 +370,18 @@ impl Connections {
 
     /// Marks connection `key` busy until the guard is dropped.
     pub fn busy(self: &Arc<Self>, key: u64) -> Option<Busy> {
+        self.mark_busy(key, None)
+    }
+
+    /// Marks connection `key` busy, and records whether its requests are HTTP/2 (for metrics), under
+    /// one lock.
+    fn mark_busy(self: &Arc<Self>, key: u64, http2: Option<bool>) -> Option<Busy> {
         let mut state = self.state();
         let state = &mut *state;
         let slot = state.slots.get_mut(&key)?;
+        if let Some(http2) = http2 {
+            slot.http2.get_or_insert(http2);
+        }
         if slot.is_idle() {
             state.idle_now = state.idle_now.saturating_sub(1);
         }

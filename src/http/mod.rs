@@ -175,12 +175,13 @@ impl Gateway {
                 respond(session, 200, kind, body.into(), &headers).await?;
                 Ok(Reuse::Yes)
             }
-            Action::Publish(route, topic) => {
+            Action::Publish(index, route, topic) => {
                 let published = self.publish(routing, session, route, topic, cors_headers);
                 let published = published.await;
                 let status = published.as_ref().map_or_else(Error::status, |_| 202);
-                let metrics = crate::admin::metrics::global().route(route.path.as_str());
-                metrics.publish(status);
+                if let Some(topics) = routing.routes.get(index) {
+                    topics.metrics.publish(status);
+                }
                 published
             }
             Action::Stream(index, route, topics) => {

@@ -26,7 +26,8 @@ pub(super) enum Action<'a> {
     File(PathBuf),
     /// A stream of route number `usize` on these topics.
     Stream(usize, &'a Route, Vec<String>),
-    Publish(&'a Route, String),
+    /// A publish through route number `usize` to this topic.
+    Publish(usize, &'a Route, String),
 }
 
 /// Matches method and path to an action, or to the error status that answers it.
@@ -65,7 +66,7 @@ pub(super) fn route<'a>(config: &'a Config, request: &RequestHeader) -> Result<A
                 .into_iter()
                 .next()
                 .ok_or(Error::Internal("no topic"))?;
-            return Ok(Action::Publish(route, topic));
+            return Ok(Action::Publish(index, route, topic));
         }
         return Ok(Action::Stream(index, route, topics));
     }
@@ -239,7 +240,7 @@ max_topics = 2
             other => panic!("{other:?}"),
         }
         match route("POST", "/rooms/lobby") {
-            Ok(Action::Publish(_, topic)) => assert_eq!(topic, "rooms/lobby"),
+            Ok(Action::Publish(0, _, topic)) => assert_eq!(topic, "rooms/lobby"),
             other => panic!("{other:?}"),
         }
         assert_eq!(status(route("DELETE", "/rooms/lobby")), 405);
