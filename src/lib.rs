@@ -11,6 +11,8 @@
 //! - [`stream`]: each stream's bounded queue and overflow policy (`disconnect` or `drop-oldest`),
 //!   and the backlog a resuming stream reads as it drains.
 //! - [`pump`]: writes one stream's backlog and queue to its wire: heartbeats, write deadlines.
+//! - [`compress`]: compressed streams (gzip, Brotli, zstd), negotiated per request and flushed at
+//!   every write.
 //! - [`cors`], [`files`] (the dashboard folder), [`limits`] (connections per server and per IP, and
 //!   `max_memory`), [`admission`] (new streams per second, so a reconnect storm becomes a ramp).
 //! - [`connections`]: every client connection under a budget from the file limit; one with no
@@ -33,6 +35,7 @@ pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod brokers;
+pub mod compress;
 pub mod config;
 pub mod connections;
 pub mod cors;
