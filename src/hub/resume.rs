@@ -14,6 +14,7 @@ use bytes::Bytes;
 use sluice_bridge::{Bridge, HistoryReader};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The most events one resuming stream reads back from JetStream; further back is a `gap`.
 pub const MAX_CATCH_UP: usize = 100_000;
@@ -162,6 +163,10 @@ struct StreamBacklog {
 /// stream's limits) and goes live with a `gap`.
 const MAX_IDLE_READS: u32 = 4;
 
+/// How long a resume from a position past everything this instance has seen of the stream waits for
+/// its live consumer to reach that position before taking it as unknown.
+const AHEAD_WAIT: Duration = Duration::from_secs(2);
+
 impl StreamBacklog {
     /// Opens the reader at the client's position; a `gap` the client gets first goes to `into`. A
     /// position the stream cannot continue from (not a sequence, or one it never reached, as after
@@ -178,6 +183,11 @@ impl StreamBacklog {
             .joined_at
             .max(self.topic.started_after.load(Ordering::Acquire));
         let mut after = replay::parse_sequence(&self.last);
+        // Before the window's lock: a wait here must not hold up the topic's other resumes.
+        let seen_live = match after {
+            Some(position) => live_reaches(&self.topic, position).await,
+            None => false,
+        };
         let generation = self.topic.replaced.load(Ordering::Acquire);
         let topic = self.topic.clone();
         let share = &topic.read_back;
@@ -201,7 +211,10 @@ impl StreamBacklog {
         let mut reader = self.reader_after(after.unwrap_or(joined_at), batch).await?;
         let mut expired = false;
         match after {
-            Some(position) if position > reader.last() => after = None,
+            // Past the stream's end as the broker reported it, and not seen live either. (A
+            // cluster member can report an end behind what it acknowledged: a new stream leader
+            // still applying its log. The live consumer is the proof that a position exists.)
+            Some(position) if position > reader.last() && !seen_live => after = None,
             Some(position) if reader.first_held() > position.saturating_add(1) => {
                 // The stream no longer holds what came right after the client's position.
                 into.push(self.gap(GapReason::Expired));
@@ -420,6 +433,22 @@ impl Backlog for StreamBacklog {
     }
 }
 
+/// Whether `topic`'s live consumer has reached `position`, waiting up to [`AHEAD_WAIT`] for
+/// it: a client that comes from another instance can be a little ahead of this one.
+async fn live_reaches(topic: &Topic, position: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + AHEAD_WAIT;
+    loop {
+        if lock(&topic.members).head >= position {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        // Rare (a move between instances, an unknown id): a short poll, not a wake-up per event.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 impl StreamBacklog {
     /// Stops reading from the topic's window; the last reader to leave has it emptied after
     /// [`WINDOW_LINGER`] unless another resume comes meanwhile.
@@ -450,5 +479,157 @@ impl StreamBacklog {
 impl Drop for StreamBacklog {
     fn drop(&mut self) {
         self.leave_window();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Hub, Join, RouteTopics};
+    use crate::stream::{Overflow, StreamQueue};
+    use sluice_bridge::{BridgeError, Message, Sink, Subscription, TopicSyntax};
+    use std::sync::Mutex;
+
+    /// A JetStream-like broker whose stream info lags: it reports `reported_last` as the stream's
+    /// end, as a new stream leader that is still applying its log does, while it holds `stored`.
+    struct LaggingInfo {
+        stored: Vec<u64>,
+        reported_last: u64,
+        live: Mutex<Option<Sink>>,
+    }
+
+    struct Reader {
+        last: u64,
+        left: Vec<u64>,
+    }
+
+    fn message(seq: u64) -> Message {
+        Message {
+            seq: Some(seq),
+            ..Message::new(Arc::from("t"), Bytes::from(seq.to_string()))
+        }
+    }
+
+    #[async_trait]
+    impl HistoryReader for Reader {
+        fn first_held(&self) -> u64 {
+            1
+        }
+
+        fn last(&self) -> u64 {
+            self.last
+        }
+
+        async fn next(&mut self, max: usize) -> Result<Vec<Message>, BridgeError> {
+            let n = self.left.len().min(max);
+            Ok(self.left.drain(..n).map(message).collect())
+        }
+    }
+
+    #[async_trait]
+    impl Bridge for LaggingInfo {
+        fn syntax(&self) -> TopicSyntax {
+            TopicSyntax::Nats
+        }
+
+        async fn subscribe(&self, _: &str, _: Sink) -> Result<Subscription, BridgeError> {
+            Err(BridgeError::Unsupported("live only through the stream"))
+        }
+
+        async fn publish(&self, _: &str, _: Bytes) -> Result<(), BridgeError> {
+            Ok(())
+        }
+
+        async fn subscribe_stream(
+            &self,
+            _: &str,
+            _: &str,
+            sink: Sink,
+        ) -> Result<(Subscription, u64), BridgeError> {
+            *self.live.lock().expect("sink") = Some(sink);
+            Ok((Subscription::new(()), self.reported_last))
+        }
+
+        async fn read_stream(
+            &self,
+            _: &str,
+            _: &str,
+            after: u64,
+            _: usize,
+        ) -> Result<Box<dyn HistoryReader>, BridgeError> {
+            let left = self.stored.iter().copied().filter(|s| *s > after).collect();
+            Ok(Box::new(Reader {
+                last: self.reported_last,
+                left,
+            }))
+        }
+    }
+
+    /// The `data:` of each frame, and `gap` for gaps.
+    fn texts(frames: &[Bytes]) -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| {
+                let text = String::from_utf8_lossy(f);
+                if text.starts_with("event: gap") {
+                    return "gap".to_owned();
+                }
+                let data = text.lines().find_map(|l| l.strip_prefix("data: "));
+                data.unwrap_or_default().to_owned()
+            })
+            .collect()
+    }
+
+    /// Resumes from `id` on a topic whose live consumer has delivered `live` (the stream holds 1 to
+    /// 14, its info says 10): what the stream reads first.
+    async fn resume(id: &str, live: std::ops::RangeInclusive<u64>) -> Vec<String> {
+        let bridge = Arc::new(LaggingInfo {
+            stored: (1..=14).collect(),
+            reported_last: 10,
+            live: Mutex::new(None),
+        });
+        let route = Arc::new(RouteTopics {
+            retention: Retention::JetStream {
+                stream: "S".to_owned(),
+            },
+            ..RouteTopics::live(bridge.clone())
+        });
+        let hub = Hub::new();
+        let first = Arc::new(StreamQueue::new(100, Overflow::Disconnect));
+        let joined = hub.join(Join::live(&route, "t"), first).await;
+        let sink = bridge
+            .live
+            .lock()
+            .expect("sink")
+            .clone()
+            .expect("subscribed");
+        for seq in live {
+            sink.message(message(seq));
+        }
+        let queue = Arc::new(StreamQueue::new(100, Overflow::Disconnect));
+        let join = Join {
+            last_event_id: Some(id.to_owned()),
+            ..Join::live(&route, "t")
+        };
+        let mut resumed = hub.join(join, queue).await.expect("join");
+        let mut frames = Vec::new();
+        let backlog = resumed.backlog.as_mut().expect("a backlog");
+        while backlog.fill(&mut frames, 4).await == Fill::More {}
+        drop((joined, resumed));
+        texts(&frames)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_position_the_live_consumer_has_seen_is_known_though_the_stream_info_lags() {
+        // A client that read 12 on another instance: this one's consumer delivered 11 to 14.
+        assert_eq!(resume("12", 11..=14).await, ["13", "14"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_position_past_everything_seen_is_unknown_after_a_bounded_wait() {
+        let started = tokio::time::Instant::now();
+        // Unknown: the stream goes on from where it joined (the live 11), after the gap.
+        assert_eq!(resume("99", 11..=11).await, ["gap", "12", "13", "14"]);
+        assert!(started.elapsed() >= AHEAD_WAIT);
     }
 }
