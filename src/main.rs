@@ -91,6 +91,9 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        for warning in config.warnings() {
+            eprintln!("warning: {warning}");
+        }
         println!("{}: ok", cli.config.display());
         return ExitCode::SUCCESS;
     }
@@ -277,6 +280,9 @@ fn run(config: config::Config, path: PathBuf, upgrade: bool) -> anyhow::Result<(
     rustls::crypto::ring::default_provider()
         .install_default()
         .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let connections = connection_budget(&config)?;
 
     // The broker clients' own tasks (the NATS connection, the MQTT event loop) and the simulator

@@ -57,6 +57,9 @@ pub enum WriteError {
     /// The HTTP/2 stream failed (reset by the client, or its connection went).
     #[error("HTTP/2 stream: {0}")]
     H2(#[from] h2::Error),
+    /// The compressor failed (it does not, short of memory).
+    #[error("compressing: {0}")]
+    Compress(std::io::Error),
     /// The HTTP/2 stream can send nothing more.
     #[error("the HTTP/2 stream is closed")]
     Closed,

@@ -57,6 +57,24 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+impl Config {
+    /// What is valid but deserves a word (printed by `--check`, logged at start).
+    pub fn warnings(&self) -> Vec<String> {
+        self.routes
+            .iter()
+            .filter(|r| r.auth && !r.compress.is_empty())
+            .map(|r| {
+                format!(
+                    "route {:?} has compress and auth together: compressing a stream that mixes \
+                     secrets with data an attacker can influence can leak the secrets (BREACH); \
+                     see the README's \"Compressed streams\"",
+                    r.path.as_str()
+                )
+            })
+            .collect()
+    }
+}
+
 // ---- bounds: what each key may be, so no accepted value can break sluice after start-up -------
 
 /// Every duration key (`heartbeat`, `retry`, `write_timeout`, `request_timeout`, `linger` unless
@@ -71,6 +89,10 @@ pub const DURATION_RANGE: RangeInclusive<Duration> =
 pub const PUBLISH_BYTES_RANGE: RangeInclusive<usize> = 1..=64 * 1024 * 1024;
 /// `max_new_streams_per_second`: from 1 to a million (past what one process can open anyway).
 pub const NEW_STREAMS_RATE_RANGE: RangeInclusive<u32> = 1..=1_000_000;
+/// `[server] compression_level`: each library's own range (zstd's negative levels are left out).
+pub const GZIP_LEVEL_RANGE: RangeInclusive<u32> = 1..=9;
+pub const BROTLI_LEVEL_RANGE: RangeInclusive<u32> = 0..=11;
+pub const ZSTD_LEVEL_RANGE: RangeInclusive<i32> = 1..=19;
 /// `max_memory`, in bytes: from 16 MiB (sluice itself takes about 10) to 16 TiB.
 pub const MAX_MEMORY_RANGE: RangeInclusive<u64> = 16 * 1024 * 1024..=16 * 1024 * 1024 * 1024 * 1024;
 /// `max_streams_per_connection`: at the top, one HTTP/2 connection holds about 200 MiB of streams.

@@ -86,6 +86,7 @@ pub(super) struct RawServer {
     pub upgrade_socket: Option<Spanned<String>>,
     pub tls: Option<RawTls>,
     pub cors: Option<RawCors>,
+    pub compression_level: Option<RawLevels>,
 }
 
 #[derive(Deserialize)]
@@ -126,4 +127,25 @@ pub(super) struct RawRoute {
     pub linger: Option<Spanned<String>>,
     pub jetstream: Option<Spanned<String>>,
     pub retained: Option<Spanned<bool>>,
+    pub compress: Option<Spanned<RawCompress>>,
+}
+
+/// `compress`: `true` or `false`, or the encodings the route offers.
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected true, false or a list of encodings (\"gzip\", \"br\", \"zstd\")"
+)]
+pub(super) enum RawCompress {
+    All(bool),
+    Some(Vec<String>),
+}
+
+/// `[server] compression_level`: a level per encoding.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLevels {
+    pub gzip: Option<Spanned<u32>>,
+    pub br: Option<Spanned<u32>>,
+    pub zstd: Option<Spanned<i32>>,
 }

@@ -1,12 +1,14 @@
-//! Validates `[[routes]]` into [`Route`]s: path, topic or topics, event name, queue, retention.
+//! Validates `[[routes]]` into [`Route`]s: path, topic or topics, event name, queue, retention,
+//! compression.
 
-use super::raw::RawRoute;
+use super::raw::{RawCompress, RawRoute};
 use super::values::{bounded, optional_duration, within};
 use super::{
     Broker, BrokerKind, ConfigError, Locator, BUFFER_RANGE, DEFAULT_BUFFER, DEFAULT_LINGER,
     DEFAULT_MAX_TOPICS, DEFAULT_OVERFLOW, DEFAULT_REPLAY, DEFAULT_REPLAY_BYTES,
     MAX_JETSTREAM_NAME_BYTES, MAX_TOPICS_RANGE, REPLAY_BYTES_RANGE, REPLAY_RANGE,
 };
+use crate::compress::Encoding;
 use crate::replay::Retention;
 use crate::route::{PathTemplate, TopicTemplate};
 use crate::sse::EventName;
@@ -48,6 +50,8 @@ pub struct Route {
     pub retention: Retention,
     /// MQTT: each stream starts with the current (retained) value of each topic, marked `.retained`.
     pub retained: bool,
+    /// The encodings a stream may be compressed with (none: never compressed).
+    pub compress: Vec<Encoding>,
 }
 
 /// Every `[[routes]]`, in file order (the order they are matched in). `has_auth`: the file has an
@@ -215,7 +219,9 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
         Some(r) => *r.get_ref(),
         None => false,
     };
+    let compress = compress(at, raw.compress.as_ref())?;
     Ok(Route {
+        compress,
         path,
         broker,
         syntax,
@@ -229,6 +235,32 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
         retention,
         retained,
     })
+}
+
+/// `compress`: `true` offers every encoding, a list offers those named.
+fn compress(at: &Locator, raw: Option<&Spanned<RawCompress>>) -> Result<Vec<Encoding>, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    match raw.get_ref() {
+        RawCompress::All(true) => Ok(Encoding::ALL.to_vec()),
+        RawCompress::All(false) => Ok(Vec::new()),
+        RawCompress::Some(names) => {
+            let mut offered = Vec::new();
+            for name in names {
+                let encoding = Encoding::from_token(name).ok_or_else(|| {
+                    at.error(
+                        raw.span(),
+                        format!("unknown encoding {name:?}: expected \"gzip\", \"br\" or \"zstd\""),
+                    )
+                })?;
+                if !offered.contains(&encoding) {
+                    offered.push(encoding);
+                }
+            }
+            Ok(offered)
+        }
+    }
 }
 
 /// `replay`, `replay_bytes` and `linger` (memory replay), or `jetstream` (the broker's history).

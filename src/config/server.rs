@@ -1,13 +1,14 @@
 //! Validates `[server]` (listen addresses, TLS, CORS, limits, durations) into a [`Server`].
 
-use super::raw::{OneOrMany, RawCors, RawServer, RawTls};
+use super::raw::{OneOrMany, RawCors, RawLevels, RawServer, RawTls};
 use super::values::{bounded, duration, within};
 use super::{
     ConfigError, Locator, DEFAULT_HEARTBEAT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_PUBLISH_BYTES, DEFAULT_MAX_STREAMS_PER_CONNECTION,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY, DEFAULT_WRITE_TIMEOUT, MAX_CONNECTIONS_RANGE,
-    MAX_MEMORY_RANGE, NEW_STREAMS_RATE_RANGE, PUBLISH_BYTES_RANGE, STREAMS_PER_CONNECTION_RANGE,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY, DEFAULT_WRITE_TIMEOUT, BROTLI_LEVEL_RANGE,
+    GZIP_LEVEL_RANGE, MAX_CONNECTIONS_RANGE, MAX_MEMORY_RANGE, ZSTD_LEVEL_RANGE, NEW_STREAMS_RATE_RANGE, PUBLISH_BYTES_RANGE, STREAMS_PER_CONNECTION_RANGE,
 };
+use crate::compress::Levels;
 use crate::cors::Cors;
 use crate::keys;
 use rustls::sign::CertifiedKey;
@@ -51,6 +52,8 @@ pub struct Server {
     /// The Unix socket a new process (`--upgrade`) takes the listening sockets over on, if any.
     pub upgrade_socket: Option<PathBuf>,
     pub cors: Option<Cors>,
+    /// The level of each encoding of compressed streams.
+    pub compression_level: Levels,
 }
 
 /// `[server.tls]`, validated.
@@ -118,7 +121,12 @@ pub(super) fn validate(at: &Locator, raw: RawServer, base: &Path) -> Result<Serv
         None => None,
         Some(path) => Some(upgrade_socket(at, &path, base)?),
     };
+    let compression_level = match &raw.compression_level {
+        None => Levels::default(),
+        Some(levels) => compression_levels(at, levels)?,
+    };
     Ok(Server {
+        compression_level,
         listen,
         tls: tls.map(|(tls, _)| tls),
         cors,
@@ -166,6 +174,17 @@ pub(super) fn validate(at: &Locator, raw: RawServer, base: &Path) -> Result<Serv
             DEFAULT_MAX_STREAMS_PER_CONNECTION,
             STREAMS_PER_CONNECTION_RANGE,
         )?,
+    })
+}
+
+/// `[server] compression_level = { gzip = ..., br = ..., zstd = ... }`; a missing one keeps its
+/// default.
+fn compression_levels(at: &Locator, raw: &RawLevels) -> Result<Levels, ConfigError> {
+    let default = Levels::default();
+    Ok(Levels {
+        gzip: bounded(at, "compression_level.gzip", raw.gzip.as_ref(), default.gzip, GZIP_LEVEL_RANGE)?,
+        br: bounded(at, "compression_level.br", raw.br.as_ref(), default.br, BROTLI_LEVEL_RANGE)?,
+        zstd: bounded(at, "compression_level.zstd", raw.zstd.as_ref(), default.zstd, ZSTD_LEVEL_RANGE)?,
     })
 }
 

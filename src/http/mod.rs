@@ -5,9 +5,11 @@
 //! - [`session`]: opening a stream (limits, subscribing, the response head) and serving it.
 //! - [`publish`]: a `POST` published to its broker.
 //! - [`respond`]: complete small responses, and the raw `400` for a head that does not parse.
-//! - [`wire`]: the HTTP/1.x and HTTP/2 wires a stream is written to.
+//! - [`wire`]: the HTTP/1.x and HTTP/2 wires a stream is written to; [`compressed`]: the wire in
+//!   front of them that compresses a stream.
 //! - [`routing`]: the configuration snapshot every request reads, which a reload swaps whole.
 
+mod compressed;
 mod publish;
 mod request;
 mod respond;

@@ -2,16 +2,18 @@
 //! it to its wire and the pump).
 
 use super::request::last_event_id;
+use super::compressed::Compressed;
 use super::wire::{H2Wire, RawH1Wire, SessionWire};
 use super::{Gateway, Routing};
 use crate::admin::metrics::{OpenStream, Protocol};
 use crate::auth::Grant;
+use crate::compress::{self, Encoder};
 use crate::config::Route;
 use crate::connections::Busy;
 use crate::error::Error;
 use crate::hub::{Join, Membership};
 use crate::limits::{Admitted, Refused};
-use crate::pump::{pump, End, Feed, Sent};
+use crate::pump::{pump, End, Feed, Sent, Wire};
 use crate::replay::Retention;
 use crate::sse;
 use crate::stream::StreamQueue;
@@ -35,6 +37,8 @@ pub(super) struct Held {
     client: Option<std::net::SocketAddr>,
     started: Instant,
     resumed: bool,
+    /// Its encoder, when the stream is compressed (taken by its wire).
+    encoder: Option<Encoder>,
 }
 
 /// Counts a stream's end and writes its access line (the one info line a stream gets; no token
@@ -73,6 +77,7 @@ impl Gateway {
         mut feed: Box<StreamFeed>,
         write_timeout: Duration,
     ) {
+        let encoder = feed.held.encoder.take();
         match session {
             ServerSession::H1(h1) => {
                 let chunked = h1.req_header().version != http::Version::HTTP_10;
@@ -80,7 +85,7 @@ impl Gateway {
                 tokio::spawn(async move {
                     // pingora may still hold the head and preamble in its write buffer (TLS).
                     let end = match wire.flush().await {
-                        Ok(()) => pump(&mut wire, &mut feed).await,
+                        Ok(()) => pump_to(wire, encoder, &mut feed).await,
                         Err(e) => End::WriteFailed(e),
                     };
                     ended(&feed, &end);
@@ -93,16 +98,17 @@ impl Gateway {
                 };
                 // The request, the response head and the body reader are not needed any more.
                 drop(h2);
-                let mut wire = H2Wire::new(send);
+                let wire = H2Wire::new(send);
                 tokio::spawn(async move {
-                    let end = pump(&mut wire, &mut feed).await;
+                    let end = pump_to(wire, encoder, &mut feed).await;
                     ended(&feed, &end);
                     drop(feed);
                 });
             }
             mut session => {
                 // Never taken by HTTP/1.1 or HTTP/2; boxed so it does not grow every request's future.
-                let end = Box::pin(pump(&mut SessionWire(&mut session), &mut feed)).await;
+                let wire = SessionWire(&mut session);
+                let end = Box::pin(pump_to(wire, encoder, &mut feed)).await;
                 ended(&feed, &end);
                 drop(feed);
             }
@@ -166,8 +172,12 @@ impl Gateway {
             backlog = backlog.or(joined.backlog);
         }
 
+        let encoding = match route.compress.as_slice() {
+            [] => None,
+            offered => compress::negotiate(&accept_encoding(session), offered),
+        };
         let mut response =
-            ResponseHeader::build(200, Some(4 + cors_headers.len())).map_err(Error::Http)?;
+            ResponseHeader::build(200, Some(6 + cors_headers.len())).map_err(Error::Http)?;
         for (name, value) in [
             ("content-type", "text/event-stream"),
             ("cache-control", "no-cache"),
@@ -178,6 +188,17 @@ impl Gateway {
         for (name, value) in cors_headers {
             response
                 .insert_header(*name, value.as_str())
+                .map_err(Error::Http)?;
+        }
+        if !route.compress.is_empty() {
+            // Compressed or not, the response depends on the request's Accept-Encoding.
+            response
+                .insert_header("vary", "accept-encoding")
+                .map_err(Error::Http)?;
+        }
+        if let Some(encoding) = encoding {
+            response
+                .insert_header("content-encoding", encoding.token())
                 .map_err(Error::Http)?;
         }
         if session.req_header().version == http::Version::HTTP_10 {
@@ -195,8 +216,18 @@ impl Gateway {
             .write_response_header(Box::new(response))
             .await
             .map_err(Error::Write)?;
+        let preamble = sse::preamble(routing.config.server.retry);
+        let mut encoder =
+            encoding.map(|e| Encoder::new(e, &routing.config.server.compression_level));
+        let preamble = match &mut encoder {
+            // No event yet: the encoder rests until the first one.
+            Some(encoder) => encoder
+                .encode(&[preamble], true)
+                .map_err(|e| Error::Internal(compress_failed(e)))?,
+            None => preamble,
+        };
         session
-            .write_response_body(sse::preamble(routing.config.server.retry), false)
+            .write_response_body(preamble, false)
             .await
             .map_err(Error::Write)?;
         let protocol = if session.is_http2() {
@@ -225,7 +256,28 @@ impl Gateway {
                 client,
                 started: Instant::now(),
                 resumed,
+                encoder,
             },
         }))
     }
+}
+
+/// Pumps `feed` to `wire`, through its encoder when the stream is compressed.
+async fn pump_to(mut wire: impl Wire, encoder: Option<Encoder>, feed: &mut StreamFeed) -> End {
+    match encoder {
+        Some(encoder) => pump(&mut Compressed::new(wire, encoder), feed).await,
+        None => pump(&mut wire, feed).await,
+    }
+}
+
+/// The request's `Accept-Encoding` values, joined as one list.
+fn accept_encoding(session: &ServerSession) -> String {
+    let values = session.req_header().headers.get_all(http::header::ACCEPT_ENCODING);
+    let values: Vec<&str> = values.iter().filter_map(|v| v.to_str().ok()).collect();
+    values.join(",")
+}
+
+fn compress_failed(e: std::io::Error) -> &'static str {
+    tracing::warn!(error = %e, "compressing a stream's preamble failed");
+    "compressing the stream failed"
 }
