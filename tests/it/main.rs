@@ -10,6 +10,7 @@ mod cdp;
 mod check;
 mod clients;
 mod cluster;
+mod compression;
 mod connections;
 mod deploy;
 mod faults;

@@ -210,11 +210,18 @@ impl H2 {
 
     /// Opens one more stream on this connection.
     pub async fn stream(&self, path: &str) -> SseStream {
+        self.stream_with(path, &[]).await
+    }
+
+    /// Opens one more stream on this connection, with extra request headers.
+    pub async fn stream_with(&self, path: &str, headers: &[(&str, &str)]) -> SseStream {
         let mut sender = self.sender.clone();
-        let req = Request::get(format!("{}://{}{path}", self.scheme, self.authority))
-            .header("accept", "text/event-stream")
-            .body(Empty::<Bytes>::new())
-            .expect("request");
+        let mut req = Request::get(format!("{}://{}{path}", self.scheme, self.authority))
+            .header("accept", "text/event-stream");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Empty::<Bytes>::new()).expect("request");
         within("open h2 stream", async {
             sender.ready().await.expect("connection ready");
             SseStream::new(sender.send_request(req).await.expect("h2 response"))

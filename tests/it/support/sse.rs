@@ -20,8 +20,10 @@ pub struct SseStream {
     pub headers: HeaderMap,
     body: Incoming,
     parser: Parser,
-    /// Every byte received, for assertions on the wire format.
+    /// Every byte received (as sent, compressed or not), for assertions on the wire format.
     pub raw: Vec<u8>,
+    /// The decoder of a compressed response (by its `content-encoding`), as a browser decodes it.
+    decoder: Option<Decoder>,
     /// The id of the last event taken (with [`Self::next_event`] and friends), as a browser keeps it
     /// for its `Last-Event-ID` when it reconnects.
     pub last_event_id: Option<String>,
@@ -35,7 +37,10 @@ pub struct SseStream {
 impl SseStream {
     pub fn new(resp: hyper::Response<Incoming>) -> Self {
         let (parts, body) = resp.into_parts();
+        let encoding = parts.headers.get("content-encoding");
+        let decoder = encoding.map(|e| Decoder::new(e.to_str().unwrap_or_default()));
         Self {
+            decoder,
             status: parts.status,
             headers: parts.headers,
             body,
@@ -59,7 +64,10 @@ impl SseStream {
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         self.raw.extend_from_slice(&data);
-                        self.parser.feed(&data);
+                        match &mut self.decoder {
+                            Some(decoder) => self.parser.feed(&decoder.decode(&data)),
+                            None => self.parser.feed(&data),
+                        }
                         assert!(!self.parser.invalid_utf8(), "stream is UTF-8");
                         self.retry = self.parser.retry();
                         self.comments = self.parser.comments();
@@ -164,6 +172,49 @@ impl SseStream {
             }
         })
         .await;
+    }
+}
+
+/// A streaming decoder of a compressed body: each piece decodes to what it completes, at once.
+enum Decoder {
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
+    Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+}
+
+impl Decoder {
+    fn new(encoding: &str) -> Self {
+        match encoding {
+            "gzip" => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            "br" => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
+            "zstd" => Decoder::Zstd(zstd::stream::write::Decoder::new(Vec::new()).expect("zstd")),
+            other => panic!("unexpected content-encoding {other:?}"),
+        }
+    }
+
+    fn decode(&mut self, data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let out = match self {
+            Decoder::Gzip(d) => {
+                d.write_all(data)
+                    .and_then(|()| d.flush())
+                    .expect("valid gzip");
+                d.get_mut()
+            }
+            Decoder::Brotli(d) => {
+                d.write_all(data)
+                    .and_then(|()| d.flush())
+                    .expect("valid br");
+                d.get_mut()
+            }
+            Decoder::Zstd(d) => {
+                d.write_all(data)
+                    .and_then(|()| d.flush())
+                    .expect("valid zstd");
+                d.get_mut()
+            }
+        };
+        std::mem::take(out)
     }
 }
 
