@@ -341,7 +341,9 @@ mod tests {
     #[test]
     fn a_body_with_no_write_finishes_valid_and_empty() {
         for encoding in Encoding::ALL {
-            let body = Encoder::new(encoding, &Levels::default()).finish().expect("finish");
+            let body = Encoder::new(encoding, &Levels::default())
+                .finish()
+                .expect("finish");
             assert!(decode(encoding, &body).is_empty(), "{encoding:?}");
         }
     }
@@ -354,7 +356,12 @@ mod tests {
             let mut encoder = Encoder::new(encoding, &Levels::default());
             let sent: usize = events
                 .iter()
-                .map(|e| encoder.encode(std::slice::from_ref(e), false).expect("encode").len())
+                .map(|e| {
+                    encoder
+                        .encode(std::slice::from_ref(e), false)
+                        .expect("encode")
+                        .len()
+                })
                 .sum();
             // Each event flushed on its own still gets under half its size.
             assert!(sent * 2 < plain, "{encoding:?}: {sent} of {plain} bytes");

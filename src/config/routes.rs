@@ -238,7 +238,10 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
 }
 
 /// `compress`: `true` offers every encoding, a list offers those named.
-fn compress(at: &Locator, raw: Option<&Spanned<RawCompress>>) -> Result<Vec<Encoding>, ConfigError> {
+fn compress(
+    at: &Locator,
+    raw: Option<&Spanned<RawCompress>>,
+) -> Result<Vec<Encoding>, ConfigError> {
     let Some(raw) = raw else {
         return Ok(Vec::new());
     };

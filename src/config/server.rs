@@ -3,10 +3,11 @@
 use super::raw::{OneOrMany, RawCors, RawLevels, RawServer, RawTls};
 use super::values::{bounded, duration, within};
 use super::{
-    ConfigError, Locator, DEFAULT_HEARTBEAT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_PUBLISH_BYTES, DEFAULT_MAX_STREAMS_PER_CONNECTION,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY, DEFAULT_WRITE_TIMEOUT, BROTLI_LEVEL_RANGE,
-    GZIP_LEVEL_RANGE, MAX_CONNECTIONS_RANGE, MAX_MEMORY_RANGE, ZSTD_LEVEL_RANGE, NEW_STREAMS_RATE_RANGE, PUBLISH_BYTES_RANGE, STREAMS_PER_CONNECTION_RANGE,
+    ConfigError, Locator, BROTLI_LEVEL_RANGE, DEFAULT_HEARTBEAT, DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_PUBLISH_BYTES,
+    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY,
+    DEFAULT_WRITE_TIMEOUT, GZIP_LEVEL_RANGE, MAX_CONNECTIONS_RANGE, MAX_MEMORY_RANGE,
+    NEW_STREAMS_RATE_RANGE, PUBLISH_BYTES_RANGE, STREAMS_PER_CONNECTION_RANGE, ZSTD_LEVEL_RANGE,
 };
 use crate::compress::Levels;
 use crate::cors::Cors;
@@ -182,9 +183,27 @@ pub(super) fn validate(at: &Locator, raw: RawServer, base: &Path) -> Result<Serv
 fn compression_levels(at: &Locator, raw: &RawLevels) -> Result<Levels, ConfigError> {
     let default = Levels::default();
     Ok(Levels {
-        gzip: bounded(at, "compression_level.gzip", raw.gzip.as_ref(), default.gzip, GZIP_LEVEL_RANGE)?,
-        br: bounded(at, "compression_level.br", raw.br.as_ref(), default.br, BROTLI_LEVEL_RANGE)?,
-        zstd: bounded(at, "compression_level.zstd", raw.zstd.as_ref(), default.zstd, ZSTD_LEVEL_RANGE)?,
+        gzip: bounded(
+            at,
+            "compression_level.gzip",
+            raw.gzip.as_ref(),
+            default.gzip,
+            GZIP_LEVEL_RANGE,
+        )?,
+        br: bounded(
+            at,
+            "compression_level.br",
+            raw.br.as_ref(),
+            default.br,
+            BROTLI_LEVEL_RANGE,
+        )?,
+        zstd: bounded(
+            at,
+            "compression_level.zstd",
+            raw.zstd.as_ref(),
+            default.zstd,
+            ZSTD_LEVEL_RANGE,
+        )?,
     })
 }
 

@@ -1,8 +1,8 @@
 //! Opening a stream (limits, subscribing, the response head and preamble) and serving it (handing
 //! it to its wire and the pump).
 
-use super::request::last_event_id;
 use super::compressed::Compressed;
+use super::request::last_event_id;
 use super::wire::{H2Wire, RawH1Wire, SessionWire};
 use super::{Gateway, Routing};
 use crate::admin::metrics::{OpenStream, Protocol};
@@ -272,7 +272,10 @@ async fn pump_to(mut wire: impl Wire, encoder: Option<Encoder>, feed: &mut Strea
 
 /// The request's `Accept-Encoding` values, joined as one list.
 fn accept_encoding(session: &ServerSession) -> String {
-    let values = session.req_header().headers.get_all(http::header::ACCEPT_ENCODING);
+    let values = session
+        .req_header()
+        .headers
+        .get_all(http::header::ACCEPT_ENCODING);
     let values: Vec<&str> = values.iter().filter_map(|v| v.to_str().ok()).collect();
     values.join(",")
 }

@@ -1,6 +1,7 @@
 //! Real-browser tests with headless chromium: the dashboard renders live values and never runs a
-//! device's markup; a page on another origin streams over TLS HTTP/2 with a cookie token; and the
-//! browser's own reconnection resumes from JetStream across a sluice restart.
+//! device's markup; a page on another origin streams over TLS HTTP/2 with a cookie token; the
+//! browser's own reconnection resumes from JetStream across a sluice restart; and an `EventSource`
+//! on a gzip route gets each event at once.
 
 use crate::cdp::Browser;
 use crate::support::*;
@@ -12,12 +13,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const PAGE: &str = r#"<!doctype html>
 <html><head><meta charset="utf-8"><title>test page</title></head><body>
 <script>
-const results = { events: [], gaps: 0, opens: 0, errors: 0, state: null, denied: null };
+const results = { events: [], times: [], gaps: 0, opens: 0, errors: 0, state: null, denied: null };
 window.results = results;
 const target = new URL(location.hash.slice(1));
 const source = new EventSource(target, { withCredentials: true });
 source.onopen = () => { results.opens += 1; };
-source.onmessage = (e) => { results.events.push(e.data); };
+source.onmessage = (e) => { results.events.push(e.data); results.times.push(Date.now()); };
 source.addEventListener("gap", () => { results.gaps += 1; });
 source.onerror = () => { results.errors += 1; results.state = source.readyState; };
 const forbidden = target.searchParams.get("forbidden");
@@ -292,4 +293,61 @@ jetstream = "ORDERS"
         "every order once, in order"
     );
     assert_eq!(results["gaps"], json!(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_source_on_a_gzip_route_gets_each_event_within_500_ms() {
+    let pages = page_dir();
+    let body = format!(
+        r#"
+static_dir = "{}"
+
+[brokers.demo]
+type = "memory"
+
+[[routes]]
+path = "/g/{{room}}"
+broker = "demo"
+topic = "g/{{room}}"
+publish = true
+compress = ["gzip"]
+"#,
+        pages.0.display()
+    );
+    let sluice = Sluice::start(&body).await;
+    let origin = format!("http://{}", sluice.addr);
+    let mut browser = Browser::launch().await;
+    open_test_page(&mut browser, &format!("{origin}/page.html#{origin}/g/room")).await;
+    // What the browser itself received: the same request, with its own Accept-Encoding.
+    let encoding = browser
+        .eval(
+            r#"fetch(location.hash.slice(1)).then(async (r) => {
+                 const encoding = r.headers.get("content-encoding");
+                 await r.body.cancel();
+                 return encoding;
+               })"#,
+        )
+        .await;
+    assert_eq!(encoding, json!("gzip"));
+    let now = || {
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
+        since.as_millis() as f64
+    };
+    // The stream is open, so its subscription is live. One event at a time: an event held in the
+    // compressor would wait for the next write (a heartbeat, 15 s later).
+    for n in 0..5 {
+        let sent = now();
+        publish(sluice.addr, "/g/room", format!("reading-{n}")).await;
+        let received = browser
+            .wait_for(
+                "the event",
+                &format!("window.results.events.length > {n} && window.results.times[{n}]"),
+            )
+            .await;
+        let took = received.as_f64().expect("a time") - sent;
+        assert!(took < 500.0, "event {n} took {took} ms");
+    }
+    let events = browser.eval("window.results.events").await;
+    let expected: Vec<String> = (0..5).map(|n| format!("reading-{n}")).collect();
+    assert_eq!(events, json!(expected));
 }
