@@ -347,7 +347,7 @@ fn retention(at: &Locator, raw: &RawRoute, broker: &Broker) -> Result<Retention,
 
 #[cfg(test)]
 mod tests {
-    use crate::config::testing::{assert_accepted, assert_refused, ROUTE};
+    use crate::config::testing::{assert_accepted, assert_refused, parse_text, ROUTE};
 
     #[test]
     fn route_errors_name_line_and_column() {
@@ -448,6 +448,29 @@ mod tests {
             (
                 nats("retained = true"),
                 "8:12: retained = true is for mqtt brokers only",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn compress_takes_true_false_or_a_list_of_encodings() {
+        use crate::compress::Encoding::{Brotli, Gzip, Zstd};
+        let offered = |value: &str| {
+            let text = format!("{ROUTE}compress = {value}\n");
+            parse_text(&text).expect("valid").routes[0].compress.clone()
+        };
+        assert_eq!(offered("true"), [Zstd, Brotli, Gzip]);
+        assert_eq!(offered("false"), []);
+        assert_eq!(offered(r#"["gzip", "ZSTD", "gzip"]"#), [Gzip, Zstd]);
+        assert_eq!(offered("[]"), []);
+        assert_refused(&[
+            (
+                format!("{ROUTE}compress = [\"gzip\", \"deflate\"]\n"),
+                "7:12: unknown encoding \"deflate\": expected \"gzip\", \"br\" or \"zstd\"",
+            ),
+            (
+                format!("{ROUTE}compress = \"gzip\"\n"),
+                "7:12: expected true, false or a list of encodings",
             ),
         ]);
     }

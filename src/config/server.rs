@@ -504,6 +504,29 @@ mod tests {
     }
 
     #[test]
+    fn compression_levels_are_refused_past_their_bounds() {
+        let server = |levels: &str| {
+            format!("[server]\nlisten = \"127.0.0.1:8080\"\ncompression_level = {levels}\n{ROUTE}")
+        };
+        assert_refused(&[
+            (
+                server("{ gzip = 0 }"),
+                "3:30: compression_level.gzip must be between 1 and 9",
+            ),
+            (
+                server("{ br = 12 }"),
+                "3:28: compression_level.br must be between 0 and 11",
+            ),
+            (
+                server("{ zstd = 20 }"),
+                "3:30: compression_level.zstd must be between 1 and 19",
+            ),
+            (server("{ lz4 = 1 }"), "3:23: unknown field `lz4`"),
+        ]);
+        assert_accepted(&[server("{ gzip = 9, br = 0, zstd = 19 }"), server("{}")]);
+    }
+
+    #[test]
     fn cors_origins_must_be_what_a_browser_sends() {
         let cors = |origin: &str| {
             format!("[server]\nlisten = \"127.0.0.1:8080\"\n[server.cors]\nallow_origins = [\"https://ok.example\", {origin:?}]\n{ROUTE}")

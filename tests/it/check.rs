@@ -220,3 +220,24 @@ fn missing_file_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn compress_with_auth_is_a_warning_not_an_error() {
+    let public = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .expect("key")
+        .public_key_pem();
+    let files: &[(&str, &[u8])] = &[("public.pem", public.as_bytes())];
+    let config = |keys: &str| format!("[auth]\njwt_public_key = \"public.pem\"\n{GOOD}{keys}\n");
+    let (code, stderr) = check_with(&config("auth = true\ncompress = true"), files);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.starts_with("warning: route \"/r/{a}\" has compress and auth together")
+            && stderr.contains("BREACH"),
+        "{stderr}"
+    );
+    // Either one alone says nothing.
+    for keys in ["auth = true", "compress = true"] {
+        let (code, stderr) = check_with(&config(keys), files);
+        assert_eq!((code, stderr.as_str()), (0, ""), "{keys}");
+    }
+}

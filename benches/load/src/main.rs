@@ -4,6 +4,7 @@
 //!
 //! Run it through `benches/load.sh`, which builds in release mode and installs the peers.
 
+mod compression;
 mod procfs;
 mod publish;
 mod servers;
@@ -65,13 +66,19 @@ struct Cli {
     /// three instances on a 3-node NATS cluster; it is killed and they move to the two others.
     #[arg(long, value_name = "STREAMS")]
     storm_across: Option<usize>,
+    /// The compression benchmark instead of everything else: 1,000 HTTP/1.1 subscribers on
+    /// sluice's memory route, plain and with each encoding in turn, this many times each: wire
+    /// bytes per event, idle memory per subscriber, p99 latency at 100 msg/s and the saturation
+    /// ceiling; prints medians and the ratios to the plain stream.
+    #[arg(long, value_name = "REPEATS")]
+    compression_cost: Option<usize>,
     /// With --storm: the new process's `max_new_streams_per_second`.
     #[arg(long, value_name = "PER_SECOND")]
     storm_rate: Option<u32>,
 }
 
 #[derive(Clone, Copy)]
-enum Proto {
+pub(crate) enum Proto {
     H1,
     H2 { connections: usize, streams: usize },
 }
@@ -90,7 +97,7 @@ impl Proto {
 
 /// One line of the result table.
 #[derive(Clone, Default)]
-struct Row {
+pub(crate) struct Row {
     test: String,
     server: String,
     proto: String,
@@ -105,6 +112,8 @@ struct Row {
     cpu_per_million: f64,
     rss_per_sub_kib: f64,
     note: String,
+    /// Body bytes received per event by HTTP/1.1 subscribers, as sent (not printed in the table).
+    wire_bytes_per_event: f64,
     /// Messages published in the phase, and for how long (not printed).
     sent: u64,
     publish_seconds: f64,
@@ -249,12 +258,14 @@ async fn measure(
         lost: (sent * readers) as i64 - received as i64,
         out_of_order: stats.out_of_order.load(Ordering::Relaxed),
         cpu_per_million: (procfs::cpu_seconds(pids) - cpu0) / (received as f64 / 1e6),
+        wire_bytes_per_event: stats.body_bytes.load(Ordering::Relaxed) as f64
+            / received.max(1) as f64,
         ..Row::default()
     };
     (row, procfs::rss_kib(pids))
 }
 
-struct Phases {
+pub(crate) struct Phases {
     /// Messages of the 1 msg/s latency phase.
     latency_messages: u64,
     /// Seconds of the 100 msg/s throughput phase (0: skip it).
@@ -293,7 +304,12 @@ async fn spawn_h1(
 }
 
 /// Connects `n` subscribers to a fresh server and runs the phases; returns up to two rows.
-async fn fan_out(kind: Kind, proto: Proto, n: usize, phases: &Phases) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn fan_out(
+    kind: Kind,
+    proto: Proto,
+    n: usize,
+    phases: &Phases,
+) -> anyhow::Result<Vec<Row>> {
     let run = RUN.fetch_add(1, Ordering::Relaxed);
     let mut server = Running::start(kind).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -542,7 +558,7 @@ async fn resume_storm(
 /// Raises the publish rate at 1,000 subscribers until delivered events/s stops growing.
 /// Whether a saturation run has sluice's admin listener scraped.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Scrape {
+pub(crate) enum Scrape {
     /// No admin listener at all.
     Off,
     /// `/metrics` fetched every second through the run.
@@ -550,7 +566,7 @@ enum Scrape {
 }
 
 /// The saturation ramp (see the README), or with `fixed_rate` one step at that publish rate.
-async fn saturation(
+pub(crate) async fn saturation(
     kind: Kind,
     n: usize,
     step_seconds: u64,
@@ -730,7 +746,7 @@ async fn metrics_cost(repeats: usize, quick: bool) -> Vec<Row> {
 }
 
 /// Prints a finished row at once (to stderr), so an interrupted run still shows what it measured.
-fn report(rows: &mut Vec<Row>, new: Vec<Row>) {
+pub(crate) fn report(rows: &mut Vec<Row>, new: Vec<Row>) {
     for row in &new {
         eprintln!(
             "  => {} {} {} x{} {}: {:.0} ev/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, lost {}, {:.2} CPU s/M, {:.2} KiB/sub {}",
@@ -843,6 +859,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let result = storm::storm(n, transport, cli.storm_rate, bin, scratch.clone()).await;
         let _ = std::fs::remove_dir_all(&scratch);
         return result;
+    }
+    if let Some(repeats) = cli.compression_cost {
+        let rows = compression::cost(repeats.max(1), cli.quick).await;
+        print_table(&rows);
+        return Ok(());
     }
     if let Some(repeats) = cli.metrics_cost {
         let rows = metrics_cost(repeats.max(1), cli.quick).await;

@@ -10,12 +10,21 @@ use std::time::Duration;
 /// The payload size of every benchmark message.
 pub const PAYLOAD_BYTES: usize = 128;
 
-/// `EPOCH SEQ MICROS` padded with 'x' to [`PAYLOAD_BYTES`].
+/// `EPOCH SEQ MICROS` and a telemetry reading as JSON, padded to [`PAYLOAD_BYTES`]: what a
+/// dashboard gets (its repeats are what a compressed stream gains on, its numbers what it does not).
 pub fn payload(epoch: u64, seq: u64) -> Bytes {
-    let mut text = format!("{epoch} {seq} {} ", now_micros());
+    let mut text = format!(
+        r#"{epoch} {seq} {} {{"device":"sensor-{:02}","temperature":{}.{},"humidity":{},"status":"ok"}}"#,
+        now_micros(),
+        seq % 50,
+        15 + seq * 7 % 20,
+        seq * 13 % 100,
+        30 + seq * 11 % 50
+    );
     while text.len() < PAYLOAD_BYTES {
-        text.push('x');
+        text.push(' ');
     }
+    text.truncate(PAYLOAD_BYTES);
     Bytes::from(text)
 }
 

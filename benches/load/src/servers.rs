@@ -130,9 +130,15 @@ impl Running {
                 } else {
                     "bench/{t}"
                 };
+                // The subscribers of a compression run ask for an encoding: the route offers them.
+                let compress = if crate::compression::encoding().is_some() {
+                    "compress = true\n"
+                } else {
+                    ""
+                };
                 let config = format!(
                     "[server]\nlisten = \"{addr}\"\nheartbeat = \"60s\"\nmax_streams_per_connection = 1000\n{server}\n\n{broker}\n\
-                     [[routes]]\npath = \"/bench/{{t}}\"\nbroker = \"b\"\ntopic = \"{topic}\"\npublish = true\nbuffer = 1024\n{routes}\n"
+                     [[routes]]\npath = \"/bench/{{t}}\"\nbroker = \"b\"\ntopic = \"{topic}\"\npublish = true\nbuffer = 1024\n{compress}{routes}\n"
                 );
                 let path = dir.join("sluice.toml");
                 std::fs::write(&path, config)?;

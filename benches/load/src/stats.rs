@@ -23,6 +23,8 @@ pub struct Stats {
     pub warm: AtomicU64,
     /// Streams that ended while they should be open.
     pub closed: AtomicU64,
+    /// Body bytes received as sent (compressed, for a compressed stream), of HTTP/1.1 streams.
+    pub body_bytes: AtomicU64,
     pub latency: Mutex<Histogram<u64>>,
 }
 
@@ -35,6 +37,7 @@ impl Stats {
             ready: AtomicU64::new(0),
             warm: AtomicU64::new(0),
             closed: AtomicU64::new(0),
+            body_bytes: AtomicU64::new(0),
             // 1 µs to 2 minutes, 3 significant digits: constant bounds that are always valid.
             latency: Mutex::new(
                 Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid bounds"),
@@ -45,6 +48,7 @@ impl Stats {
     /// Starts measuring a new epoch: resets the counters.
     pub fn begin(&self, epoch: u64) {
         self.received.store(0, Ordering::SeqCst);
+        self.body_bytes.store(0, Ordering::SeqCst);
         self.out_of_order.store(0, Ordering::SeqCst);
         if let Ok(mut h) = self.latency.lock() {
             h.reset();

@@ -1,6 +1,7 @@
 //! SSE subscribers for the load generator: raw HTTP/1.1 sockets (one stream each) and HTTP/2
 //! connections carrying many streams, each counting what it receives into shared [`Stats`].
 
+use crate::compression::{self, Decoder};
 use crate::sse::{Dechunker, EventCounter};
 use crate::stats::Stats;
 use bytes::Bytes;
@@ -46,8 +47,11 @@ pub async fn h1(
         return;
     };
     let _ = socket.set_nodelay(true);
+    let accept = compression::encoding()
+        .map(|e| format!("accept-encoding: {e}\r\n"))
+        .unwrap_or_default();
     let request =
-        format!("GET {path} HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\n\r\n");
+        format!("GET {path} HTTP/1.1\r\nhost: bench\r\naccept: text/event-stream\r\n{accept}\r\n");
     if socket.write_all(request.as_bytes()).await.is_err() {
         stats.closed.fetch_add(1, Ordering::Relaxed);
         return;
@@ -60,6 +64,7 @@ pub async fn h1(
     let mut head = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     let mut chunked = None::<Dechunker>;
+    let mut decoder = None::<Decoder>;
     let mut decoded = Vec::new();
     let mut counter = EventCounter::default();
     loop {
@@ -79,30 +84,31 @@ pub async fn h1(
             }
             stats.ready.fetch_add(1, Ordering::Relaxed);
             let is_chunked = text.contains("transfer-encoding: chunked");
+            decoder = Decoder::for_head(&text);
             chunked = Some(if is_chunked {
                 Dechunker::default()
             } else {
                 Dechunker::passthrough()
             });
             let rest = head[end + 4..].to_vec();
-            decode_and_count(
-                chunked.as_mut(),
-                &rest,
-                &mut decoded,
-                &mut counter,
-                &stats,
-                sample,
-            );
+            let mut reading = Reading {
+                dechunker: chunked.as_mut(),
+                decoder: decoder.as_mut(),
+                decoded: &mut decoded,
+                counter: &mut counter,
+            };
+            reading.count(&rest, &stats, sample);
             continue;
         }
-        decode_and_count(
-            chunked.as_mut(),
-            body,
-            &mut decoded,
-            &mut counter,
-            &stats,
-            sample,
-        );
+        let mut reading = Reading {
+            dechunker: chunked.as_mut(),
+            decoder: decoder.as_mut(),
+            decoded: &mut decoded,
+            counter: &mut counter,
+        };
+        if !reading.count(body, &stats, sample) {
+            break;
+        }
     }
     stats.closed.fetch_add(1, Ordering::Relaxed);
 }
@@ -135,18 +141,35 @@ pub async fn stalled_resume(
     std::future::pending::<()>().await;
 }
 
-fn decode_and_count(
-    dechunker: Option<&mut Dechunker>,
-    input: &[u8],
-    decoded: &mut Vec<u8>,
-    counter: &mut EventCounter,
-    stats: &Stats,
-    sample: bool,
-) {
-    let Some(d) = dechunker else { return };
-    decoded.clear();
-    d.feed(input, decoded);
-    counter.feed(decoded, stats, sample);
+/// What one HTTP/1.1 subscriber reads its body with.
+struct Reading<'a> {
+    dechunker: Option<&'a mut Dechunker>,
+    decoder: Option<&'a mut Decoder>,
+    decoded: &'a mut Vec<u8>,
+    counter: &'a mut EventCounter,
+}
+
+impl Reading<'_> {
+    /// Dechunks, decodes (a compressed stream) and counts `input`, and its bytes as they came on
+    /// the wire (the body, before decoding); false when the body does not decode.
+    fn count(&mut self, input: &[u8], stats: &Stats, sample: bool) -> bool {
+        let Some(d) = self.dechunker.as_mut() else {
+            return true;
+        };
+        self.decoded.clear();
+        d.feed(input, self.decoded);
+        stats
+            .body_bytes
+            .fetch_add(self.decoded.len() as u64, Ordering::Relaxed);
+        if let Some(decoder) = self.decoder.as_mut() {
+            let body = std::mem::take(self.decoded);
+            if !decoder.decode(&body, self.decoded) {
+                return false;
+            }
+        }
+        self.counter.feed(self.decoded, stats, sample);
+        true
+    }
 }
 
 /// One HTTP/2 (h2c prior knowledge) connection carrying `streams` subscriptions to `path`.

@@ -1,0 +1,147 @@
+//! Compressed streams in the harness: the encoding subscribers ask for, their streaming decoder,
+//! and the `--compression-cost` measurement (gzip against the plain stream, alternately).
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The `accept-encoding` subscribers send for the run under way (none: the plain stream). A run
+/// with one also has sluice's bench route `compress = true`.
+static ENCODING: AtomicU8 = AtomicU8::new(0);
+
+const ENCODINGS: [&str; 3] = ["gzip", "br", "zstd"];
+
+/// Sets what the next runs' subscribers ask for.
+pub fn set_encoding(encoding: Option<&str>) {
+    let index = encoding
+        .and_then(|e| ENCODINGS.iter().position(|x| *x == e))
+        .map_or(0, |i| i as u8 + 1);
+    ENCODING.store(index, Ordering::Relaxed);
+}
+
+/// What subscribers ask for now.
+pub fn encoding() -> Option<&'static str> {
+    match ENCODING.load(Ordering::Relaxed) {
+        0 => None,
+        i => ENCODINGS.get(usize::from(i) - 1).copied(),
+    }
+}
+
+/// A streaming decoder of a compressed body, chosen by its `content-encoding`.
+pub enum Decoder {
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
+    Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+}
+
+impl Decoder {
+    /// The decoder of a response head (lower-cased) that names a content encoding.
+    pub fn for_head(head: &str) -> Option<Self> {
+        let encoding = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-encoding:"))?
+            .trim();
+        Some(match encoding {
+            "gzip" => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            "br" => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
+            "zstd" => Decoder::Zstd(zstd::stream::write::Decoder::new(Vec::new()).ok()?),
+            _ => return None,
+        })
+    }
+
+    /// Decodes `data` into `out` (replacing its content); false when the body is not valid.
+    pub fn decode(&mut self, data: &[u8], out: &mut Vec<u8>) -> bool {
+        let (written, decoded) = match self {
+            Decoder::Gzip(d) => (d.write_all(data).and_then(|()| d.flush()), d.get_mut()),
+            Decoder::Brotli(d) => (d.write_all(data).and_then(|()| d.flush()), d.get_mut()),
+            Decoder::Zstd(d) => (d.write_all(data).and_then(|()| d.flush()), d.get_mut()),
+        };
+        out.clear();
+        std::mem::swap(out, decoded);
+        written.is_ok()
+    }
+}
+
+/// The medians of one variant's runs: wire bytes per event, idle KiB per subscriber, p99 ms at
+/// 100 msg/s, delivered events/s and CPU s per million events at saturation.
+#[derive(Default)]
+struct Measured {
+    bytes: Vec<f64>,
+    idle_kib: Vec<f64>,
+    p99_ms: Vec<f64>,
+    ceiling: Vec<f64>,
+    cpu: Vec<f64>,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The compression benchmark (see `--compression-cost`).
+pub async fn cost(repeats: usize, quick: bool) -> Vec<crate::Row> {
+    let (n, step, seconds) = if quick { (200, 2, 2) } else { (1000, 10, 10) };
+    let variants = [None, Some("gzip"), Some("br"), Some("zstd")];
+    let mut measured: Vec<Measured> = variants.iter().map(|_| Measured::default()).collect();
+    let mut rows = Vec::new();
+    let phases = crate::Phases {
+        latency_messages: 0,
+        rate_seconds: seconds,
+        stalled_fraction: 0.0,
+    };
+    for round in 0..repeats {
+        for (variant, runs) in variants.iter().zip(measured.iter_mut()) {
+            let label = variant.unwrap_or("plain");
+            set_encoding(*variant);
+            eprintln!("compression cost, round {}: {label}", round + 1);
+            let kind = crate::servers::Kind::SluiceMemory;
+            match crate::fan_out(kind, crate::Proto::H1, n, &phases).await {
+                Ok(fanned) => {
+                    for mut row in fanned {
+                        runs.bytes.push(row.wire_bytes_per_event);
+                        runs.idle_kib.push(row.rss_per_sub_kib);
+                        runs.p99_ms.push(row.p99_ms);
+                        row.note = format!("{label}: {:.1} B/event", row.wire_bytes_per_event);
+                        crate::report(&mut rows, vec![row]);
+                    }
+                }
+                Err(e) => eprintln!("  failed: {e:#}"),
+            }
+            let saturated =
+                crate::saturation(kind, n, step, crate::Scrape::Off, Some(2000.0)).await;
+            match saturated {
+                Ok(mut row) => {
+                    runs.ceiling.push(row.delivered_per_s);
+                    runs.cpu.push(row.cpu_per_million);
+                    row.note = label.to_owned();
+                    crate::report(&mut rows, vec![row]);
+                }
+                Err(e) => eprintln!("  failed: {e:#}"),
+            }
+        }
+    }
+    set_encoding(None);
+    let plain = &measured[0];
+    let (bytes, p99, ceiling) = (
+        median(&plain.bytes),
+        median(&plain.p99_ms),
+        median(&plain.ceiling),
+    );
+    eprintln!("compression cost, medians of {repeats} rounds at {n} subscribers:");
+    eprintln!("| stream | bytes/event | vs plain | idle KiB/sub | p99 ms at 100/s | vs plain | ceiling ev/s | vs plain | CPU s/M ev |");
+    for (variant, runs) in variants.iter().zip(&measured) {
+        eprintln!(
+            "| {} | {:.1} | {:.2}x smaller | {:.2} | {:.2} | {:.2}x | {:.0} | {:.2}x | {:.2} |",
+            variant.unwrap_or("plain"),
+            median(&runs.bytes),
+            bytes / median(&runs.bytes),
+            median(&runs.idle_kib),
+            median(&runs.p99_ms),
+            median(&runs.p99_ms) / p99,
+            median(&runs.ceiling),
+            median(&runs.ceiling) / ceiling,
+            median(&runs.cpu),
+        );
+    }
+    rows
+}
