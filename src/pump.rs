@@ -74,11 +74,12 @@ pub trait Wire: Send {
     fn closed(&mut self) -> impl Future<Output = ()> + Send;
     /// Writes (and flushes) the frames in `frames`, in order, taking each out as it is written. The
     /// frames are shared (with other streams and the replay ring): a wire copies as little of them as
-    /// it can. The pump bounds it with the write timeout.
+    /// it can. The pump bounds it with the write timeout. Returns the body bytes it wrote (after
+    /// any content coding, before any transfer framing).
     fn send(
         &mut self,
         frames: &mut Vec<Bytes>,
-    ) -> impl Future<Output = Result<(), WriteError>> + Send;
+    ) -> impl Future<Output = Result<u64, WriteError>> + Send;
     /// Ends the response body.
     fn finish(&mut self) -> impl Future<Output = ()> + Send;
 }
@@ -260,13 +261,18 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
             Next::Closed(Closed::Reload) => break End::Reload,
         };
         let write_timeout = settings.write_timeout.get();
-        let bytes: u64 = frames.iter().map(|f| f.len() as u64).sum();
-        match send(wire, &mut frames, timer.as_mut(), write_timeout).await {
+        let bytes = match send(wire, &mut frames, timer.as_mut(), write_timeout).await {
             Err(e) => break End::WriteFailed(e),
             // A slow write used the timer as its deadline: back to the heartbeat.
-            Ok(true) => timer.as_mut().reset(next_wake(feed)),
-            Ok(false) => wrote = true,
-        }
+            Ok((true, bytes)) => {
+                timer.as_mut().reset(next_wake(feed));
+                bytes
+            }
+            Ok((false, bytes)) => {
+                wrote = true;
+                bytes
+            }
+        };
         let lag = batch.since.map(|since| since.elapsed());
         feed.metrics.wrote(batch.events, bytes, lag, batch.fill);
         feed.sent.events += batch.events;
@@ -342,22 +348,23 @@ impl<H> Feed<H> {
 
 /// Writes `frames`, failing when the write is not done within `limit`. Most writes complete at once
 /// (room in the socket buffer or the h2 window) and leave the timer alone; a slow one resets the
-/// stream's `timer` to the write deadline, and then `Ok(true)` tells the caller to re-arm it.
+/// stream's `timer` to the write deadline, and then `Ok((true, _))` tells the caller to re-arm it.
+/// With the bytes written.
 async fn send(
     wire: &mut impl Wire,
     frames: &mut Vec<Bytes>,
     mut timer: Pin<&mut Sleep>,
     limit: Duration,
-) -> Result<bool, WriteError> {
+) -> Result<(bool, u64), WriteError> {
     let write = wire.send(frames);
     tokio::pin!(write);
     if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
-        return done.map(|()| false);
+        return done.map(|bytes| (false, bytes));
     }
     timer.as_mut().reset(Instant::now() + limit);
     tokio::select! {
         biased;
-        sent = write => sent.map(|()| true),
+        sent = write => sent.map(|bytes| (true, bytes)),
         () = timer => Err(WriteError::TimedOut(limit)),
     }
 }
@@ -431,7 +438,7 @@ mod tests {
             let _ = self.0.gone.subscribe().wait_for(|gone| *gone).await;
         }
 
-        async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<(), WriteError> {
+        async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<u64, WriteError> {
             let writes = *self.0.writes.borrow();
             match writes {
                 Writes::Take => {}
@@ -440,10 +447,11 @@ mod tests {
             }
             let at = self.0.start.elapsed();
             let mut sent = self.0.sent.lock().expect("lock");
+            let bytes = frames.iter().map(|f| f.len() as u64).sum();
             sent.extend(frames.drain(..).map(|frame| (at, frame)));
             // A pump that spins (a timer that keeps firing) would stop the paused clock for good.
             assert!(sent.len() < 10_000, "the stream floods its client");
-            Ok(())
+            Ok(bytes)
         }
 
         async fn finish(&mut self) {

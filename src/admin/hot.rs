@@ -170,7 +170,7 @@ const FAMILIES: [(&str, &str); 4] = [
     ),
     (
         "sluice_bytes_sent_total",
-        "Bytes of SSE frames written to clients (events, gaps, heartbeats).",
+        "Body bytes written to clients (events, gaps, heartbeats), compressed on compressed streams.",
     ),
     (
         "sluice_delivery_lag_seconds",

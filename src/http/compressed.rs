@@ -23,9 +23,9 @@ impl<W: Wire> Compressed<W> {
         }
     }
 
-    async fn send_encoded(&mut self, encoded: Bytes) -> Result<(), WriteError> {
+    async fn send_encoded(&mut self, encoded: Bytes) -> Result<u64, WriteError> {
         if encoded.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         self.out.clear();
         self.out.push(encoded);
@@ -38,7 +38,7 @@ impl<W: Wire> Wire for Compressed<W> {
         self.inner.closed().await;
     }
 
-    async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<(), WriteError> {
+    async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<u64, WriteError> {
         // A write of heartbeats only means the stream has been idle for a heartbeat interval: the
         // encoder gives back its working state until the next event.
         let heartbeat = sse::heartbeat();

@@ -60,12 +60,13 @@ impl Wire for H2Wire {
         let _ = poll_fn(|cx| self.send.poll_reset(cx)).await;
     }
 
-    async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<(), WriteError> {
+    async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<u64, WriteError> {
         let one = as_one(frames);
         let pieces = match &one {
             Some(one) => std::slice::from_ref(one),
             None => &frames[..],
         };
+        let bytes = pieces.iter().map(|p| p.len() as u64).sum();
         for piece in pieces {
             let mut data = piece.clone();
             // h2 queues a DATA frame whatever the window; waiting for capacity first keeps what a
@@ -83,7 +84,7 @@ impl Wire for H2Wire {
             }
         }
         frames.clear();
-        Ok(())
+        Ok(bytes)
     }
 
     async fn finish(&mut self) {
@@ -100,11 +101,14 @@ impl Wire for SessionWire<'_> {
         let _ = self.0.read_body_or_idle(true).await;
     }
 
-    async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<(), WriteError> {
+    async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<u64, WriteError> {
+        let body = sse::coalesce(frames);
+        let bytes = body.len() as u64;
         self.0
-            .write_response_body(sse::coalesce(frames), false)
+            .write_response_body(body, false)
             .await
-            .map_err(WriteError::Session)
+            .map_err(WriteError::Session)?;
+        Ok(bytes)
     }
 
     async fn finish(&mut self) {
@@ -215,14 +219,15 @@ impl Wire for RawH1Wire {
         }
     }
 
-    async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<(), WriteError> {
+    async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<u64, WriteError> {
         // An empty chunk would end a chunked body.
         frames.retain(|f| !f.is_empty());
+        let bytes = frames.iter().map(|f| f.len() as u64).sum();
         if !frames.is_empty() {
             self.write_chunk(frames).await?;
         }
         frames.clear();
-        Ok(())
+        Ok(bytes)
     }
 
     async fn finish(&mut self) {
