@@ -351,3 +351,66 @@ compress = ["gzip"]
     let expected: Vec<String> = (0..5).map(|n| format!("reading-{n}")).collect();
     assert_eq!(events, json!(expected));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_decodes_each_encoding_across_idle_periods() {
+    let pages = page_dir();
+    let mut routes = String::new();
+    for encoding in ["gzip", "br", "zstd"] {
+        routes.push_str(&format!(
+            "\n[[routes]]\npath = \"/{encoding}/{{{{room}}}}\"\nbroker = \"demo\"\ntopic = \"{encoding}/{{{{room}}}}\"\npublish = true\ncompress = [\"{encoding}\"]\n"
+        ));
+    }
+    // A short heartbeat: the idle periods below each hold one, after which a gzip or zstd stream
+    // gives its compressor back and the next event continues the body with a fresh one.
+    let body = format!(
+        "static_dir = \"{}\"\nheartbeat = \"100ms\"\n\n[brokers.demo]\ntype = \"memory\"\n{}",
+        pages.0.display(),
+        routes.replace("{{", "{").replace("}}", "}")
+    );
+    let sluice = Sluice::start_opts(
+        &body,
+        Options {
+            tls_listeners: 1,
+            ..Options::default()
+        },
+    )
+    .await;
+    let origin = format!("https://localhost:{}", sluice.tls_addrs[0].port());
+    let mut browser = Browser::launch().await;
+    for encoding in ["gzip", "br", "zstd"] {
+        let stream = format!("{origin}/{encoding}/room");
+        open_test_page(&mut browser, &format!("{origin}/page.html#{stream}")).await;
+        let received = browser
+            .eval(&format!(
+                r#"fetch("{stream}").then(async (r) => {{
+                     const encoding = r.headers.get("content-encoding");
+                     await r.body.cancel();
+                     return encoding;
+                   }})"#
+            ))
+            .await;
+        assert_eq!(received, json!(encoding), "what Chromium was sent");
+        for n in 0..3 {
+            publish(
+                sluice.addr,
+                &format!("/{encoding}/room"),
+                format!("reading-{n}"),
+            )
+            .await;
+            browser
+                .wait_for("the event", &format!("window.results.events.length > {n}"))
+                .await;
+            // Idle past a heartbeat (100 to 200 ms of silence): the scenario, not a wait for it.
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        }
+        let events = browser
+            .eval("[window.results.events, window.results.errors]")
+            .await;
+        assert_eq!(
+            events,
+            json!([["reading-0", "reading-1", "reading-2"], 0]),
+            "{encoding}: every event, no error"
+        );
+    }
+}
