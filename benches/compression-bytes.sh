@@ -13,7 +13,7 @@ port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 # The shipped file on a free port, without its admin listener, with its dashboard folder.
 sed -e "s|127.0.0.1:8080|127.0.0.1:$port|" -e "s|^static_dir = \"dashboard\"|static_dir = \"$PWD/dashboard\"|" \
   -e '/^\[admin\]/,/^listen/d' config.toml > "$dir/config.toml"
-target/release/sluice --config "$dir/config.toml" 2> "$dir/sluice.log" &
+target/release/sluice --config "$dir/config.toml" > "$dir/sluice.log" 2>&1 &
 sluice=$!
 pids=()
 cleanup() {

@@ -85,10 +85,6 @@ impl Encoder {
                     out.extend_from_slice(&GZIP_HEADER);
                 }
                 let compress = deflate.get_or_insert_with(|| new_deflate(*level));
-                for frame in frames {
-                    crc.update(frame);
-                    deflate_into(compress, frame, &mut out, FlushCompress::None)?;
-                }
                 // A partial flush ends the data's last code a few bits into the output, without the
                 // four bytes of an empty stored block; a sync flush aligns to a byte, so the next
                 // write can start a new compressor.
@@ -97,7 +93,16 @@ impl Encoder {
                 } else {
                     FlushCompress::Partial
                 };
-                deflate_into(compress, &[], &mut out, flush)?;
+                // The last frame goes in with the flush: one call for a lone event, the usual write.
+                let (last, before) = frames
+                    .split_last()
+                    .map_or((&[][..], &[][..]), |(l, b)| (&l[..], b));
+                for frame in before {
+                    crc.update(frame);
+                    deflate_into(compress, frame, &mut out, FlushCompress::None)?;
+                }
+                crc.update(last);
+                deflate_into(compress, last, &mut out, flush)?;
                 if rest {
                     *deflate = None;
                 }
@@ -208,7 +213,8 @@ fn deflate_into(
     flush: FlushCompress,
 ) -> io::Result<()> {
     loop {
-        out.reserve(input.len() + 64);
+        // Events compress to a fraction of their size; a flush adds a few bytes.
+        out.reserve(input.len() / 2 + 64);
         let before = compress.total_in();
         compress
             .compress_vec(input, out, flush)

@@ -72,6 +72,9 @@ struct Cli {
     /// ceiling; prints medians and the ratios to the plain stream.
     #[arg(long, value_name = "REPEATS")]
     compression_cost: Option<usize>,
+    /// With --compression-cost: the encodings compared with the plain stream.
+    #[arg(long, value_delimiter = ',', default_value = "gzip,br,zstd")]
+    encodings: Vec<String>,
     /// With --storm: the new process's `max_new_streams_per_second`.
     #[arg(long, value_name = "PER_SECOND")]
     storm_rate: Option<u32>,
@@ -114,6 +117,9 @@ pub(crate) struct Row {
     note: String,
     /// Body bytes received per event by HTTP/1.1 subscribers, as sent (not printed in the table).
     wire_bytes_per_event: f64,
+    /// The load generator's own CPU seconds per million events (not printed in the table): it
+    /// shares the machine's cores with the server.
+    client_cpu_per_million: f64,
     /// Messages published in the phase, and for how long (not printed).
     sent: u64,
     publish_seconds: f64,
@@ -234,6 +240,7 @@ async fn measure(
 ) -> (Row, u64) {
     stats.begin(epoch);
     let cpu0 = procfs::cpu_seconds(pids);
+    let client_cpu0 = procfs::cpu_seconds(&[std::process::id()]);
     let t0 = Instant::now();
     let shares = publishers.len().max(1) as u64;
     let sent: u64 = futures::future::join_all(
@@ -260,6 +267,8 @@ async fn measure(
         cpu_per_million: (procfs::cpu_seconds(pids) - cpu0) / (received as f64 / 1e6),
         wire_bytes_per_event: stats.body_bytes.load(Ordering::Relaxed) as f64
             / received.max(1) as f64,
+        client_cpu_per_million: (procfs::cpu_seconds(&[std::process::id()]) - client_cpu0)
+            / (received as f64 / 1e6),
         ..Row::default()
     };
     (row, procfs::rss_kib(pids))
@@ -861,7 +870,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return result;
     }
     if let Some(repeats) = cli.compression_cost {
-        let rows = compression::cost(repeats.max(1), cli.quick).await;
+        let rows = compression::cost(repeats.max(1), cli.quick, &cli.encodings).await;
         print_table(&rows);
         return Ok(());
     }
