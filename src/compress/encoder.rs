@@ -81,10 +81,7 @@ impl Encoder {
                 crc,
                 header_sent,
             } => {
-                if !std::mem::replace(header_sent, true) {
-                    out.extend_from_slice(&GZIP_HEADER);
-                }
-                let compress = deflate.get_or_insert_with(|| new_deflate(*level));
+                let compress = gzip_begin(*level, deflate, header_sent, &mut out);
                 // A partial flush ends the data's last code a few bits into the output, without the
                 // four bytes of an empty stored block; a sync flush aligns to a byte, so the next
                 // write can start a new compressor.
@@ -148,11 +145,9 @@ impl Encoder {
                 crc,
                 header_sent,
             } => {
-                if !std::mem::replace(header_sent, true) {
-                    out.extend_from_slice(&GZIP_HEADER);
-                }
-                let mut compress = deflate.take().unwrap_or_else(|| new_deflate(*level));
-                deflate_into(&mut compress, &[], &mut out, FlushCompress::Finish)?;
+                let compress = gzip_begin(*level, deflate, header_sent, &mut out);
+                deflate_into(compress, &[], &mut out, FlushCompress::Finish)?;
+                *deflate = None;
                 out.extend_from_slice(&crc.sum().to_le_bytes());
                 out.extend_from_slice(&crc.amount().to_le_bytes());
             }
@@ -193,6 +188,20 @@ impl Encoder {
 
 fn finished() -> io::Error {
     io::Error::other("the compressed body has ended")
+}
+
+/// A gzip stream's compressor, made afresh if it rested, after the member's header if nothing was
+/// sent yet.
+fn gzip_begin<'a>(
+    level: u32,
+    deflate: &'a mut Option<Box<Compress>>,
+    header_sent: &mut bool,
+    out: &mut Vec<u8>,
+) -> &'a mut Compress {
+    if !std::mem::replace(header_sent, true) {
+        out.extend_from_slice(&GZIP_HEADER);
+    }
+    deflate.get_or_insert_with(|| new_deflate(level))
 }
 
 fn new_deflate(level: u32) -> Box<Compress> {
