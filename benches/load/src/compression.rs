@@ -102,6 +102,8 @@ fn inflate_all(inflate: &mut flate2::Decompress, mut input: &[u8], out: &mut Vec
 struct Measured {
     bytes: Vec<f64>,
     idle_kib: Vec<f64>,
+    /// p99 at 1 msg/s: one event's fan-out on an otherwise idle machine.
+    p99_one_ms: Vec<f64>,
     p99_ms: Vec<f64>,
     ceiling: Vec<f64>,
     cpu: Vec<f64>,
@@ -128,7 +130,7 @@ pub async fn cost(repeats: usize, quick: bool, encodings: &[String]) -> Vec<crat
     let mut measured: Vec<Measured> = variants.iter().map(|_| Measured::default()).collect();
     let mut rows = Vec::new();
     let phases = crate::Phases {
-        latency_messages: 0,
+        latency_messages: if quick { 3 } else { 10 },
         rate_seconds: seconds,
         stalled_fraction: 0.0,
     };
@@ -141,6 +143,11 @@ pub async fn cost(repeats: usize, quick: bool, encodings: &[String]) -> Vec<crat
             match crate::fan_out(kind, crate::Proto::H1, n, &phases).await {
                 Ok(fanned) => {
                     for mut row in fanned {
+                        if row.test == "latency" {
+                            runs.p99_one_ms.push(row.p99_ms);
+                            crate::report(&mut rows, vec![row]);
+                            continue;
+                        }
                         runs.bytes.push(row.wire_bytes_per_event);
                         runs.idle_kib.push(row.rss_per_sub_kib);
                         runs.p99_ms.push(row.p99_ms);
@@ -166,20 +173,23 @@ pub async fn cost(repeats: usize, quick: bool, encodings: &[String]) -> Vec<crat
     }
     set_encoding(None);
     let plain = &measured[0];
-    let (bytes, p99, ceiling) = (
+    let (bytes, p99_one, p99, ceiling) = (
         median(&plain.bytes),
+        median(&plain.p99_one_ms),
         median(&plain.p99_ms),
         median(&plain.ceiling),
     );
     eprintln!("compression cost, medians of {repeats} rounds at {n} subscribers:");
-    eprintln!("| stream | bytes/event | vs plain | idle KiB/sub | p99 ms at 100/s | vs plain | client CPU s/M at 100/s | ceiling ev/s | vs plain | CPU s/M ev |");
+    eprintln!("| stream | bytes/event | vs plain | idle KiB/sub | p99 ms at 1/s | vs plain | p99 ms at 100/s | vs plain | client CPU s/M at 100/s | ceiling ev/s | vs plain | CPU s/M ev |");
     for (variant, runs) in variants.iter().zip(&measured) {
         eprintln!(
-            "| {} | {:.1} | {:.2}x smaller | {:.2} | {:.2} | {:.2}x | {:.2} | {:.0} | {:.2}x | {:.2} |",
+            "| {} | {:.1} | {:.2}x smaller | {:.2} | {:.2} | {:.2}x | {:.2} | {:.2}x | {:.2} | {:.0} | {:.2}x | {:.2} |",
             variant.unwrap_or("plain"),
             median(&runs.bytes),
             bytes / median(&runs.bytes),
             median(&runs.idle_kib),
+            median(&runs.p99_one_ms),
+            median(&runs.p99_one_ms) / p99_one,
             median(&runs.p99_ms),
             median(&runs.p99_ms) / p99,
             median(&runs.client_cpu),
