@@ -4,8 +4,10 @@
 use super::{Encoding, Levels};
 use bytes::Bytes;
 use flate2::{Compress, Compression, Crc, FlushCompress};
+use std::cell::RefCell;
 use std::io::{self, Write};
-use zstd::zstd_safe::{CCtx, CParameter, InBuffer, OutBuffer};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use zstd::zstd_safe::{CCtx, CParameter, InBuffer, OutBuffer, ResetDirective};
 
 /// How far back an encoder looks for repeats: 4 KiB, a few dozen small events. A longer window
 /// buys little on event streams and costs memory while the stream is active.
@@ -14,9 +16,52 @@ const WINDOW_BITS: u8 = 12;
 /// A gzip member's header: no name, no time, unknown OS (RFC 1952).
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
+/// How many streams may hold a gzip or zstd compressor at once (a gzip one is about 230 KiB):
+/// past it, a stream compresses each write on its own with its thread's spare compressor, which is
+/// correct and bounded but has no earlier events to find repeats in. A busy topic wakes the
+/// compressor of every one of its streams, so without this bound their sum grows with the streams.
+pub const MAX_ACTIVE: usize = 2048;
+
+/// The compressors held by streams now.
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// A place among the [`MAX_ACTIVE`] compressors, given back when dropped.
+struct Slot(());
+
+impl Slot {
+    fn take() -> Option<Slot> {
+        ACTIVE
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_ACTIVE).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        ACTIVE.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A stream's own compressor, with its place.
+struct Leased<T> {
+    value: T,
+    _slot: Slot,
+}
+
+thread_local! {
+    /// Each thread's spare compressors (with their level), reset before every use.
+    static SPARE_DEFLATE: RefCell<Option<(u32, Compress)>> = const { RefCell::new(None) };
+    static SPARE_ZSTD: RefCell<Option<(i32, CCtx<'static>)>> = const { RefCell::new(None) };
+}
+
 /// The encoder of one stream's body.
 pub struct Encoder {
     state: State,
+    /// Whether it may take one of the [`MAX_ACTIVE`] places (always, but in tests of the spare path).
+    leases: bool,
 }
 
 enum State {
@@ -25,7 +70,7 @@ enum State {
     /// with a fresh one.
     Gzip {
         level: u32,
-        deflate: Option<Box<Compress>>,
+        deflate: Option<Leased<Box<Compress>>>,
         /// Of everything compressed so far, for the member's trailer.
         crc: Crc,
         header_sent: bool,
@@ -33,7 +78,7 @@ enum State {
     /// A sequence of zstd frames: one ends when the stream goes idle, the next starts afresh.
     Zstd {
         level: i32,
-        cctx: Option<CCtx<'static>>,
+        cctx: Option<Leased<CCtx<'static>>>,
         /// A frame was written: an empty body still gets one, as a zstd body is at least a frame.
         framed: bool,
     },
@@ -66,7 +111,10 @@ impl Encoder {
                 ))),
             },
         };
-        Self { state }
+        Self {
+            state,
+            leases: true,
+        }
     }
 
     /// Compresses `frames` and flushes: what to send, which decodes to all of `frames`. `rest`: the
@@ -81,27 +129,35 @@ impl Encoder {
                 crc,
                 header_sent,
             } => {
-                let compress = gzip_begin(*level, deflate, header_sent, &mut out);
-                // A partial flush ends the data's last code a few bits into the output, without the
-                // four bytes of an empty stored block; a sync flush aligns to a byte, so the next
-                // write can start a new compressor.
-                let flush = if rest {
-                    FlushCompress::Sync
-                } else {
-                    FlushCompress::Partial
-                };
-                // The last frame goes in with the flush: one call for a lone event, the usual write.
-                let (last, before) = frames
-                    .split_last()
-                    .map_or((&[][..], &[][..]), |(l, b)| (&l[..], b));
-                for frame in before {
+                header_once(header_sent, &mut out);
+                for frame in frames {
                     crc.update(frame);
-                    deflate_into(compress, frame, &mut out, FlushCompress::None)?;
                 }
-                crc.update(last);
-                deflate_into(compress, last, &mut out, flush)?;
-                if rest {
-                    *deflate = None;
+                if deflate.is_none() && self.leases {
+                    *deflate = Slot::take().map(|slot| Leased {
+                        value: new_deflate(*level),
+                        _slot: slot,
+                    });
+                }
+                match deflate.as_mut() {
+                    Some(compress) => {
+                        // A partial flush ends the data's last code a few bits into the output,
+                        // without the four bytes of an empty stored block; a sync flush aligns to a
+                        // byte, so the next write can start with another compressor.
+                        let flush = if rest {
+                            FlushCompress::Sync
+                        } else {
+                            FlushCompress::Partial
+                        };
+                        deflate_frames(&mut compress.value, frames, flush, &mut out)?;
+                        if rest {
+                            *deflate = None;
+                        }
+                    }
+                    // Every place is taken: this write alone, byte-aligned, with the spare.
+                    None => with_spare_deflate(*level, |spare| {
+                        deflate_frames(spare, frames, FlushCompress::Sync, &mut out)
+                    })?,
                 }
             }
             State::Zstd {
@@ -110,17 +166,25 @@ impl Encoder {
                 framed,
             } => {
                 *framed = true;
-                if cctx.is_none() {
-                    *cctx = Some(new_zstd(*level)?);
-                }
-                if let Some(working) = cctx.as_mut() {
-                    for frame in frames {
-                        zstd_into(working, frame, &mut out)?;
+                if cctx.is_none() && self.leases {
+                    if let Some(slot) = Slot::take() {
+                        *cctx = Some(Leased {
+                            value: new_zstd(*level)?,
+                            _slot: slot,
+                        });
                     }
-                    zstd_flush(working, &mut out, rest)?;
                 }
-                if rest {
-                    *cctx = None;
+                match cctx.as_mut() {
+                    Some(working) => {
+                        zstd_frames(&mut working.value, frames, &mut out, rest)?;
+                        if rest {
+                            *cctx = None;
+                        }
+                    }
+                    // Every place is taken: this write as a whole frame, with the spare.
+                    None => {
+                        with_spare_zstd(*level, |spare| zstd_frames(spare, frames, &mut out, true))?
+                    }
                 }
             }
             State::Brotli { writer } => {
@@ -145,9 +209,15 @@ impl Encoder {
                 crc,
                 header_sent,
             } => {
-                let compress = gzip_begin(*level, deflate, header_sent, &mut out);
-                deflate_into(compress, &[], &mut out, FlushCompress::Finish)?;
-                *deflate = None;
+                header_once(header_sent, &mut out);
+                match deflate.take() {
+                    Some(mut compress) => {
+                        deflate_into(&mut compress.value, &[], &mut out, FlushCompress::Finish)?
+                    }
+                    None => with_spare_deflate(*level, |spare| {
+                        deflate_into(spare, &[], &mut out, FlushCompress::Finish)
+                    })?,
+                }
                 out.extend_from_slice(&crc.sum().to_le_bytes());
                 out.extend_from_slice(&crc.amount().to_le_bytes());
             }
@@ -156,14 +226,14 @@ impl Encoder {
                 cctx,
                 framed,
             } => {
-                // The frames before the current one ended when their stream went idle.
-                let current = match cctx.take() {
-                    Some(cctx) => Some(cctx),
-                    None if !*framed => Some(new_zstd(*level)?),
-                    None => None,
-                };
-                if let Some(mut cctx) = current {
-                    zstd_flush(&mut cctx, &mut out, true)?;
+                // The frames before the current one ended when their stream went idle; a body with
+                // no frame at all gets an empty one.
+                match cctx.take() {
+                    Some(mut cctx) => zstd_flush(&mut cctx.value, &mut out, true)?,
+                    None if !*framed => {
+                        with_spare_zstd(*level, |spare| zstd_flush(spare, &mut out, true))?
+                    }
+                    None => {}
                 }
                 *framed = true;
             }
@@ -190,18 +260,79 @@ fn finished() -> io::Error {
     io::Error::other("the compressed body has ended")
 }
 
-/// A gzip stream's compressor, made afresh if it rested, after the member's header if nothing was
-/// sent yet.
-fn gzip_begin<'a>(
-    level: u32,
-    deflate: &'a mut Option<Box<Compress>>,
-    header_sent: &mut bool,
-    out: &mut Vec<u8>,
-) -> &'a mut Compress {
+/// Writes the gzip member's header first, once.
+fn header_once(header_sent: &mut bool, out: &mut Vec<u8>) {
     if !std::mem::replace(header_sent, true) {
         out.extend_from_slice(&GZIP_HEADER);
     }
-    deflate.get_or_insert_with(|| new_deflate(level))
+}
+
+/// Deflates `frames` into `out`, the last one with `flush` (one call for a lone event, the usual
+/// write).
+fn deflate_frames(
+    compress: &mut Compress,
+    frames: &[Bytes],
+    flush: FlushCompress,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let (last, before) = frames
+        .split_last()
+        .map_or((&[][..], &[][..]), |(l, b)| (&l[..], b));
+    for frame in before {
+        deflate_into(compress, frame, out, FlushCompress::None)?;
+    }
+    deflate_into(compress, last, out, flush)
+}
+
+/// Runs `write` with this thread's spare deflate compressor at `level`, reset first: what it writes
+/// refers to nothing before it.
+fn with_spare_deflate(
+    level: u32,
+    write: impl FnOnce(&mut Compress) -> io::Result<()>,
+) -> io::Result<()> {
+    SPARE_DEFLATE.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        let compress = match &mut *spare {
+            Some((made_at, compress)) if *made_at == level => {
+                compress.reset();
+                compress
+            }
+            other => &mut other.insert((level, *new_deflate(level))).1,
+        };
+        write(compress)
+    })
+}
+
+/// Compresses `frames` into `out` and flushes; `end` also ends the frame.
+fn zstd_frames(
+    cctx: &mut CCtx<'static>,
+    frames: &[Bytes],
+    out: &mut Vec<u8>,
+    end: bool,
+) -> io::Result<()> {
+    for frame in frames {
+        zstd_into(cctx, frame, out)?;
+    }
+    zstd_flush(cctx, out, end)
+}
+
+/// Runs `write` with this thread's spare zstd compressor at `level`, starting a new frame.
+fn with_spare_zstd(
+    level: i32,
+    write: impl FnOnce(&mut CCtx<'static>) -> io::Result<()>,
+) -> io::Result<()> {
+    SPARE_ZSTD.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        let cctx = match &mut *spare {
+            Some((made_at, cctx)) if *made_at == level => {
+                cctx.reset(ResetDirective::SessionOnly)
+                    .map_err(zstd_error)?;
+                cctx
+            }
+            other => &mut other.insert((level, new_zstd(level)?)).1,
+        };
+        write(cctx)
+    })
 }
 
 fn new_deflate(level: u32) -> Box<Compress> {
@@ -354,6 +485,32 @@ mod tests {
             }
             body.extend_from_slice(&encoder.finish().expect("finish"));
             assert_eq!(decode(encoding, &body), plain, "{encoding:?} finished");
+        }
+    }
+
+    /// Past [`MAX_ACTIVE`], a stream writes with its thread's spare compressor, write by write: every
+    /// write still decodes at once, the body is whole, and the stream holds no compressor.
+    #[test]
+    fn a_stream_without_a_place_writes_with_the_spare_and_holds_nothing() {
+        for encoding in [Encoding::Gzip, Encoding::Zstd] {
+            let mut encoder = Encoder {
+                leases: false,
+                ..Encoder::new(encoding, &Levels::default())
+            };
+            // Another stream of the thread uses the spare between this one's writes.
+            let mut other = Encoder {
+                leases: false,
+                ..Encoder::new(encoding, &Levels::default())
+            };
+            let (mut body, mut plain) = (Vec::new(), Vec::new());
+            for batch in frames(12).chunks(2) {
+                body.extend_from_slice(&encoder.encode(batch, false).expect("encode"));
+                assert!(!encoder.is_active(), "{encoding:?}");
+                other.encode(batch, false).expect("the other stream");
+                plain.extend(batch.iter().flat_map(|f| f.iter().copied()));
+            }
+            body.extend_from_slice(&encoder.finish().expect("finish"));
+            assert_eq!(decode(encoding, &body), plain, "{encoding:?}");
         }
     }
 
