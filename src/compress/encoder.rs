@@ -16,23 +16,30 @@ const WINDOW_BITS: u8 = 12;
 /// A gzip member's header: no name, no time, unknown OS (RFC 1952).
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
-/// How many streams may hold a gzip or zstd compressor at once (a gzip one is about 230 KiB):
-/// past it, a stream compresses each write on its own with its thread's spare compressor, which is
-/// correct and bounded but has no earlier events to find repeats in. A busy topic wakes the
-/// compressor of every one of its streams, so without this bound their sum grows with the streams.
-pub const MAX_ACTIVE: usize = 2048;
+/// How many streams may hold a gzip or zstd compressor at once (`[server] max_compressors`; a gzip
+/// one is about 230 KiB): past it, a stream compresses each write on its own with its thread's
+/// spare compressor, which is correct and bounded but has no earlier events to find repeats in. A
+/// busy topic wakes the compressor of every one of its streams, so without this bound their sum
+/// grows with the streams.
+static MAX_ACTIVE: AtomicUsize = AtomicUsize::new(crate::config::DEFAULT_MAX_COMPRESSORS);
 
 /// The compressors held by streams now.
 static ACTIVE: AtomicUsize = AtomicUsize::new(0);
 
-/// A place among the [`MAX_ACTIVE`] compressors, given back when dropped.
+/// Sets how many streams may hold a compressor at once (from start-up and every reload); streams
+/// that hold one past a lower bound keep it until they rest.
+pub fn set_max_active(max: usize) {
+    MAX_ACTIVE.store(max, Ordering::Relaxed);
+}
+
+/// A place among the compressors [`MAX_ACTIVE`] allows, given back when dropped.
 struct Slot(());
 
 impl Slot {
     fn take() -> Option<Slot> {
         ACTIVE
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_ACTIVE).then_some(n + 1)
+                (n < MAX_ACTIVE.load(Ordering::Relaxed)).then_some(n + 1)
             })
             .ok()
             .map(|_| Slot(()))
@@ -60,7 +67,8 @@ thread_local! {
 /// The encoder of one stream's body.
 pub struct Encoder {
     state: State,
-    /// Whether it may take one of the [`MAX_ACTIVE`] places (always, but in tests of the spare path).
+    /// Whether it may take one of the places [`MAX_ACTIVE`] allows (always, but in tests of the
+    /// spare path).
     leases: bool,
 }
 
@@ -488,7 +496,7 @@ mod tests {
         }
     }
 
-    /// Past [`MAX_ACTIVE`], a stream writes with its thread's spare compressor, write by write: every
+    /// Past `max_compressors`, a stream writes with its thread's spare compressor, write by write: every
     /// write still decodes at once, the body is whole, and the stream holds no compressor.
     #[test]
     fn a_stream_without_a_place_writes_with_the_spare_and_holds_nothing() {

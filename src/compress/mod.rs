@@ -6,7 +6,7 @@
 //! once for every subscriber, as independent blocks, was measured and loses most of that gain: see
 //! the README's "Compressed streams". An encoder's state exists only while its stream is active:
 //! after a write that carried no event (a heartbeat, the preamble) it is given back, and an idle
-//! stream keeps only a few counters. At most [`encoder::MAX_ACTIVE`] streams hold one at once.
+//! stream keeps only a few counters. At most `[server] max_compressors` streams hold one at once.
 
 pub mod encoder;
 pub mod negotiate;

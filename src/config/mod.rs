@@ -93,6 +93,8 @@ pub const NEW_STREAMS_RATE_RANGE: RangeInclusive<u32> = 1..=1_000_000;
 pub const GZIP_LEVEL_RANGE: RangeInclusive<u32> = 1..=9;
 pub const BROTLI_LEVEL_RANGE: RangeInclusive<u32> = 0..=11;
 pub const ZSTD_LEVEL_RANGE: RangeInclusive<i32> = 1..=19;
+/// `max_compressors`: 0 (every compressed write on its own) to a million.
+pub const MAX_COMPRESSORS_RANGE: RangeInclusive<usize> = 0..=1_000_000;
 /// `max_memory`, in bytes: from 16 MiB (sluice itself takes about 10) to 16 TiB.
 pub const MAX_MEMORY_RANGE: RangeInclusive<u64> = 16 * 1024 * 1024..=16 * 1024 * 1024 * 1024 * 1024;
 /// `max_streams_per_connection`: at the top, one HTTP/2 connection holds about 200 MiB of streams.
@@ -128,6 +130,8 @@ pub const DEFAULT_RETRY: Duration = Duration::from_secs(2);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_PUBLISH_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1000;
+/// At most this many compressed streams hold a compressor at once (about 470 MB with gzip).
+pub const DEFAULT_MAX_COMPRESSORS: usize = 2048;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// No limit per client IP.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 0;

@@ -87,6 +87,7 @@ pub(super) struct RawServer {
     pub tls: Option<RawTls>,
     pub cors: Option<RawCors>,
     pub compression_level: Option<RawLevels>,
+    pub max_compressors: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]

@@ -4,10 +4,11 @@ use super::raw::{OneOrMany, RawCors, RawLevels, RawServer, RawTls};
 use super::values::{bounded, duration, within};
 use super::{
     ConfigError, Locator, BROTLI_LEVEL_RANGE, DEFAULT_HEARTBEAT, DEFAULT_LISTEN,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_PUBLISH_BYTES,
-    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY,
-    DEFAULT_WRITE_TIMEOUT, GZIP_LEVEL_RANGE, MAX_CONNECTIONS_RANGE, MAX_MEMORY_RANGE,
-    NEW_STREAMS_RATE_RANGE, PUBLISH_BYTES_RANGE, STREAMS_PER_CONNECTION_RANGE, ZSTD_LEVEL_RANGE,
+    DEFAULT_MAX_COMPRESSORS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP,
+    DEFAULT_MAX_PUBLISH_BYTES, DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_RETRY, DEFAULT_WRITE_TIMEOUT, GZIP_LEVEL_RANGE, MAX_COMPRESSORS_RANGE,
+    MAX_CONNECTIONS_RANGE, MAX_MEMORY_RANGE, NEW_STREAMS_RATE_RANGE, PUBLISH_BYTES_RANGE,
+    STREAMS_PER_CONNECTION_RANGE, ZSTD_LEVEL_RANGE,
 };
 use crate::compress::Levels;
 use crate::cors::Cors;
@@ -55,6 +56,8 @@ pub struct Server {
     pub cors: Option<Cors>,
     /// The level of each encoding of compressed streams.
     pub compression_level: Levels,
+    /// How many compressed streams may hold a compressor at once.
+    pub max_compressors: usize,
 }
 
 /// `[server.tls]`, validated.
@@ -128,6 +131,13 @@ pub(super) fn validate(at: &Locator, raw: RawServer, base: &Path) -> Result<Serv
     };
     Ok(Server {
         compression_level,
+        max_compressors: bounded(
+            at,
+            "max_compressors",
+            raw.max_compressors.as_ref(),
+            DEFAULT_MAX_COMPRESSORS,
+            MAX_COMPRESSORS_RANGE,
+        )?,
         listen,
         tls: tls.map(|(tls, _)| tls),
         cors,
@@ -484,6 +494,7 @@ mod tests {
             ("max_streams_per_connection", "0", 1, 100_000),
             ("max_new_streams_per_second", "0", 1, 1_000_000),
             ("max_new_streams_per_second", "1000001", 1, 1_000_000),
+            ("max_compressors", "1000001", 0, 1_000_000),
         ] {
             cases.push((
                 server(&format!("{key} = {past}")),

@@ -108,6 +108,7 @@ impl Gateway {
         ));
         let memory = MemoryGuard::new(server.max_memory);
         let admission = Admission::new(server.max_new_streams_per_second);
+        crate::compress::encoder::set_max_active(server.max_compressors);
         Self {
             admission,
             routing: ArcSwap::from_pointee(routing),

@@ -59,7 +59,8 @@ impl Gateway {
 
     /// Makes `routing` the snapshot new requests read, and gives what every stream and connection
     /// shares its `[server]` values: heartbeat, retry and write timeout (open streams included),
-    /// the connection limits, `max_memory` and the idle timeout. Returns the snapshot it replaced.
+    /// the connection limits, `max_memory`, the idle timeout and `max_compressors`. Returns the
+    /// snapshot it replaced.
     pub fn install(&self, routing: Arc<Routing>) -> Arc<Routing> {
         let server = &routing.config.server;
         self.pump_settings.heartbeat.set(server.heartbeat);
@@ -70,6 +71,7 @@ impl Gateway {
         self.memory.set_limit(server.max_memory);
         self.admission.set_rate(server.max_new_streams_per_second);
         self.connections.set_idle_timeout(server.request_timeout);
+        crate::compress::encoder::set_max_active(server.max_compressors);
         self.routing.swap(routing)
     }
 }

@@ -76,6 +76,17 @@ async fn each_event_decodes_before_the_next_over_h1_h2c_and_tls_h2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_compressors_each_write_is_compressed_on_its_own_and_still_decodes() {
+    let sluice = Sluice::start(&format!("max_compressors = 0\n{ROUTES}")).await;
+    for encoding in ENCODINGS {
+        let path = format!("/z/spare-{encoding}");
+        let mut stream = h1_stream_with(sluice.addr, &path, &[("accept-encoding", encoding)]).await;
+        assert_eq!(stream.header("content-encoding"), Some(encoding));
+        lockstep(&mut stream, sluice.addr, &path).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compressed_stream_resumes_from_its_last_event_id() {
     let sluice = Sluice::start(ROUTES).await;
     for encoding in ENCODINGS {
