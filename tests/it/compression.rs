@@ -1,6 +1,7 @@
 //! Compressed streams: gzip, Brotli and zstd over HTTP/1.1, h2c and TLS h2, read with a real
 //! decoder (hyper) and with curl, each event decodable before the next one is published; resume
-//! compressed; `identity` or no `Accept-Encoding` gets the plain stream.
+//! compressed; multi-topic streams with envelopes; `identity` or no `Accept-Encoding` gets the
+//! plain stream.
 
 use crate::support::*;
 use std::process::Stdio;
@@ -16,6 +17,13 @@ broker = "demo"
 topic = "z/{room}"
 publish = true
 replay = 100
+compress = true
+
+[[routes]]
+path = "/many"
+broker = "demo"
+topics = ["z/+"]
+envelope = true
 compress = true
 
 [[routes]]
@@ -228,5 +236,52 @@ async fn curl_decodes_each_event_before_the_next_over_h1_h2c_and_tls_h2() {
             }
             let _ = curl.child.start_kill();
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_topic_envelope_stream_is_compressed_like_any_other() {
+    let sluice = Sluice::start(ROUTES).await;
+    for encoding in ENCODINGS {
+        let (a, b) = (format!("/z/{encoding}-a"), format!("/z/{encoding}-b"));
+        let path = format!("/many?topic=z/{encoding}-a&topic=z/{encoding}-b");
+        let accept = [("accept-encoding", encoding)];
+        let mut stream = h1_stream_with(sluice.addr, &path, &accept).await;
+        assert_eq!(stream.header("content-encoding"), Some(encoding));
+        stream.opened().await;
+        // Live once a probe on each topic has come back (probes that come late are skipped below);
+        // then one event on each topic.
+        for topic in [&a, &b] {
+            within("a probe back", async {
+                for n in 0.. {
+                    publish(sluice.addr, topic, format!("warm-{n}")).await;
+                    let wait = std::time::Duration::from_millis(300);
+                    if stream.try_next_event(wait).await.is_some() {
+                        return;
+                    }
+                }
+            })
+            .await;
+        }
+        let is_probe = |data: &str| data.starts_with("warm-");
+        publish(sluice.addr, &a, reading(1)).await;
+        publish(sluice.addr, &b, reading(2)).await;
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let event = stream.next_event().await;
+            let value: serde_json::Value = serde_json::from_str(&event.data).expect("JSON data");
+            let data = value["data"].as_str().expect("data").to_owned();
+            if !is_probe(&data) {
+                got.push((value["topic"].as_str().expect("topic").to_owned(), data));
+            }
+        }
+        assert_eq!(
+            got,
+            [
+                (format!("z/{encoding}-a"), reading(1)),
+                (format!("z/{encoding}-b"), reading(2))
+            ],
+            "{encoding}"
+        );
     }
 }
