@@ -142,8 +142,7 @@ impl RawH1Wire {
     /// `writev`: the listener has no write buffer, so the shared frames go to the kernel without
     /// being copied into a per-connection buffer. A lone frame (the usual case) or a small burst
     /// needs no allocation for the write; a large batch (a backlog) is written as it is, uncopied.
-    async fn write_chunk(&mut self, frames: &[Bytes]) -> std::io::Result<()> {
-        let len = frames.iter().map(Bytes::len).sum();
+    async fn write_chunk(&mut self, frames: &[Bytes], len: usize) -> std::io::Result<()> {
         let mut head_buf = [0u8; 20];
         let (head, tail): (&[u8], &[u8]) = if self.chunked {
             (chunk_head(len, &mut head_buf), b"\r\n")
@@ -222,12 +221,12 @@ impl Wire for RawH1Wire {
     async fn send(&mut self, frames: &mut Vec<Bytes>) -> Result<u64, WriteError> {
         // An empty chunk would end a chunked body.
         frames.retain(|f| !f.is_empty());
-        let bytes = frames.iter().map(|f| f.len() as u64).sum();
+        let len: usize = frames.iter().map(Bytes::len).sum();
         if !frames.is_empty() {
-            self.write_chunk(frames).await?;
+            self.write_chunk(frames, len).await?;
         }
         frames.clear();
-        Ok(bytes)
+        Ok(len as u64)
     }
 
     async fn finish(&mut self) {

@@ -170,6 +170,17 @@ fn exactly_once(seen: &[Event], events: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Fails the test with every failure, one per line, if there is any: `failures` of `out_of` clients
+/// (named `what`).
+fn assert_none_went_wrong(failures: &[String], out_of: usize, what: &str) {
+    assert!(
+        failures.is_empty(),
+        "{} of {out_of} {what} went wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
 /// Awaits every task; a task that panicked fails the test with its own message.
 async fn join_all<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     let mut results = Vec::with_capacity(tasks.len());
@@ -253,12 +264,7 @@ async fn clients_move_between_instances_mid_burst_exactly_once() {
         .filter_map(Result::err)
         .collect();
     within("burst published", burst).await.expect("publisher");
-    assert!(
-        failures.is_empty(),
-        "{} of {MOVES} moves (and their witnesses) went wrong:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_none_went_wrong(&failures, MOVES, "moves (and their witnesses)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,12 +330,7 @@ async fn clients_of_a_killed_instance_resume_on_the_others_exactly_once() {
         .filter_map(Result::err)
         .collect();
     within("burst published", burst).await.expect("publisher");
-    assert!(
-        failures.is_empty(),
-        "{} of {CLIENTS} clients went wrong:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_none_went_wrong(&failures, CLIENTS, "clients");
 }
 
 /// Which node of `cluster` holds sluice's connection (named `sluice/core`), from `/connz`.
@@ -686,10 +687,5 @@ async fn clients_move_between_instances_during_leader_changes_exactly_once() {
         "disturbances ({mode}): {turns}, gaps: {}",
         gaps.load(Ordering::Relaxed)
     );
-    assert!(
-        failures.is_empty(),
-        "{} of {MOVES} moves (and their witnesses) went wrong:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_none_went_wrong(&failures, MOVES, "moves (and their witnesses)");
 }

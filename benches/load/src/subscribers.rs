@@ -72,9 +72,10 @@ pub async fn h1(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let body = &buf[..n];
-        if chunked.is_none() {
-            head.extend_from_slice(body);
+        // The first body bytes come after the response head, in the same read or a later one.
+        let rest;
+        let body = if chunked.is_none() {
+            head.extend_from_slice(&buf[..n]);
             let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
                 continue;
             };
@@ -90,16 +91,11 @@ pub async fn h1(
             } else {
                 Dechunker::passthrough()
             });
-            let rest = head[end + 4..].to_vec();
-            let mut reading = Reading {
-                dechunker: chunked.as_mut(),
-                decoder: decoder.as_mut(),
-                decoded: &mut decoded,
-                counter: &mut counter,
-            };
-            reading.count(&rest, &stats, sample);
-            continue;
-        }
+            rest = head[end + 4..].to_vec();
+            &rest[..]
+        } else {
+            &buf[..n]
+        };
         let mut reading = Reading {
             dechunker: chunked.as_mut(),
             decoder: decoder.as_mut(),
