@@ -1,10 +1,11 @@
-//! Builds one bridge per configured broker.
+//! Builds one bridge per configured broker (NATS, MQTT, an upstream SSE origin, or in memory).
 
 use crate::config::{Broker, BrokerKind};
 use sluice_bridge::{Bridge, BridgeError};
 use sluice_memory::MemoryBridge;
 use sluice_mqtt::{MqttBridge, MqttSettings};
 use sluice_nats::{NatsBridge, NatsSettings};
+use sluice_sse::{SseBridge, SseSettings};
 use std::sync::Arc;
 
 /// Connects every broker, in configuration order. A broker that is down is not an error: its bridge
@@ -47,6 +48,15 @@ pub async fn connect(broker: &Broker) -> Result<Arc<dyn Bridge>, BridgeError> {
                 qos: *qos,
             },
         )?),
+        BrokerKind::Sse(origin) => Arc::new(SseBridge::new(
+            &broker.name,
+            &SseSettings {
+                url: origin.url.clone(),
+                headers: origin.headers.clone(),
+                reconnect: origin.reconnect,
+                ca_file: origin.ca_file.clone(),
+            },
+        )?),
     };
     tracing::info!(broker = %broker.name, kind = kind_name(&broker.kind), "broker configured");
     Ok(bridge)
@@ -57,5 +67,6 @@ fn kind_name(kind: &BrokerKind) -> &'static str {
         BrokerKind::Memory => "memory",
         BrokerKind::Nats { .. } => "nats",
         BrokerKind::Mqtt { .. } => "mqtt",
+        BrokerKind::Sse(_) => "sse",
     }
 }

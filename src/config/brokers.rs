@@ -1,5 +1,7 @@
-//! Validates `[brokers.NAME]` into [`Broker`]s: the type, its url and the keys of that type only.
+//! Validates `[brokers.NAME]` into [`Broker`]s: the type, its url and the keys of that type only
+//! (an `sse` origin's own keys are checked in [`super::origin`]).
 
+pub use super::origin::Origin;
 use super::raw::{OneOrMany, RawBroker};
 use super::values::within;
 use super::{
@@ -34,6 +36,8 @@ pub enum BrokerKind {
         client_id: String,
         qos: u8,
     },
+    /// An upstream SSE origin: each topic is a path on it.
+    Sse(Origin),
 }
 
 impl BrokerKind {
@@ -41,6 +45,7 @@ impl BrokerKind {
         match self {
             BrokerKind::Nats { .. } => TopicSyntax::Nats,
             BrokerKind::Mqtt { .. } | BrokerKind::Memory => TopicSyntax::Mqtt,
+            BrokerKind::Sse(_) => TopicSyntax::Path,
         }
     }
 }
@@ -102,6 +107,9 @@ fn kind(at: &Locator, name: &str, raw: RawBroker) -> Result<BrokerKind, ConfigEr
             None => Ok(()),
         }
     };
+    if raw.kind.get_ref() != "sse" {
+        super::origin::no_origin_keys(at, &raw)?;
+    }
     match raw.kind.get_ref().as_str() {
         "memory" => {
             not_mqtt(&raw)?;
@@ -163,9 +171,16 @@ fn kind(at: &Locator, name: &str, raw: RawBroker) -> Result<BrokerKind, ConfigEr
                 qos,
             })
         }
+        "sse" => {
+            not_mqtt(&raw)?;
+            not_nats(&raw)?;
+            Ok(BrokerKind::Sse(super::origin::validate(at, name, &raw)?))
+        }
         other => Err(at.error(
             raw.kind.span(),
-            format!("unknown broker type {other:?}: expected \"mqtt\", \"nats\" or \"memory\""),
+            format!(
+                "unknown broker type {other:?}: expected \"mqtt\", \"nats\", \"sse\" or \"memory\""
+            ),
         )),
     }
 }

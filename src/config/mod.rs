@@ -13,6 +13,7 @@
 mod auth;
 mod brokers;
 mod operations;
+mod origin;
 mod raw;
 mod routes;
 mod server;

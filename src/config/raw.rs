@@ -107,6 +107,9 @@ pub(super) struct RawBroker {
     pub client_id: Option<Spanned<String>>,
     pub qos: Option<Spanned<u8>>,
     pub max_control_line: Option<Spanned<usize>>,
+    pub headers: Option<Spanned<BTreeMap<String, String>>>,
+    pub reconnect: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -198,6 +198,12 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
         }
     };
     let publish = raw.publish.unwrap_or(false);
+    if let (true, BrokerKind::Sse(_)) = (publish, &brokers[broker].kind) {
+        return Err(at.error(
+            raw.broker.span(),
+            "publish = true is not possible on an sse broker: it reads an origin's streams",
+        ));
+    }
     if let (true, Topics::Template(template), Some(span)) =
         (publish, &topic, raw.topic.as_ref().map(Spanned::span))
     {

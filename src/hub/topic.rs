@@ -159,20 +159,26 @@ impl Topic {
         self.retired.store(true, Ordering::Release);
     }
 
-    /// The SSE id of event `seq`, when the topic gives ids.
-    fn event_id(&self, seq: Option<u64>) -> Option<String> {
-        let seq = seq?;
-        match self.spec.retention {
-            Retention::Live => None,
-            Retention::Replay { .. } => Some(replay::memory_id(self.instance, seq)),
-            Retention::JetStream { .. } => Some(seq.to_string()),
+    /// The SSE id of event `seq`, when the topic gives ids: sluice's own on replay and JetStream
+    /// routes, else the origin's (an upstream SSE origin's `id:`), so that without sluice's replay
+    /// a browser's `Last-Event-ID` means what it means to the origin.
+    fn event_id(&self, seq: Option<u64>, message: &Message) -> Option<String> {
+        match (&self.spec.retention, seq) {
+            (Retention::Live, _) => message.id.as_deref().map(str::to_owned),
+            (Retention::Replay { .. }, Some(seq)) => Some(replay::memory_id(self.instance, seq)),
+            (Retention::JetStream { .. }, Some(seq)) => Some(seq.to_string()),
+            (_, None) => None,
         }
     }
 
     /// Encodes one message as this route's streams get it; a current value (a retained message, or
     /// the value a later message leaves) has `.retained` appended to its type.
     pub(super) fn encode(&self, seq: Option<u64>, message: &Message, as_current: bool) -> Bytes {
-        let name = self.spec.event.as_ref().map(|e| e.render(&message.topic));
+        // The route's own event type wins; else the one the origin gave (upstream SSE).
+        let name = match &self.spec.event {
+            Some(event) => Some(event.render(&message.topic)),
+            None => message.event.as_deref().map(str::to_owned),
+        };
         let name = if as_current {
             Some(format!(
                 "{}{}",
@@ -182,7 +188,7 @@ impl Topic {
         } else {
             name
         };
-        let id = self.event_id(seq.or(message.seq));
+        let id = self.event_id(seq.or(message.seq), message);
         if self.spec.envelope {
             let data = sse::envelope(&message.topic, &message.payload);
             return sse::encode_event_with_id(name.as_deref(), id.as_deref(), &data);

@@ -20,6 +20,7 @@ mod mqtt;
 mod mqtt_faults;
 mod nats;
 mod operations;
+mod origin;
 mod protocols;
 mod reload;
 mod resume;

@@ -1,12 +1,15 @@
 //! Test support, one job per module, all re-exported here: [`process`] starts sluice (its options,
-//! log and memory), [`client`] makes HTTP requests (HTTP/1.1, h2c, TLS h2, publishing) and [`sse`]
-//! reads event streams; the waits every test shares are below.
+//! log and memory), [`client`] makes HTTP requests (HTTP/1.1, h2c, TLS h2, publishing), [`sse`]
+//! reads event streams and [`origin`] is an upstream SSE origin; the waits every test shares are
+//! below.
 
 mod client;
+mod origin;
 mod process;
 mod sse;
 
 pub use client::*;
+pub use origin::*;
 pub use process::*;
 pub use sse::*;
 

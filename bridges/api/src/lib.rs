@@ -30,6 +30,11 @@ pub struct Message {
     pub seq: Option<u64>,
     /// An MQTT retained message: the topic's last known value, sent by the broker on subscribe.
     pub retained: bool,
+    /// The event type an upstream SSE origin gave the message (its `event:` field).
+    pub event: Option<Arc<str>>,
+    /// The origin's own id of the message, where it is text (an upstream SSE origin's `id:`: its
+    /// last event id when the event was dispatched, which may be empty).
+    pub id: Option<Arc<str>>,
 }
 
 impl Message {
@@ -40,6 +45,8 @@ impl Message {
             payload,
             seq: None,
             retained: false,
+            event: None,
+            id: None,
         }
     }
 }

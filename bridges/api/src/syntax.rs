@@ -1,7 +1,7 @@
 //! Broker topic syntax: which characters are wildcards and separators, and whether a filter is valid
 //! by the broker's own rules (MQTT: the UTF-8 rules of the specification, as mosquitto enforces them;
-//! NATS: subject tokens). Limits that depend on the server (NATS `max_control_line`, packet sizes)
-//! are checked by each bridge.
+//! NATS: subject tokens; SSE origins: a URL path that a parameter cannot redirect). Limits that
+//! depend on the server (NATS `max_control_line`, packet sizes) are checked by each bridge.
 
 /// The longest MQTT topic: its length is a two-byte prefix in every packet.
 pub const MQTT_MAX_TOPIC_BYTES: usize = 65_535;
@@ -13,7 +13,14 @@ pub enum TopicSyntax {
     Nats,
     /// MQTT topics: `/`-separated levels, `+` one level, `#` the rest.
     Mqtt,
+    /// The path (and query) of an upstream SSE origin, such as `/builds/42/log`. A topic is always
+    /// concrete; token grants may still use `+` (one segment) and `#` (the rest), as for MQTT.
+    Path,
 }
+
+/// The longest upstream path (and query) of an SSE origin: what common servers accept in a request
+/// line.
+pub const PATH_MAX_BYTES: usize = 8 * 1024;
 
 impl TopicSyntax {
     /// True when `c` may not appear inside a single path parameter substituted into a topic: it would
@@ -22,6 +29,13 @@ impl TopicSyntax {
         match self {
             TopicSyntax::Nats => matches!(c, '*' | '>' | '.') || c.is_whitespace(),
             TopicSyntax::Mqtt => matches!(c, '+' | '#' | '/'),
+            // What would end the segment, start the query or fragment, escape a character (so a
+            // second decoding at the origin could make a '/'), act as a separator on some servers,
+            // or add a query parameter when the value goes into a query.
+            TopicSyntax::Path => {
+                matches!(c, '/' | '\\' | '?' | '#' | '%' | '&' | '=' | '+' | ';')
+                    || c.is_whitespace()
+            }
         }
     }
 
@@ -30,6 +44,7 @@ impl TopicSyntax {
         match self {
             TopicSyntax::Nats => "'*', '>', '.' or whitespace",
             TopicSyntax::Mqtt => "'+', '#' or '/'",
+            TopicSyntax::Path => "'/', '\\', '?', '#', '%', '&', '=', '+', ';' or whitespace",
         }
     }
 
@@ -44,6 +59,11 @@ impl TopicSyntax {
         if self == TopicSyntax::Mqtt && text.chars().any(is_noncharacter) {
             return Err("Unicode noncharacter in topic (MQTT does not allow them)");
         }
+        // A `.` or `..` segment names another resource once the origin normalises the path.
+        if self == TopicSyntax::Path && (text == "." || text.contains("..") || text.contains("/./"))
+        {
+            return Err("'.' and '..' segments are not allowed in a path");
+        }
         Ok(())
     }
 
@@ -57,6 +77,28 @@ impl TopicSyntax {
         }
         self.check_text(filter)?;
         match self {
+            TopicSyntax::Path => {
+                if !filter.starts_with('/') {
+                    return Err("an upstream path must start with '/'");
+                }
+                if filter.len() > PATH_MAX_BYTES {
+                    return Err("upstream path longer than 8 KiB");
+                }
+                if filter.chars().any(char::is_whitespace) {
+                    return Err("whitespace in upstream path");
+                }
+                if filter.contains('#') {
+                    return Err("an upstream path cannot have a fragment ('#')");
+                }
+                // The URL standard reads `%2e` as a dot: `/a/%2e%2e/b` is `/b`.
+                if filter.to_ascii_lowercase().contains("%2e") {
+                    return Err("an encoded dot ('%2e') is not allowed in an upstream path");
+                }
+                if filter.ends_with("/.") {
+                    return Err("'.' and '..' segments are not allowed in a path");
+                }
+                Ok(())
+            }
             TopicSyntax::Nats => {
                 if filter.chars().any(char::is_whitespace) {
                     return Err("whitespace in subject");
@@ -104,15 +146,17 @@ impl TopicSyntax {
         match self {
             TopicSyntax::Nats => filter.split('.').any(|t| t == "*" || t == ">"),
             TopicSyntax::Mqtt => filter.split('/').any(|l| l == "+" || l == "#"),
+            // An upstream path is always one resource.
+            TopicSyntax::Path => false,
         }
     }
 
     /// True when the concrete `topic` is matched by `filter`.
     pub fn matches(self, filter: &str, topic: &str) -> bool {
-        let (sep, one, rest) = match self {
-            TopicSyntax::Nats => ('.', "*", ">"),
-            TopicSyntax::Mqtt => ('/', "+", "#"),
-        };
+        if self == TopicSyntax::Path && !self.plain_path(topic) {
+            return filter == topic;
+        }
+        let (sep, one, rest) = self.wildcards();
         // MQTT: wildcards at the first level never match topics starting with '$'.
         if self == TopicSyntax::Mqtt
             && topic.starts_with('$')
@@ -137,13 +181,28 @@ impl TopicSyntax {
         }
     }
 
+    /// An upstream path whose segments could each be a path parameter: a wildcard may stand for
+    /// them. Any other path (with a query, say) is only covered by itself, so a client choosing
+    /// its topics cannot add a query or an escape where a wildcard stood.
+    fn plain_path(self, path: &str) -> bool {
+        !path.chars().any(|c| c != '/' && self.is_reserved(c))
+    }
+
+    /// The separator, the one-level wildcard and the rest wildcard of topic filters and grants.
+    fn wildcards(self) -> (char, &'static str, &'static str) {
+        match self {
+            TopicSyntax::Nats => ('.', "*", ">"),
+            TopicSyntax::Mqtt | TopicSyntax::Path => ('/', "+", "#"),
+        }
+    }
+
     /// True when every topic that `filter` matches is also matched by `pattern`: a grant of `pattern`
     /// allows subscribing to `filter`. For a concrete topic this is [`Self::matches`].
     pub fn covers(self, pattern: &str, filter: &str) -> bool {
-        let (sep, one, rest) = match self {
-            TopicSyntax::Nats => ('.', "*", ">"),
-            TopicSyntax::Mqtt => ('/', "+", "#"),
-        };
+        if self == TopicSyntax::Path && !self.plain_path(filter) {
+            return pattern == filter;
+        }
+        let (sep, one, rest) = self.wildcards();
         if self == TopicSyntax::Mqtt
             && filter.starts_with('$') != pattern.starts_with('$')
             && (pattern.starts_with('+') || pattern.starts_with('#'))
@@ -182,7 +241,7 @@ fn is_noncharacter(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::TopicSyntax::{Mqtt, Nats};
+    use super::TopicSyntax::{Mqtt, Nats, Path};
 
     #[test]
     fn filters() {
@@ -199,6 +258,57 @@ mod tests {
         assert!(Mqtt.check_filter("").is_err());
         assert!(Mqtt.check_topic("a/+").is_err());
         assert!(Mqtt.check_topic("a/b").is_ok());
+    }
+
+    #[test]
+    fn upstream_paths_name_one_resource() {
+        for good in [
+            "/builds/42/log",
+            "/log?tail=1&x=y",
+            "/caf\u{E9}/v1.2",
+            "/a/b.c/",
+        ] {
+            assert!(Path.check_topic(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "builds",
+            "/a/../b",
+            "/a/./b",
+            "/a/.",
+            "/a/%2e%2E/b",
+            "/a/%2E/b",
+            "/a#frag",
+            "/a b",
+            "/a\tb",
+            "/a\u{0}",
+        ] {
+            assert!(Path.check_filter(bad).is_err(), "{bad:?}");
+        }
+        assert!(Path
+            .check_filter(&format!("/{}", "a".repeat(8192)))
+            .is_err());
+        // A parameter value can name no other resource, decoded or not.
+        for c in ['/', '\\', '?', '#', '%', '&', '=', '+', ';', ' ', '\t'] {
+            assert!(Path.is_reserved(c), "{c:?}");
+        }
+        assert!(Path.check_text("..").is_err());
+        assert!(Path.check_text(".").is_err());
+        assert!(Path.check_text("v1..2").is_err());
+        assert!(Path.check_text("v1.2").is_ok());
+        assert!(!Path.has_wildcards("/a/+/b"));
+    }
+
+    #[test]
+    fn path_grants_cover_plain_segments_only() {
+        assert!(Path.covers("/builds/+/log", "/builds/42/log"));
+        assert!(Path.covers("/builds/#", "/builds/42/log"));
+        assert!(!Path.covers("/builds/+/log", "/builds/42/logs"));
+        // A wildcard never stands for a query or an escape.
+        assert!(!Path.covers("/builds/#", "/builds/42/log?all=1"));
+        assert!(!Path.covers("/builds/+/log", "/builds/a%2Fb/log"));
+        assert!(!Path.matches("/builds/+", "/builds/a?b"));
+        assert!(Path.covers("/log?all=1", "/log?all=1"));
+        assert!(Path.matches("/log?all=1", "/log?all=1"));
     }
 
     #[test]

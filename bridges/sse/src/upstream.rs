@@ -1,0 +1,310 @@
+//! One upstream stream: a `GET` of one path on the origin, its events parsed and delivered as they
+//! arrive, and the reconnection (with `Last-Event-ID`, after the origin's `retry:` or a backoff)
+//! whenever it drops or the origin answers with anything but an event stream.
+
+use super::Counts;
+use eventsource_stream::{EventStreamError, Eventsource};
+use futures::StreamExt;
+use reqwest::header::{HeaderValue, ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
+use reqwest::StatusCode;
+use sluice_bridge::{BridgeError, Interruption, Message, Sink};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use url::Url;
+
+/// The most bytes read from the origin without a complete event: past it the upstream stream is
+/// dropped and reconnected, so an origin cannot make sluice hold an endless line or event.
+pub(crate) const MAX_EVENT_BYTES: usize = 1024 * 1024;
+/// How long the origin may take to answer a request with its response head.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait between two attempts, however many failed in a row.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The shortest reconnection delay an origin's `retry:` can set.
+const MIN_RETRY: Duration = Duration::from_millis(100);
+/// The longest reconnection delay an origin's `retry:` can set.
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// Everything the task of one upstream stream needs.
+pub(crate) struct Upstream {
+    pub(crate) broker: Arc<str>,
+    pub(crate) topic: Arc<str>,
+    pub(crate) url: Url,
+    pub(crate) client: reqwest::Client,
+    pub(crate) reconnect: Duration,
+    pub(crate) counts: Arc<Counts>,
+    pub(crate) sink: Sink,
+}
+
+/// Why an attempt did not become an event stream.
+#[derive(Debug)]
+enum Failure {
+    /// The origin answered, but not with `2xx` and `text/event-stream`.
+    Answer(StatusCode, String),
+    /// No answer: the connection failed or the head took too long.
+    Transport(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Answer(_, why) | Failure::Transport(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Why reading the body stopped before the parser saw its end.
+enum Cut {
+    /// Reading from the origin failed.
+    Transport(String),
+    /// An event grew past [`MAX_EVENT_BYTES`].
+    TooLarge,
+}
+
+/// Counts this stream in the bridge's status for as long as the task runs (also when aborted).
+struct Held {
+    counts: Arc<Counts>,
+    down: bool,
+}
+
+impl Held {
+    fn new(counts: Arc<Counts>) -> Self {
+        counts.streams.fetch_add(1, Ordering::Relaxed);
+        Self {
+            counts,
+            down: false,
+        }
+    }
+
+    fn set_down(&mut self, down: bool) {
+        if self.down != down {
+            self.down = down;
+            if down {
+                self.counts.down.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.counts.down.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.set_down(false);
+        self.counts.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Upstream {
+    /// Reads the upstream stream until the task is aborted. The first attempt's outcome goes to
+    /// `answered`: a `4xx` ends the task there (the subscriber gets the error); anything else
+    /// keeps it going, retrying with backoff.
+    pub(crate) async fn run(self, answered: oneshot::Sender<Result<(), BridgeError>>) {
+        let mut answered = Some(answered);
+        let mut held = Held::new(self.counts.clone());
+        // The origin's id of the last event delivered: sent back as `Last-Event-ID`.
+        let mut last_id = String::new();
+        let mut delay = self.reconnect;
+        // Attempts that failed since the last good one (for the backoff, and for the `gap`).
+        let mut failures: u32 = 0;
+        let mut connected_before = false;
+        loop {
+            match self.connect(&last_id).await {
+                Ok(response) => {
+                    if let Some(answered) = answered.take() {
+                        let _ = answered.send(Ok(()));
+                    }
+                    held.set_down(false);
+                    if connected_before {
+                        self.counts.reconnects.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Without an id to resume from, or after the origin failed, what it sent
+                    // meanwhile may be lost to the browsers: they are told.
+                    if failures > 0 || (connected_before && last_id.is_empty()) {
+                        self.sink.interrupted(Interruption::Disconnected);
+                    }
+                    connected_before = true;
+                    let (why, delivered) = self.read(response, &mut last_id, &mut delay).await;
+                    tracing::info!(broker = %self.broker, topic = %self.topic, reason = %why, "upstream stream dropped; reconnecting");
+                    // A stream that ends before its first event counts as a failed attempt, so
+                    // an origin that keeps closing at once is retried ever more slowly.
+                    failures = if delivered { 0 } else { failures + 1 };
+                    held.set_down(true);
+                }
+                Err(failure) => {
+                    if let Some(answered) = answered.take() {
+                        if let Failure::Answer(status, why) = &failure {
+                            if status.is_client_error() || *status == StatusCode::NO_CONTENT {
+                                tracing::warn!(broker = %self.broker, topic = %self.topic, answer = %why, "upstream refused the stream");
+                                let refused = format!("the upstream answered {why}");
+                                let _ = answered.send(Err(BridgeError::broker_says(refused)));
+                                return;
+                            }
+                        }
+                        // The stream opens for the subscriber, and the origin is retried.
+                        let _ = answered.send(Ok(()));
+                    }
+                    failures += 1;
+                    held.set_down(true);
+                    tracing::warn!(broker = %self.broker, topic = %self.topic, error = %failure, failures, "upstream stream unavailable; retrying");
+                }
+            }
+            tokio::time::sleep(backoff(delay, failures)).await;
+        }
+    }
+
+    /// One attempt: the request, and the checks of the answer's status and type.
+    async fn connect(&self, last_id: &str) -> Result<reqwest::Response, Failure> {
+        let mut request = self
+            .client
+            .get(self.url.clone())
+            .header(ACCEPT, "text/event-stream")
+            .header(CACHE_CONTROL, "no-cache");
+        if !last_id.is_empty() {
+            // Event ids hold no CR, LF or NUL (the parser drops such ids), but may hold other
+            // bytes a header cannot: such an id is not sent, and the origin starts afresh.
+            if let Ok(value) = HeaderValue::from_str(last_id) {
+                request = request.header("last-event-id", value);
+            }
+        }
+        let response = match tokio::time::timeout(ANSWER_TIMEOUT, request.send()).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) => return Err(Failure::Transport(transport_error(&e))),
+            Err(_) => {
+                return Err(Failure::Transport(format!(
+                    "no answer within {ANSWER_TIMEOUT:?}"
+                )))
+            }
+        };
+        let status = response.status();
+        if !status.is_success() || status == StatusCode::NO_CONTENT {
+            return Err(Failure::Answer(status, status.to_string()));
+        }
+        let event_stream = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"));
+        if !event_stream {
+            let kind = response.headers().get(CONTENT_TYPE);
+            let kind = kind.and_then(|v| v.to_str().ok()).unwrap_or("none");
+            return Err(Failure::Answer(
+                status,
+                format!("{status} with content-type {kind:?}, not text/event-stream"),
+            ));
+        }
+        Ok(response)
+    }
+
+    /// Delivers the events of a connected stream until it ends. Returns why it ended, and whether
+    /// any event came.
+    async fn read(
+        &self,
+        response: reqwest::Response,
+        last_id: &mut String,
+        delay: &mut Duration,
+    ) -> (String, bool) {
+        // Bytes read since the last complete event, shared with the byte stream's guard.
+        let pending = Arc::new(AtomicUsize::new(0));
+        let guard = pending.clone();
+        let bytes = response.bytes_stream().map(move |chunk| {
+            let chunk = chunk.map_err(|e| Cut::Transport(transport_error(&e)))?;
+            let held = guard.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len();
+            if held > MAX_EVENT_BYTES {
+                return Err(Cut::TooLarge);
+            }
+            Ok(chunk)
+        });
+        let mut events = bytes.eventsource();
+        let topic = self.topic.clone();
+        let mut delivered = false;
+        let why = loop {
+            match events.next().await {
+                Some(Ok(event)) => {
+                    pending.store(0, Ordering::Relaxed);
+                    if let Some(retry) = event.retry {
+                        *delay = retry.clamp(MIN_RETRY, MAX_RETRY);
+                    }
+                    // An empty id after a non-empty one resets the browser's last event id too.
+                    let id = if event.id.is_empty() && last_id.is_empty() {
+                        None
+                    } else {
+                        Some(Arc::from(event.id.as_str()))
+                    };
+                    last_id.clone_from(&event.id);
+                    let name = (event.event != "message").then(|| Arc::from(event.event));
+                    self.counts.messages.fetch_add(1, Ordering::Relaxed);
+                    delivered = true;
+                    self.sink.message(Message {
+                        event: name,
+                        id,
+                        ..Message::new(topic.clone(), event.data.into())
+                    });
+                }
+                Some(Err(EventStreamError::Transport(Cut::Transport(why)))) => break why,
+                Some(Err(EventStreamError::Transport(Cut::TooLarge))) => {
+                    // The event is skipped, and the origin may not send it again: the browsers
+                    // are told.
+                    self.sink.interrupted(Interruption::Disconnected);
+                    break format!("more than {MAX_EVENT_BYTES} bytes without a complete event");
+                }
+                Some(Err(EventStreamError::Utf8(e))) => break format!("not UTF-8: {e}"),
+                Some(Err(EventStreamError::Parser(e))) => break format!("unparsable: {e}"),
+                None => break "the origin ended the stream".to_owned(),
+            }
+        };
+        (why, delivered)
+    }
+}
+
+/// A transport error with its causes (reqwest's own message is often only "error sending request").
+fn transport_error(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The wait before the next attempt: the reconnection delay, doubled for each failure in a row
+/// after the first (up to [`MAX_BACKOFF`]), plus up to a quarter at random so the streams of one
+/// origin do not all come back in the same instant.
+fn backoff(delay: Duration, failures: u32) -> Duration {
+    let doubled = delay.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    let wait = doubled.min(MAX_BACKOFF.max(delay));
+    let quarter = wait.as_millis() as u64 / 4;
+    wait + Duration::from_millis(random_u64() % quarter.max(1))
+}
+
+/// A random number from the standard library's per-process random hash keys.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_failure_up_to_the_cap() {
+        let second = Duration::from_secs(1);
+        let within = |d: Duration, low: u64, high: u64| {
+            d >= Duration::from_millis(low) && d <= Duration::from_millis(high)
+        };
+        assert!(within(backoff(second, 0), 1000, 1250));
+        assert!(within(backoff(second, 1), 1000, 1250));
+        assert!(within(backoff(second, 2), 2000, 2500));
+        assert!(within(backoff(second, 5), 16000, 20000));
+        assert!(within(backoff(second, 40), 30000, 37500));
+        // A retry: longer than the cap is kept as it is.
+        assert!(within(backoff(Duration::from_secs(60), 3), 60000, 75000));
+    }
+}

@@ -1,0 +1,161 @@
+//! An upstream SSE origin for the tests (hyper, HTTP/1.1, on a free port): the test sends events to
+//! every open stream, drops them, or makes the origin answer with a status; the origin records each
+//! request (path and `Last-Event-ID`) and counts its open streams.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+/// One request the origin received.
+#[derive(Clone, Debug)]
+pub struct OriginRequest {
+    pub path: String,
+    pub last_event_id: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Answer every request with this status instead of a stream.
+    status: Mutex<Option<u16>>,
+    streams: Mutex<Vec<mpsc::UnboundedSender<Bytes>>>,
+    requests: Mutex<Vec<OriginRequest>>,
+    open: AtomicUsize,
+}
+
+/// The origin; its accept loop ends when it is dropped.
+pub struct Origin {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Counts an open stream until hyper drops its body (the connection closed or was dropped).
+struct Open(Arc<State>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+async fn answer(
+    state: Arc<State>,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Body>, std::convert::Infallible> {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/".to_owned(), |p| p.as_str().to_owned());
+    locked(&state.requests).push(OriginRequest {
+        path: path.clone(),
+        last_event_id: header("last-event-id"),
+        headers: request
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_owned()))
+            .collect(),
+    });
+    let status = *locked(&state.status);
+    if let Some(status) = status {
+        let body = Full::new(Bytes::from("origin says no\n")).boxed();
+        let response = hyper::Response::builder().status(status).body(body);
+        return Ok(response.unwrap_or_else(|_| hyper::Response::new(Body::default())));
+    }
+    let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+    locked(&state.streams).push(tx);
+    state.open.fetch_add(1, Ordering::SeqCst);
+    let open = Open(state.clone());
+    let frames = futures::stream::unfold((rx, open), |(mut rx, open)| async move {
+        let bytes = rx.recv().await?;
+        Some((
+            Ok::<_, std::convert::Infallible>(Frame::data(bytes)),
+            (rx, open),
+        ))
+    });
+    let body = BodyExt::boxed(StreamBody::new(frames));
+    let response = hyper::Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(body);
+    Ok(response.unwrap_or_else(|_| hyper::Response::new(Body::default())))
+}
+
+impl Origin {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind origin");
+        let addr = listener.local_addr().expect("origin addr");
+        let state = Arc::new(State::default());
+        let accepting = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let state = accepting.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| answer(state.clone(), request));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// `http://127.0.0.1:PORT`, for a broker's `url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Writes `frame` (raw event-stream text) to every open stream.
+    pub fn send(&self, frame: &str) {
+        let bytes = Bytes::from(frame.to_owned());
+        locked(&self.state.streams).retain(|tx| tx.send(bytes.clone()).is_ok());
+    }
+
+    /// Ends every open stream (its body ends: the connection stays usable).
+    pub fn drop_streams(&self) {
+        locked(&self.state.streams).clear();
+    }
+
+    /// Answers every request with `status` (`None`: with a stream again).
+    pub fn answer_with(&self, status: Option<u16>) {
+        *locked(&self.state.status) = status;
+    }
+
+    /// The streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.state.open.load(Ordering::SeqCst)
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<OriginRequest> {
+        locked(&self.state.requests).clone()
+    }
+}
