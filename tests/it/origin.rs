@@ -238,3 +238,43 @@ async fn an_endless_upstream_event_is_cut_off_and_the_stream_resumed() {
     assert_eq!(browser.next_event().await.event, "gap");
     assert_eq!(browser.next_event().await.data, "after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_origin_is_verified_against_the_ca_file() {
+    let dir = TempDir::new("origin-tls");
+    let (origin, ca) = Origin::start_tls(&dir.0).await;
+    let broker = |ca_file: &str| {
+        format!(
+            "[brokers.app]\ntype = \"sse\"\nurl = \"{}\"\nreconnect = \"20ms\"\n{ca_file}\n\
+             [[routes]]\npath = \"/t\"\nbroker = \"app\"\ntopic = \"/t\"\n",
+            origin.tls_url()
+        )
+    };
+    // Trusted through ca_file: events flow.
+    let trusted = Sluice::start(&broker(&format!(
+        "ca_file = {:?}",
+        ca.display().to_string()
+    )))
+    .await;
+    let mut browser = h1_stream(trusted.addr, "/t").await;
+    browser.opened().await;
+    upstreams(&origin, 1).await;
+    origin.send("data: over tls\n\n");
+    assert_eq!(browser.next_event().await.data, "over tls");
+    drop(browser);
+    upstreams(&origin, 0).await;
+    // Without it the certificate is not trusted: no stream is ever opened on the origin, and the
+    // log says why.
+    let options = Options {
+        capture_log: true,
+        ..Options::default()
+    };
+    let untrusted = Sluice::start_opts(&broker(""), options).await;
+    let mut browser = h1_stream(untrusted.addr, "/t").await;
+    browser.opened().await;
+    eventually("a refused handshake logged", || async {
+        untrusted.log().contains("certificate").then_some(())
+    })
+    .await;
+    assert_eq!(origin.open_streams(), 0);
+}

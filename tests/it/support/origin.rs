@@ -1,4 +1,4 @@
-//! An upstream SSE origin for the tests (hyper, HTTP/1.1, on a free port): the test sends events to
+//! An upstream SSE origin for the tests (hyper, HTTP/1.1, plain or TLS, on a free port): the test sends events to
 //! every open stream, drops them, or makes the origin answer with a status; the origin records each
 //! request (path and `Last-Event-ID`) and counts its open streams.
 
@@ -106,8 +106,44 @@ async fn answer(
     Ok(response.unwrap_or_else(|_| hyper::Response::new(Body::default())))
 }
 
+/// Serves one connection (plain or TLS) with the origin's answers.
+async fn serve<IO>(io: IO, state: Arc<State>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| answer(state.clone(), request));
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
 impl Origin {
+    /// A cleartext origin.
     pub async fn start() -> Self {
+        Self::listen(None).await
+    }
+
+    /// An `https` origin for `localhost`, with a fresh self-signed certificate written to
+    /// `dir/origin.pem` (for a broker's `ca_file`).
+    pub async fn start_tls(dir: &std::path::Path) -> (Self, std::path::PathBuf) {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("self-signed cert");
+        let pem = dir.join("origin.pem");
+        std::fs::write(&pem, cert.cert.pem()).expect("write origin cert");
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key.into())
+        .expect("origin certificate");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        (Self::listen(Some(acceptor)).await, pem)
+    }
+
+    async fn listen(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind origin");
@@ -116,12 +152,16 @@ impl Origin {
         let accepting = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
-                let state = accepting.clone();
+                let (state, tls) = (accepting.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| answer(state.clone(), request));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(socket), service)
-                        .await;
+                    match tls {
+                        None => serve(socket, state).await,
+                        Some(tls) => {
+                            if let Ok(socket) = tls.accept(socket).await {
+                                serve(socket, state).await;
+                            }
+                        }
+                    }
                 });
             }
         });
@@ -131,6 +171,11 @@ impl Origin {
     /// `http://127.0.0.1:PORT`, for a broker's `url`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `https://localhost:PORT`, the name its certificate holds.
+    pub fn tls_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
     }
 
     /// Writes `frame` (raw event-stream text) to every open stream.
