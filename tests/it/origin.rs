@@ -277,4 +277,35 @@ async fn an_https_origin_is_verified_against_the_ca_file() {
     })
     .await;
     assert_eq!(origin.open_streams(), 0);
+    // An origin that cannot be reached makes the instance not ready; one that answers, ready.
+    let ready = get(untrusted.addr, "/readyz").await.expect("readyz");
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(
+        ready.text().contains("broker app: down"),
+        "{}",
+        ready.text()
+    );
+    let ready = get(trusted.addr, "/readyz").await.expect("readyz");
+    assert_eq!(ready.status, 200, "{}", ready.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_upstream_without_ids_is_a_gap() {
+    let origin = Origin::start().await;
+    let sluice = start(&origin).await;
+    let mut browser = h1_stream(sluice.addr, "/builds/5/log").await;
+    browser.opened().await;
+    upstreams(&origin, 1).await;
+    origin.send("data: no id\n\n");
+    assert_eq!(browser.next_event().await.data, "no id");
+    origin.drop_streams();
+    eventually("a second upstream request", || async {
+        (origin.requests().len() == 2 && origin.open_streams() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(origin.requests()[1].last_event_id, None);
+    origin.send("data: later\n\n");
+    // Nothing to resume from: what the origin sent meanwhile may be lost, and the browser is told.
+    assert_eq!(browser.next_event().await.event, "gap");
+    assert_eq!(browser.next_event().await.data, "later");
 }

@@ -47,7 +47,8 @@ pub struct SseBridge {
 struct Counts {
     /// Upstream streams open now (subscriptions).
     streams: AtomicU64,
-    /// Upstream streams that are not connected now (between a drop and the next good answer).
+    /// Upstream streams whose last attempt could not reach the origin (no connection, no TLS
+    /// handshake, no answer in time): the origin is down for readiness while any is.
     down: AtomicU64,
     /// Times an upstream stream came back after it was lost.
     reconnects: AtomicU64,

@@ -106,8 +106,11 @@ impl Upstream {
         // The origin's id of the last event delivered: sent back as `Last-Event-ID`.
         let mut last_id = String::new();
         let mut delay = self.reconnect;
-        // Attempts that failed since the last good one (for the backoff, and for the `gap`).
+        // Attempts in a row that failed or brought no event (the backoff grows with them).
         let mut failures: u32 = 0;
+        // Events may have been lost since the last good answer: the origin failed to answer, or
+        // the stream dropped with no id to resume from. The browsers are told when it is back.
+        let mut missed = false;
         let mut connected_before = false;
         loop {
             match self.connect(&last_id).await {
@@ -119,18 +122,16 @@ impl Upstream {
                     if connected_before {
                         self.counts.reconnects.fetch_add(1, Ordering::Relaxed);
                     }
-                    // Without an id to resume from, or after the origin failed, what it sent
-                    // meanwhile may be lost to the browsers: they are told.
-                    if failures > 0 || (connected_before && last_id.is_empty()) {
+                    if std::mem::take(&mut missed) {
                         self.sink.interrupted(Interruption::Disconnected);
                     }
                     connected_before = true;
                     let (why, delivered) = self.read(response, &mut last_id, &mut delay).await;
                     tracing::info!(broker = %self.broker, topic = %self.topic, reason = %why, "upstream stream dropped; reconnecting");
-                    // A stream that ends before its first event counts as a failed attempt, so
-                    // an origin that keeps closing at once is retried ever more slowly.
+                    // An origin that keeps closing at once is retried ever more slowly.
                     failures = if delivered { 0 } else { failures + 1 };
-                    held.set_down(true);
+                    // With an id, the origin resumes where the stream dropped.
+                    missed = last_id.is_empty();
                 }
                 Err(failure) => {
                     if let Some(answered) = answered.take() {
@@ -146,7 +147,10 @@ impl Upstream {
                         let _ = answered.send(Ok(()));
                     }
                     failures += 1;
-                    held.set_down(true);
+                    missed = true;
+                    // The origin is down when it cannot be reached; an origin that answers (if
+                    // only with an error for this path) is up.
+                    held.set_down(matches!(failure, Failure::Transport(_)));
                     tracing::warn!(broker = %self.broker, topic = %self.topic, error = %failure, failures, "upstream stream unavailable; retrying");
                 }
             }
