@@ -181,6 +181,47 @@ fn shipped_config_is_valid() {
     );
 }
 
+/// The examples commented out in the shipped file (real brokers, an SSE origin) are valid too.
+#[test]
+fn shipped_config_examples_are_valid() {
+    let shipped = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml"));
+    let (body, examples) = shipped
+        .split_once("# ---- real brokers")
+        .expect("the examples' marker");
+    let uncommented: String = examples
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            // A key or a table: TOML, not prose.
+            Some(rest)
+                if rest.starts_with('[')
+                    || rest.split_once(" = ").is_some_and(|(key, _)| {
+                        key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    }) =>
+            {
+                rest
+            }
+            _ => "",
+        })
+        .fold(String::new(), |text, line| text + line + "\n");
+    assert!(uncommented.contains("type = \"sse\""), "{uncommented}");
+    let dir = TempDir::new("shipped-examples");
+    let path = dir.0.join("config.toml");
+    // Relative paths are relative to the file: the dashboard folder is the repository's.
+    let dashboard = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard");
+    let body = body.replace("\"dashboard\"", &format!("{dashboard:?}"));
+    std::fs::write(&path, format!("{body}\n{uncommented}")).expect("write config");
+    let out = Command::new(sluice_bin())
+        .args(["--config".as_ref(), path.as_os_str(), "--check".as_ref()])
+        .env("APP_TOKEN", "example")
+        .output()
+        .expect("run sluice --check");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn valid_config_exits_zero() {
     assert_eq!(check(GOOD).0, 0);
