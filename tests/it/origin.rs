@@ -246,22 +246,24 @@ async fn an_https_origin_is_verified_against_the_ca_file() {
     let broker = |ca_file: &str| {
         format!(
             "[brokers.app]\ntype = \"sse\"\nurl = \"{}\"\nreconnect = \"20ms\"\n{ca_file}\n\
-             [[routes]]\npath = \"/t\"\nbroker = \"app\"\ntopic = \"/t\"\n",
+             [[routes]]\npath = \"/t\"\nbroker = \"app\"\ntopic = \"/t\"\n\
+             [[routes]]\npath = \"/u\"\nbroker = \"app\"\ntopic = \"/u\"\n",
             origin.tls_url()
         )
     };
-    // Trusted through ca_file: events flow.
-    let trusted = Sluice::start(&broker(&format!(
-        "ca_file = {:?}",
-        ca.display().to_string()
-    )))
-    .await;
+    // Trusted through ca_file: events flow, and two upstream streams share one HTTP/2 connection.
+    let ca_file = format!("ca_file = {:?}", ca.display().to_string());
+    let trusted = Sluice::start(&broker(&ca_file)).await;
     let mut browser = h1_stream(trusted.addr, "/t").await;
     browser.opened().await;
-    upstreams(&origin, 1).await;
+    let mut other = h1_stream(trusted.addr, "/u").await;
+    other.opened().await;
+    upstreams(&origin, 2).await;
     origin.send("data: over tls\n\n");
     assert_eq!(browser.next_event().await.data, "over tls");
-    drop(browser);
+    assert_eq!(other.next_event().await.data, "over tls");
+    assert_eq!(origin.connections(), 1, "one connection for both streams");
+    drop((browser, other));
     upstreams(&origin, 0).await;
     // Without it the certificate is not trusted: no stream is ever opened on the origin, and the
     // log says why.

@@ -27,6 +27,8 @@ struct State {
     streams: Mutex<Vec<mpsc::UnboundedSender<Bytes>>>,
     requests: Mutex<Vec<OriginRequest>>,
     open: AtomicUsize,
+    /// TCP connections accepted.
+    connections: AtomicUsize,
 }
 
 /// The origin; its accept loop ends when it is dropped.
@@ -106,15 +108,23 @@ async fn answer(
     Ok(response.unwrap_or_else(|_| hyper::Response::new(Body::default())))
 }
 
-/// Serves one connection (plain or TLS) with the origin's answers.
-async fn serve<IO>(io: IO, state: Arc<State>)
+/// Serves one connection (plain or TLS, HTTP/1.1 or HTTP/2) with the origin's answers.
+async fn serve<IO>(io: IO, state: Arc<State>, h2: bool)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |request| answer(state.clone(), request));
-    let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), service)
-        .await;
+    let io = TokioIo::new(io);
+    let _ = if h2 {
+        let executor = hyper_util::rt::TokioExecutor::new();
+        hyper::server::conn::http2::Builder::new(executor)
+            .serve_connection(io, service)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .await
+    };
 }
 
 impl Origin {
@@ -123,15 +133,15 @@ impl Origin {
         Self::listen(None).await
     }
 
-    /// An `https` origin for `localhost`, with a fresh self-signed certificate written to
-    /// `dir/origin.pem` (for a broker's `ca_file`).
+    /// An `https` origin for `localhost` (HTTP/2 or HTTP/1.1 by ALPN), with a fresh self-signed
+    /// certificate written to `dir/origin.pem` (for a broker's `ca_file`).
     pub async fn start_tls(dir: &std::path::Path) -> (Self, std::path::PathBuf) {
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
             .expect("self-signed cert");
         let pem = dir.join("origin.pem");
         std::fs::write(&pem, cert.cert.pem()).expect("write origin cert");
         let key = rustls::pki_types::PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der());
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
@@ -139,6 +149,7 @@ impl Origin {
         .with_no_client_auth()
         .with_single_cert(vec![cert.cert.der().clone()], key.into())
         .expect("origin certificate");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         (Self::listen(Some(acceptor)).await, pem)
     }
@@ -153,12 +164,14 @@ impl Origin {
         let task = tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let (state, tls) = (accepting.clone(), tls.clone());
+                state.connections.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     match tls {
-                        None => serve(socket, state).await,
+                        None => serve(socket, state, false).await,
                         Some(tls) => {
                             if let Ok(socket) = tls.accept(socket).await {
-                                serve(socket, state).await;
+                                let h2 = socket.get_ref().1.alpn_protocol() == Some(b"h2");
+                                serve(socket, state, h2).await;
                             }
                         }
                     }
@@ -197,6 +210,11 @@ impl Origin {
     /// The streams open now.
     pub fn open_streams(&self) -> usize {
         self.state.open.load(Ordering::SeqCst)
+    }
+
+    /// The TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     /// Every request received so far.
