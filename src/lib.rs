@@ -1,9 +1,11 @@
-//! Sluice: an SSE gateway that streams broker topics (NATS, MQTT, in-memory) to browsers.
+//! Sluice: an SSE gateway that streams broker topics (NATS, MQTT, upstream SSE origins, in-memory)
+//! to browsers.
 //!
 //! The flow of one message, and the module that owns each step:
 //! - [`config`]: the TOML file: its serde mirror, one validator per section into runtime types
 //!   (server, auth, brokers, routes, simulator), errors at `PATH:LINE:COLUMN`, every default and bound.
-//! - [`brokers`]: one bridge (crate `sluice-nats`, `sluice-mqtt`, `sluice-memory`) per broker.
+//! - [`brokers`]: one bridge (crate `sluice-nats`, `sluice-mqtt`, `sluice-sse`, `sluice-memory`) per
+//!   broker.
 //! - [`hub`]: one shared broker subscription per route and concrete topic; encodes each message once
 //!   ([`sse`]) and queues the same bytes for every stream on the topic; the one resume path.
 //! - [`replay`]: event ids, `Last-Event-ID` parsing, the replay ring of encoded frames of a topic
