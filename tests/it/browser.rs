@@ -1,7 +1,8 @@
 //! Real-browser tests with headless chromium: the dashboard renders live values and never runs a
 //! device's markup; a page on another origin streams over TLS HTTP/2 with a cookie token; the
 //! browser's own reconnection resumes from JetStream across a sluice restart; and an `EventSource`
-//! on a gzip route gets each event at once.
+//! on a gzip route gets each event at once; an upstream SSE origin's event types and ids reach the
+//! browser as the origin sent them.
 
 use crate::cdp::Browser;
 use crate::support::*;
@@ -413,4 +414,74 @@ async fn chromium_decodes_each_encoding_across_idle_periods() {
             "{encoding}: every event, no error"
         );
     }
+}
+
+/// A page that records every event's type, data and `lastEventId` from `EventSource(location.hash)`.
+const TYPED_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>typed events</title></head><body>
+<script>
+const results = { events: [], opens: 0 };
+window.results = results;
+const source = new EventSource(new URL(location.hash.slice(1)));
+source.onopen = () => { results.opens += 1; };
+const record = (e) => results.events.push([e.type, e.data, e.lastEventId]);
+source.onmessage = record;
+source.addEventListener("progress", record);
+</script></body></html>
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_gets_an_upstream_origins_event_types_and_ids_through_sluice() {
+    let origin = Origin::start().await;
+    let pages = TempDir::new("typed-page");
+    std::fs::write(pages.0.join("typed.html"), TYPED_PAGE).expect("write page");
+    let body = format!(
+        r#"
+static_dir = "{}"
+
+[brokers.app]
+type = "sse"
+url = "{}"
+
+[[routes]]
+path = "/builds/{{id}}/log"
+broker = "app"
+topic = "/builds/{{id}}/log"
+"#,
+        pages.0.display(),
+        origin.url()
+    );
+    let sluice = Sluice::start(&body).await;
+    let addr = sluice.addr;
+    let mut browser = Browser::launch().await;
+    browser
+        .navigate(&format!(
+            "http://{addr}/typed.html#http://{addr}/builds/7/log"
+        ))
+        .await;
+    browser
+        .wait_for(
+            "the stream open",
+            "window.results && window.results.opens >= 1",
+        )
+        .await;
+    eventually("the upstream stream", || async {
+        (origin.open_streams() == 1).then_some(())
+    })
+    .await;
+    origin.send(
+        "event: progress\nid: 41\ndata: half\ndata: way\n\ndata: plain\n\nid: 42\ndata: done\n\n",
+    );
+    browser
+        .wait_for("three events", "window.results.events.length >= 3")
+        .await;
+    let results = browser.eval("window.results.events").await;
+    assert_eq!(
+        results,
+        json!([
+            ["progress", "half\nway", "41"],
+            ["message", "plain", "41"],
+            ["message", "done", "42"]
+        ])
+    );
 }
