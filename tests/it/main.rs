@@ -21,6 +21,7 @@ mod mqtt_faults;
 mod nats;
 mod operations;
 mod protocols;
+mod proxy;
 mod reload;
 mod resume;
 mod support;
