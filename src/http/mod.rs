@@ -234,6 +234,11 @@ impl Gateway {
     ) -> bool {
         if !error.is_response() {
             tracing::debug!(%error, "connection ended");
+            if let Error::Cut(_) = error {
+                // A response cut short must not look complete: an HTTP/2 stream is reset (an
+                // HTTP/1.1 connection is closed, as the caller does next).
+                session.shutdown().await;
+            }
             return false;
         }
         let request = redacted_request_line(

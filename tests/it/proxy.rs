@@ -498,6 +498,36 @@ async fn an_upstream_that_fails_is_a_502_or_504_that_says_nothing_of_it() {
     })
     .await;
     assert!(rest.is_err(), "a cut response read as complete");
+    // Over HTTP/2 the stream is reset.
+    let cut = origin.cut("midway-h2");
+    cut.send(Bytes::from_static(b"first part"))
+        .expect("origin stream");
+    let rest = within("a cut h2 response", async {
+        let io = TokioIo::new(TcpStream::connect(sluice.addr).await.expect("connect"));
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .expect("h2c handshake");
+        tokio::spawn(conn);
+        let req = Request::get(format!("http://{}/cut/midway-h2", sluice.addr))
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let mut resp = sender.send_request(req).await.expect("response head");
+        assert_eq!(resp.status(), StatusCode::OK);
+        let first = resp
+            .body_mut()
+            .frame()
+            .await
+            .expect("a first piece")
+            .expect("first piece");
+        assert_eq!(
+            first.into_data().ok(),
+            Some(Bytes::from_static(b"first part"))
+        );
+        drop(cut);
+        resp.into_body().collect().await
+    })
+    .await;
+    assert!(rest.is_err(), "a cut h2 response read as complete");
 
     // The connection to the upstream is still good for the next request.
     let after = send(sluice.addr, "GET", "/api/after", &[], Bytes::new()).await;
