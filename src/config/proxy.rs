@@ -124,6 +124,26 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_file_of_certificates_is_taken_for_an_https_upstream() {
+        let cert = rcgen::generate_simple_self_signed(vec!["app.internal".to_owned()])
+            .expect("a certificate");
+        let path = std::env::temp_dir().join(format!("sluice-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, cert.cert.pem()).expect("write the CA file");
+        let text = proxy(&format!(
+            "upstream = \"https://app.internal:8443\"\nca_file = {:?}",
+            path.display().to_string()
+        ));
+        let parsed = parse_text(&text);
+        let _ = std::fs::remove_file(&path);
+        let upstream = parsed.expect("valid").proxy.expect("a proxy");
+        assert_eq!(upstream.ca_file.as_deref(), Some(path.as_path()));
+        assert_eq!(
+            (upstream.host.as_str(), upstream.port),
+            ("app.internal", 8443)
+        );
+    }
+
+    #[test]
     fn what_the_upstream_cannot_be_is_refused_where_it_is_written() {
         assert_refused(&[
             (

@@ -583,3 +583,55 @@ async fn curl_uploads_over_h1_and_h2c_with_expect_continue() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_proxy_to_another_upstream() {
+    let (first, second) = (Origin::start().await, Origin::start().await);
+    let dir = static_folder("proxy-reload");
+    let sluice = Sluice::start_logged(&config(first.addr, &dir.0, "")).await;
+    let before = send(sluice.addr, "GET", "/api/which", &[], Bytes::new()).await;
+    assert_eq!(before.status, StatusCode::OK);
+    assert!(
+        sluice.reload(&config(second.addr, &dir.0, "")).await,
+        "reload refused"
+    );
+    let after = send(sluice.addr, "GET", "/api/which", &[], Bytes::new()).await;
+    assert_eq!(after.status, StatusCode::OK);
+    assert_eq!(
+        (
+            first.seen("/api/which").len(),
+            second.seen("/api/which").len()
+        ),
+        (1, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_verified_with_its_ca_file() {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+    let origin = Origin::start_tls(&cert.cert.pem(), cert.key_pair.serialize_der()).await;
+    let dir = static_folder("proxy-https");
+    let ca = dir.0.join("origin-ca.pem");
+    std::fs::write(&ca, cert.cert.pem()).expect("write CA");
+    let https = |extra: &str| config(origin.addr, &dir.0, extra).replace("\"http://", "\"https://");
+    let sluice = Sluice::start(&https(&format!("ca_file = \"{}\"", ca.display()))).await;
+    let resp = send(
+        sluice.addr,
+        "POST",
+        "/echo",
+        &[],
+        Bytes::from_static(b"over TLS"),
+    )
+    .await;
+    assert_eq!(
+        (resp.status, resp.body),
+        (StatusCode::OK, Bytes::from_static(b"over TLS"))
+    );
+
+    // Without the CA file, the system's CAs do not know the origin's certificate: 502.
+    let sluice = Sluice::start(&https("")).await;
+    let resp = send(sluice.addr, "GET", "/api/untrusted", &[], Bytes::new()).await;
+    assert_eq!(resp.status, StatusCode::BAD_GATEWAY);
+    assert!(origin.seen("/api/untrusted").is_empty());
+}

@@ -63,7 +63,29 @@ impl Drop for Origin {
 }
 
 impl Origin {
+    /// Cleartext HTTP/1.1.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// HTTP/1.1 over TLS, with this certificate (PEM) and key (PKCS#8 DER).
+    pub async fn start_tls(cert_pem: &str, key_der: Vec<u8>) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate");
+        let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key_der).into();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("certificate and key");
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
         let addr = listener.local_addr().expect("origin address");
         let state = Arc::new(State::default());
@@ -71,14 +93,33 @@ impl Origin {
         let server = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let state = shared.clone();
-                let connection = state.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        answer(req, state.clone(), connection)
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
+                    // Counted once it speaks HTTP (a refused TLS handshake is no connection).
+                    let service = |connection| {
+                        let state = state.clone();
+                        hyper::service::service_fn(move |req| {
+                            answer(req, state.clone(), connection)
+                        })
+                    };
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let connection = shared_count(&state);
+                            let _ = http
+                                .serve_connection(TokioIo::new(tcp), service(connection))
+                                .await;
+                        }
+                        Some(tls) => {
+                            let Ok(tcp) = tls.accept(tcp).await else {
+                                return;
+                            };
+                            let connection = shared_count(&state);
+                            let _ = http
+                                .serve_connection(TokioIo::new(tcp), service(connection))
+                                .await;
+                        }
+                    }
                 });
             }
         });
@@ -119,6 +160,11 @@ impl Origin {
         streams.insert(path.to_owned(), rx);
         tx
     }
+}
+
+/// Counts one more connection; returns its number.
+fn shared_count(state: &State) -> usize {
+    state.connections.fetch_add(1, Ordering::SeqCst) + 1
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
