@@ -159,7 +159,7 @@ pub async fn pipe(
                     Some(_) => Error::Cut("the upstream went silent within a response"),
                 });
             }
-            _ = shutdown.changed(), if response.event_stream && !*shutdown.borrow() => {
+            () = shut_down(&mut shutdown), if response.event_stream => {
                 // Ended cleanly: an EventSource reconnects (to another process, after an upgrade).
                 finish(session).await?;
                 return Ok(false);
@@ -169,6 +169,16 @@ pub async fn pipe(
     drop((tx, rx));
     task.settle().await;
     Ok(request_done && !body_abandoned)
+}
+
+/// Resolves once the server is shutting down (at once if it already is).
+async fn shut_down(shutdown: &mut ShutdownWatch) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            // No one can shut the server down any more: never.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Passes one piece of the upstream's response to the client.

