@@ -1,14 +1,14 @@
 //! The configuration file: loading it, locating errors, and the one home of every default and bound.
 //!
 //! Two layers: `raw` mirrors the TOML for serde; one module per section validates it into runtime
-//! types that cannot hold an invalid value (`server`, `auth`, `brokers`, `routes`, `simulator`, `operations` for
-//! `[admin]` and `[log]`, `proxy`; the
-//! number and duration checks they share are in `values`). Nothing after start-up sees the serde
-//! layer. Every error names the file, line and column it comes from (`PATH:LINE:COLUMN: reason`).
+//! types that cannot hold an invalid value (`server`, `auth`, `brokers`, `routes`, `simulator`,
+//! `operations` for `[admin]` and `[log]`, `proxy`; the number and duration checks they share are
+//! in `values`). Nothing after start-up sees the serde layer. Every error names the file, line and
+//! column it comes from (`PATH:LINE:COLUMN: reason`).
 //! A runtime type lives with the module that uses it ([`Overflow`] in `stream`, `Retention` in
 //! `replay`, `EventName` in `sse`, `Cors` in `cors`, [`Simulator`] in `simulator`, [`AuthConfig`] in
-//! `auth`, `Upstream` in `proxy`); the ones the whole gateway reads ([`Server`], [`Broker`], [`Route`]) are defined by
-//! their section's module and re-exported here.
+//! `auth`, `Upstream` in `proxy`); the ones the whole gateway reads ([`Server`], [`Broker`],
+//! [`Route`]) are defined by their section's module and re-exported here.
 
 mod auth;
 mod brokers;
@@ -196,8 +196,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates configuration text; `base` resolves relative file paths (the file's folder).
 /// Sections are checked in a fixed order (server, auth, brokers, routes, simulator, admin, log,
-/// proxy), so a file with
-/// several errors always reports the same one.
+/// proxy), so a file with several errors always reports the same one.
 pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigError> {
     let at = Locator { file, source };
     let raw: raw::RawConfig = toml::from_str(source)

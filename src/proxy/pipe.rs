@@ -105,7 +105,10 @@ pub async fn pipe(
             task = rx.recv() => {
                 deadline = Instant::now() + read_timeout;
                 match task {
-                    Some(task) => answer(session, task, &method, expects_continue, &mut response).await?,
+                    Some(task) => {
+                        let context = (&method, expects_continue);
+                        answer(session, task, context, &mut response).await?;
+                    }
                     None => {
                         // Ended without its last piece: the error, if pingora sent one, says why.
                         return Err(failed(&response, error_rx.try_recv().ok().as_deref()));
@@ -182,13 +185,14 @@ async fn shut_down(shutdown: &mut ShutdownWatch) {
 }
 
 /// Passes one piece of the upstream's response to the client.
+/// `request`: its method, and whether it asked for `100 Continue`.
 async fn answer(
     session: &mut ServerSession,
     task: HttpTask,
-    method: &Method,
-    expects_continue: bool,
+    request: (&Method, bool),
     response: &mut Response,
 ) -> Result<(), Error> {
+    let (method, expects_continue) = request;
     match task {
         HttpTask::Header(mut head, end) => {
             let status = head.status.as_u16();
