@@ -39,6 +39,19 @@ pub enum Error {
     Read(pingora::BError),
     #[error("writing the response: {0}")]
     Write(pingora::BError),
+    /// The proxied application could not be reached or answered badly (the detail is logged, never
+    /// sent).
+    #[error("bad gateway: the application behind sluice did not answer")]
+    BadGateway,
+    #[error("gateway timeout: the application behind sluice did not answer in time")]
+    GatewayTimeout,
+    /// A request whose body framing sluice will not pass on.
+    #[error("bad request: {0}")]
+    Framing(&'static str),
+    /// A proxied exchange that ended without a complete response (the client left, or the upstream
+    /// failed once the response had started): the connection is closed, nothing more is written.
+    #[error("proxied response cut short: {0}")]
+    Cut(&'static str),
 }
 
 impl Error {
@@ -59,14 +72,16 @@ impl Error {
             Error::Bridge(BridgeError::Unavailable(_)) => 503,
             Error::Bridge(BridgeError::Broker(_)) => 502,
             Error::Bridge(BridgeError::Unsupported(_)) => 500,
-            Error::Read(_) => 400,
-            Error::Internal(_) | Error::Http(_) | Error::Write(_) => 500,
+            Error::Read(_) | Error::Framing(_) => 400,
+            Error::BadGateway => 502,
+            Error::GatewayTimeout => 504,
+            Error::Internal(_) | Error::Http(_) | Error::Write(_) | Error::Cut(_) => 500,
         }
     }
 
     /// False when the connection itself failed, so no response can be written.
     pub fn is_response(&self) -> bool {
-        !matches!(self, Error::Write(_))
+        !matches!(self, Error::Write(_) | Error::Cut(_))
     }
 
     /// The headers this error's response carries besides CORS: what is allowed, how to
@@ -84,8 +99,8 @@ impl Error {
     }
 
     /// Whether the connection may serve another request after this error's response: not when the
-    /// request's body may be left unread in it (a refused publish), so the next request would start
-    /// inside that body.
+    /// request's body may be left unread in it (a refused publish, a failed proxied request), so the
+    /// next request would start inside that body.
     pub fn keeps_connection(&self) -> bool {
         !matches!(
             self,
@@ -93,6 +108,9 @@ impl Error {
                 | Error::Bridge(BridgeError::PayloadTooLarge { .. })
                 | Error::Unauthorized(_)
                 | Error::Forbidden(_)
+                | Error::BadGateway
+                | Error::GatewayTimeout
+                | Error::Framing(_)
         )
     }
 }

@@ -24,6 +24,8 @@
 //! - [`http`]: the pingora app: HTTP/1.1, h2c and TLS h2; what a request asks for (routing with
 //!   [`route`], limits, tokens), opening streams and handing them to their wires (HTTP/1.x raw
 //!   connection, HTTP/2 send half); [`error`] decides every error's response.
+//! - [`proxy`]: pass-through proxying: what no sluice path, route or static file answers goes to
+//!   the `[proxy]` upstream through pingora's proxy, event streams flushed chunk by chunk.
 //! - [`simulator`]: simulated IoT devices publishing on a memory broker, for the demo dashboard.
 //! - [`shutdown`]: signals: SIGTERM closes every stream with a randomised `retry:` (a second signal
 //!   exits); SIGQUIT and SIGUSR2 hand the listening sockets to a new process (graceful upgrade).
@@ -48,6 +50,7 @@ pub mod hub;
 pub mod keys;
 pub mod limits;
 pub mod logging;
+pub mod proxy;
 pub mod pump;
 pub mod reload;
 pub mod replay;

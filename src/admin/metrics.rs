@@ -90,6 +90,7 @@ pub struct Metrics {
     pub(super) broker_subscriptions: IntGaugeVec,
     pub(super) connections_open: IntGaugeVec,
     http_requests: IntCounterVec,
+    proxy_requests: IntCounterVec,
     pub(super) config_reloads: IntCounterVec,
     pub(super) config_last_reload_success: Gauge,
     /// Each route's handles by path template: a reload that keeps a path keeps its counters.
@@ -208,6 +209,13 @@ impl Metrics {
                 "Requests answered with a complete response (not streams), by status.",
                 &["status"],
             ),
+            proxy_requests: counters(
+                r,
+                "sluice_proxy_requests_total",
+                "Requests passed to the [proxy] upstream, by the status of the response sent \
+                 (502 and 504 when the upstream failed).",
+                &["status"],
+            ),
             config_reloads: counters(
                 r,
                 "sluice_config_reloads_total",
@@ -278,6 +286,12 @@ impl Metrics {
     pub fn http_request(&self, status: u16) {
         let status = status_label(status);
         self.http_requests.with_label_values(&[status]).inc();
+    }
+
+    /// A request passed to the `[proxy]` upstream, answered with `status`.
+    pub fn proxy_request(&self, status: u16) {
+        let status = status_label(status);
+        self.proxy_requests.with_label_values(&[status]).inc();
     }
 
     /// The exposition of every metric in Prometheus text format 0.0.4.

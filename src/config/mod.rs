@@ -1,19 +1,20 @@
 //! The configuration file: loading it, locating errors, and the one home of every default and bound.
 //!
 //! Two layers: `raw` mirrors the TOML for serde; one module per section validates it into runtime
-//! types that cannot hold an invalid value (`server`, `auth`, `brokers`, `routes`, `simulator`, `operations` for
-//! `[admin]` and `[log]`; the
-//! number and duration checks they share are in `values`). Nothing after start-up sees the serde
-//! layer. Every error names the file, line and column it comes from (`PATH:LINE:COLUMN: reason`).
+//! types that cannot hold an invalid value (`server`, `auth`, `brokers`, `routes`, `simulator`,
+//! `operations` for `[admin]` and `[log]`, `proxy`; the number and duration checks they share are
+//! in `values`). Nothing after start-up sees the serde layer. Every error names the file, line and
+//! column it comes from (`PATH:LINE:COLUMN: reason`).
 //! A runtime type lives with the module that uses it ([`Overflow`] in `stream`, `Retention` in
 //! `replay`, `EventName` in `sse`, `Cors` in `cors`, [`Simulator`] in `simulator`, [`AuthConfig`] in
-//! `auth`); the ones the whole gateway reads ([`Server`], [`Broker`], [`Route`]) are defined by
-//! their section's module and re-exported here.
+//! `auth`, `Upstream` in `proxy`); the ones the whole gateway reads ([`Server`], [`Broker`],
+//! [`Route`]) are defined by their section's module and re-exported here.
 
 mod auth;
 mod brokers;
 mod operations;
 mod origin;
+mod proxy;
 mod raw;
 mod routes;
 mod server;
@@ -56,6 +57,8 @@ pub struct Config {
     /// The admin listener, if `[admin]` is configured.
     pub admin: Option<Admin>,
     pub log_format: LogFormat,
+    /// Where requests that sluice does not answer itself go, if `[proxy]` is configured.
+    pub proxy: Option<std::sync::Arc<crate::proxy::Upstream>>,
 }
 
 impl Config {
@@ -150,6 +153,11 @@ pub const DEFAULT_REPLAY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(60);
 pub const DEFAULT_SIMULATED_DEVICES: usize = 4;
 pub const DEFAULT_SIMULATOR_INTERVAL: Duration = Duration::from_secs(1);
+/// `[proxy] connect_timeout`: TCP and TLS to the upstream.
+pub const DEFAULT_PROXY_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `[proxy] read_timeout`: the upstream's silence before its response head, or within a response
+/// body that is not an event stream (nginx's `proxy_read_timeout` default).
+pub const DEFAULT_PROXY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---- loading and validation ------------------------------------------------------------------
 
@@ -188,8 +196,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Parses and validates configuration text; `base` resolves relative file paths (the file's folder).
-/// Sections are checked in a fixed order (server, auth, brokers, routes, simulator, admin, log), so a file with
-/// several errors always reports the same one.
+/// Sections are checked in a fixed order (server, auth, brokers, routes, simulator, admin, log,
+/// proxy), so a file with several errors always reports the same one.
 pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigError> {
     let at = Locator { file, source };
     let raw: raw::RawConfig = toml::from_str(source)
@@ -213,6 +221,10 @@ pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigErro
         Some(log) => operations::validate_log(&at, log)?,
         None => LogFormat::default(),
     };
+    let proxy = match raw.proxy {
+        Some(proxy) => Some(std::sync::Arc::new(proxy::validate(&at, proxy, base)?)),
+        None => None,
+    };
     Ok(Config {
         server,
         auth,
@@ -221,6 +233,7 @@ pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigErro
         simulator,
         admin,
         log_format,
+        proxy,
     })
 }
 

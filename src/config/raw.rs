@@ -21,6 +21,16 @@ pub(super) struct RawConfig {
     pub simulator: Option<RawSimulator>,
     pub admin: Option<RawAdmin>,
     pub log: Option<RawLog>,
+    pub proxy: Option<RawProxy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProxy {
+    pub upstream: Spanned<String>,
+    pub ca_file: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub read_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

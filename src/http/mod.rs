@@ -3,7 +3,8 @@
 //!
 //! - [`request`]: routing, request size limits, topics, resume positions and the token check.
 //! - [`session`]: opening a stream (limits, subscribing, the response head) and serving it.
-//! - [`publish`]: a `POST` published to its broker.
+//! - [`publish`]: a `POST` published to its broker; [`crate::proxy`] passes what no route,
+//!   static file or sluice path answers to the `[proxy]` upstream.
 //! - [`respond`]: complete small responses, and the raw `400` for a head that does not parse.
 //! - [`wire`]: the HTTP/1.x and HTTP/2 wires a stream is written to; [`compressed`]: the wire in
 //!   front of them that compresses a stream.
@@ -55,6 +56,8 @@ pub struct Gateway {
     admission: Admission,
     /// Starts the one task that closes every stream's queue when the server shuts down.
     shutdown_watcher: Once,
+    /// Passes what sluice does not answer to the `[proxy]` upstream.
+    proxy: crate::proxy::Proxy,
 }
 
 /// A stream refused by admission control, told when to come back. An `EventSource` (it asks for
@@ -89,6 +92,9 @@ enum Reuse {
     Yes,
     /// An SSE stream was opened: pump it, then close.
     Stream(Box<StreamFeed>),
+    /// The response is complete but the connection cannot serve another request (a proxied
+    /// request whose body was not read whole).
+    Close,
 }
 
 impl Gateway {
@@ -119,6 +125,7 @@ impl Gateway {
             connections,
             pump_settings,
             shutdown_watcher: Once::new(),
+            proxy: crate::proxy::Proxy::default(),
         }
     }
 
@@ -149,6 +156,7 @@ impl Gateway {
         routing: &Routing,
         session: &mut ServerSession,
         cors_headers: &[(&'static str, String)],
+        shutdown: &ShutdownWatch,
     ) -> Result<Reuse, Error> {
         check_sizes(session.req_header())?;
         match route(&routing.config, session.req_header())? {
@@ -197,6 +205,21 @@ impl Gateway {
                 let opened = self.open_stream(routing, session, at, topics, grant, cors_headers);
                 Ok(Reuse::Stream(opened.await?))
             }
+            Action::Proxy => {
+                let upstream = routing.config.proxy.as_ref();
+                let upstream = upstream.ok_or(Error::Internal("proxied without [proxy]"))?;
+                let forwarded = self.proxy.forward(upstream, session, shutdown).await;
+                match forwarded {
+                    Ok(true) => Ok(Reuse::Yes),
+                    Ok(false) => Ok(Reuse::Close),
+                    Err(error) => {
+                        if error.is_response() {
+                            crate::admin::metrics::global().proxy_request(error.status());
+                        }
+                        Err(error)
+                    }
+                }
+            }
         }
     }
 
@@ -211,6 +234,11 @@ impl Gateway {
     ) -> bool {
         if !error.is_response() {
             tracing::debug!(%error, "connection ended");
+            if let Error::Cut(_) = error {
+                // A response cut short must not look complete: an HTTP/2 stream is reset (an
+                // HTTP/1.1 connection is closed, as the caller does next).
+                session.shutdown().await;
+            }
             return false;
         }
         let request = redacted_request_line(
@@ -269,7 +297,8 @@ impl HttpServerApp for Gateway {
         let busy = self.connections.request(&session);
         session.set_write_timeout(Some(server.write_timeout));
         let cors_headers = cors::response_headers(server.cors.as_ref(), session.req_header());
-        let reuse = match self.handle(&routing, &mut session, &cors_headers).await {
+        let handled = self.handle(&routing, &mut session, &cors_headers, shutdown);
+        let reuse = match handled.await {
             Ok(reuse) => reuse,
             Err(error) => {
                 let answered = self.answer_error(&routing, &mut session, error, cors_headers);
@@ -286,6 +315,10 @@ impl HttpServerApp for Gateway {
             // replaced configuration in memory for as long as it runs.
             drop(routing);
             self.serve_stream(session, feed, write_timeout).await;
+            return None;
+        }
+        if let Reuse::Close = reuse {
+            // pingora would read what is left of the body to reuse the connection: close instead.
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);

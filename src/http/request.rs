@@ -28,15 +28,33 @@ pub(super) enum Action<'a> {
     Stream(usize, &'a Route, Vec<String>),
     /// A publish through route number `usize` to this topic.
     Publish(usize, &'a Route, String),
+    /// Passed to the `[proxy]` upstream.
+    Proxy,
 }
 
 /// Matches method and path to an action, or to the error status that answers it.
+///
+/// In this order: sluice's own paths (`/healthz`, `/readyz`), the routes (in file order; a route's
+/// path answers every method, those it does not take with `405`), the static files (`GET` and
+/// `HEAD` of a file that exists), then the `[proxy]` upstream, if any, else `404`. An `OPTIONS`
+/// is answered as a CORS preflight, except with a proxy, where only sluice's own paths and the
+/// routes' are: the application answers its own.
 pub(super) fn route<'a>(config: &'a Config, request: &RequestHeader) -> Result<Action<'a>, Error> {
     let (method, path) = (&request.method, request.uri.path());
+    let own_path = path == "/healthz" || path == "/readyz";
     if *method == Method::OPTIONS {
-        return Ok(Action::Preflight);
+        let routed = || {
+            config
+                .routes
+                .iter()
+                .any(|r| r.path.matches(path, r.syntax).is_some())
+        };
+        if config.proxy.is_none() || own_path || routed() {
+            return Ok(Action::Preflight);
+        }
+        return Ok(Action::Proxy);
     }
-    if path == "/healthz" || path == "/readyz" {
+    if own_path {
         return match *method {
             Method::GET | Method::HEAD if path == "/healthz" => Ok(Action::Health),
             Method::GET | Method::HEAD => Ok(Action::Ready),
@@ -74,6 +92,9 @@ pub(super) fn route<'a>(config: &'a Config, request: &RequestHeader) -> Result<A
         if let Some(file) = files::resolve(dir, path) {
             return Ok(Action::File(file));
         }
+    }
+    if config.proxy.is_some() {
+        return Ok(Action::Proxy);
     }
     Err(Error::NotFound)
 }
@@ -246,6 +267,29 @@ max_topics = 2
         assert_eq!(status(route("DELETE", "/rooms/lobby")), 405);
         assert_eq!(status(route("GET", "/rooms/a%2Fb")), 400);
         assert_eq!(status(route("GET", "/nowhere")), 404);
+    }
+
+    #[test]
+    fn with_a_proxy_what_sluice_does_not_answer_goes_upstream() {
+        let text = format!("{ROUTES}\n[proxy]\nupstream = \"http://127.0.0.1:9\"\n");
+        let config = parse("test.toml", &text, Path::new(".")).expect("a valid config");
+        let route = |method, target| super::route(&config, &request(method, target, &[]));
+        assert!(matches!(route("GET", "/api/x"), Ok(Action::Proxy)));
+        assert!(matches!(route("POST", "/"), Ok(Action::Proxy)));
+        assert!(matches!(route("OPTIONS", "/api/x"), Ok(Action::Proxy)));
+        // Sluice's own paths and the routes' keep priority, preflights and wrong methods included.
+        assert!(matches!(
+            route("OPTIONS", "/rooms/a"),
+            Ok(Action::Preflight)
+        ));
+        assert!(matches!(
+            route("OPTIONS", "/healthz"),
+            Ok(Action::Preflight)
+        ));
+        assert!(matches!(route("GET", "/healthz"), Ok(Action::Health)));
+        assert!(matches!(route("GET", "/rooms/a"), Ok(Action::Stream(..))));
+        assert_eq!(status(route("DELETE", "/rooms/a")), 405);
+        assert_eq!(status(route("POST", "/healthz")), 405);
     }
 
     #[test]

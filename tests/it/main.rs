@@ -22,6 +22,7 @@ mod nats;
 mod operations;
 mod origin;
 mod protocols;
+mod proxy;
 mod reload;
 mod resume;
 mod support;
