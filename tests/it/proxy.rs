@@ -479,66 +479,27 @@ async fn an_upstream_that_fails_is_a_502_or_504_that_says_nothing_of_it() {
 
     // An upstream that fails within its response: the client's response is cut short, not
     // completed as if it were whole.
-    let cut = origin.cut("midway");
-    cut.send(Bytes::from_static(b"first part"))
-        .expect("origin stream");
-    let rest = within("a cut response", async {
-        let io = TokioIo::new(TcpStream::connect(sluice.addr).await.expect("connect"));
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let req = Request::get("/cut/midway")
-            .header("host", "x")
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        let mut resp = sender.send_request(req).await.expect("response head");
-        assert_eq!(resp.status(), StatusCode::OK);
-        let first = resp
-            .body_mut()
-            .frame()
-            .await
-            .expect("a first piece")
-            .expect("first piece");
-        assert_eq!(
-            first.into_data().ok(),
-            Some(Bytes::from_static(b"first part"))
-        );
-        drop(cut);
-        resp.into_body().collect().await
-    })
-    .await;
-    assert!(rest.is_err(), "a cut response read as complete");
-    // Over HTTP/2 the stream is reset.
-    let cut = origin.cut("midway-h2");
-    cut.send(Bytes::from_static(b"first part"))
-        .expect("origin stream");
-    let rest = within("a cut h2 response", async {
-        let io = TokioIo::new(TcpStream::connect(sluice.addr).await.expect("connect"));
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .expect("h2c handshake");
-        tokio::spawn(conn);
-        let req = Request::get(format!("http://{}/cut/midway-h2", sluice.addr))
-            .body(Full::new(Bytes::new()))
-            .expect("request");
-        let mut resp = sender.send_request(req).await.expect("response head");
-        assert_eq!(resp.status(), StatusCode::OK);
-        let first = resp
-            .body_mut()
-            .frame()
-            .await
-            .expect("a first piece")
-            .expect("first piece");
-        assert_eq!(
-            first.into_data().ok(),
-            Some(Bytes::from_static(b"first part"))
-        );
-        drop(cut);
-        resp.into_body().collect().await
-    })
-    .await;
-    assert!(rest.is_err(), "a cut h2 response read as complete");
+    for h2 in [false, true] {
+        let name = if h2 { "midway-h2" } else { "midway" };
+        let cut = origin.cut(name);
+        cut.send(Bytes::from_static(b"first part"))
+            .expect("origin stream");
+        let rest = within("a cut response", async {
+            let mut resp = cut_request(sluice.addr, name, h2).await;
+            assert_eq!(resp.status(), StatusCode::OK);
+            let first = resp.body_mut().frame().await;
+            let first = first.expect("a first piece").expect("first piece");
+            assert_eq!(
+                first.into_data().ok(),
+                Some(Bytes::from_static(b"first part"))
+            );
+            drop(cut);
+            resp.into_body().collect().await
+        })
+        .await;
+        // Over HTTP/1.1 the connection is closed, over HTTP/2 the stream reset.
+        assert!(rest.is_err(), "a cut response read as complete (h2: {h2})");
+    }
 
     // The connection to the upstream is still good for the next request.
     let after = send(sluice.addr, "GET", "/api/after", &[], Bytes::new()).await;
@@ -645,4 +606,32 @@ async fn an_https_upstream_is_verified_with_its_ca_file() {
     let resp = send(sluice.addr, "GET", "/api/untrusted", &[], Bytes::new()).await;
     assert_eq!(resp.status, StatusCode::BAD_GATEWAY);
     assert!(origin.seen("/api/untrusted").is_empty());
+}
+
+/// `GET /cut/NAME` on a fresh connection, HTTP/1.1 or h2c; returns the response head.
+async fn cut_request(
+    addr: SocketAddr,
+    name: &str,
+    h2: bool,
+) -> hyper::Response<hyper::body::Incoming> {
+    let io = TokioIo::new(TcpStream::connect(addr).await.expect("connect"));
+    // HTTP/2 names the authority in the target, HTTP/1.1 in a `host` header.
+    let request = if h2 {
+        Request::get(format!("http://{addr}/cut/{name}"))
+    } else {
+        Request::get(format!("/cut/{name}")).header("host", "x")
+    };
+    let request = request.body(Full::new(Bytes::new())).expect("request");
+    if h2 {
+        let handshake = hyper::client::conn::http2::handshake(TokioExecutor::new(), io);
+        let (mut sender, conn) = handshake.await.expect("h2c handshake");
+        tokio::spawn(conn);
+        sender.send_request(request).await.expect("response head")
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        sender.send_request(request).await.expect("response head")
+    }
 }
