@@ -38,6 +38,14 @@ async fn start(origin: &Origin) -> Sluice {
     Sluice::start_opts(&config(origin), options).await
 }
 
+/// A browser's stream on `path`, once its upstream stream is the origin's only one.
+async fn watch(sluice: &Sluice, origin: &Origin, path: &str) -> SseStream {
+    let mut browser = h1_stream(sluice.addr, path).await;
+    browser.opened().await;
+    upstreams(origin, 1).await;
+    browser
+}
+
 /// Waits until the origin has exactly `n` open streams.
 async fn upstreams(origin: &Origin, n: usize) {
     let what = format!("{n} open upstream streams");
@@ -104,9 +112,7 @@ async fn one_upstream_stream_serves_a_hundred_browsers() {
 async fn a_dropped_upstream_is_resumed_with_the_last_event_id() {
     let origin = Origin::start().await;
     let sluice = start(&origin).await;
-    let mut browser = h1_stream(sluice.addr, "/builds/1/log").await;
-    browser.opened().await;
-    upstreams(&origin, 1).await;
+    let mut browser = watch(&sluice, &origin, "/builds/1/log").await;
     origin.send("id: a1\ndata: first\n\n");
     assert_eq!(browser.next_event().await.data, "first");
     origin.drop_streams();
@@ -128,9 +134,7 @@ async fn a_dropped_upstream_is_resumed_with_the_last_event_id() {
 async fn an_origin_that_fails_is_retried_and_the_browsers_get_a_gap() {
     let origin = Origin::start().await;
     let sluice = start(&origin).await;
-    let mut browser = h1_stream(sluice.addr, "/builds/2/log").await;
-    browser.opened().await;
-    upstreams(&origin, 1).await;
+    let mut browser = watch(&sluice, &origin, "/builds/2/log").await;
     origin.send("id: b1\ndata: one\n\n");
     assert_eq!(browser.next_event().await.data, "one");
     origin.answer_with(Some(500));
@@ -163,9 +167,7 @@ async fn an_origin_that_fails_is_retried_and_the_browsers_get_a_gap() {
 async fn with_replay_sluice_gives_its_own_ids_and_resumes_browsers() {
     let origin = Origin::start().await;
     let sluice = start(&origin).await;
-    let mut browser = h1_stream(sluice.addr, "/replayed/9").await;
-    browser.opened().await;
-    upstreams(&origin, 1).await;
+    let mut browser = watch(&sluice, &origin, "/replayed/9").await;
     origin.send("id: u1\ndata: one\n\nid: u2\ndata: two\n\n");
     let one = browser.next_event().await;
     assert_eq!(one.data, "one");
@@ -218,9 +220,7 @@ async fn an_origin_that_refuses_a_stream_is_a_bad_gateway() {
 async fn an_endless_upstream_event_is_cut_off_and_the_stream_resumed() {
     let origin = Origin::start().await;
     let sluice = start(&origin).await;
-    let mut browser = h1_stream(sluice.addr, "/builds/3/log").await;
-    browser.opened().await;
-    upstreams(&origin, 1).await;
+    let mut browser = watch(&sluice, &origin, "/builds/3/log").await;
     origin.send("id: c1\ndata: small\n\n");
     assert_eq!(browser.next_event().await.data, "small");
     // Over a MiB with no line end: sluice does not hold it, it reconnects.
@@ -295,9 +295,7 @@ async fn an_https_origin_is_verified_against_the_ca_file() {
 async fn a_dropped_upstream_without_ids_is_a_gap() {
     let origin = Origin::start().await;
     let sluice = start(&origin).await;
-    let mut browser = h1_stream(sluice.addr, "/builds/5/log").await;
-    browser.opened().await;
-    upstreams(&origin, 1).await;
+    let mut browser = watch(&sluice, &origin, "/builds/5/log").await;
     origin.send("data: no id\n\n");
     assert_eq!(browser.next_event().await.data, "no id");
     origin.drop_streams();
