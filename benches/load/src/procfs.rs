@@ -1,5 +1,6 @@
-//! CPU time and resident memory of server processes, from /proc.
+//! CPU time, resident memory and TCP connections of server processes, from /proc.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 /// Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on Linux).
@@ -70,4 +71,29 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
                 .ok()
         })
         .sum()
+}
+
+/// The peer addresses of the ESTABLISHED IPv4 TCP connections whose local port is `port` (the
+/// connections a server listening on `port` has open), from /proc/net/tcp.
+pub fn established_peers(port: u16) -> Vec<Ipv4Addr> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return Vec::new();
+    };
+    // `sl local_address rem_address st ...`, addresses as HEXIP:HEXPORT, state 01 = ESTABLISHED.
+    let address = |field: &str| {
+        let (ip, port) = field.split_once(':')?;
+        // The kernel prints the address's four bytes as one native-endian number.
+        let ip = u32::from_str_radix(ip, 16).ok()?.to_ne_bytes();
+        Some((Ipv4Addr::from(ip), u16::from_str_radix(port, 16).ok()?))
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let (_, local_port) = address(fields.next()?)?;
+            let (peer, _) = address(fields.next()?)?;
+            (local_port == port && fields.next()? == "01").then_some(peer)
+        })
+        .collect()
 }
