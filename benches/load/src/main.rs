@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 #[derive(Parser)]
-#[command(about = "sluice vs nginx+Nchan vs an ideal fan-out server, on 127.0.0.1")]
+#[command(
+    about = "sluice vs nginx+Nchan vs an ideal fan-out server (--origin: vs nginx proxy_pass), on 127.0.0.1"
+)]
 struct Cli {
     /// A short smoke run: 200 subscribers, short phases.
     #[arg(long)]
