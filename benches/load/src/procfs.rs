@@ -97,3 +97,19 @@ pub fn established_peers(port: u16) -> Vec<Ipv4Addr> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::established_peers;
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+
+    #[test]
+    fn counts_the_connections_on_a_port_by_peer() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        assert!(established_peers(port).is_empty());
+        let _client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let _accepted = listener.accept().expect("accept");
+        assert_eq!(established_peers(port), vec![Ipv4Addr::LOCALHOST]);
+    }
+}
