@@ -8,7 +8,7 @@
 use crate::servers::{Kind, Running};
 use crate::stats::Stats;
 use crate::{measure, procfs, report, spawn_h1, wait_until, warm_up, Phases, Row, RUN};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,9 +57,9 @@ fn kind(workers: Option<u8>, origin: u16) -> Kind {
 /// The fewest and the most connections the origin had open to the server, sampled every second.
 type Seen = Arc<Mutex<(usize, usize)>>;
 
-/// Connections to the origin on `port` not from the publisher.
+/// Connections to the origin on 127.0.0.1:`port` not from the publisher.
 fn server_connections(port: u16) -> usize {
-    procfs::established_peers(port)
+    procfs::established_peers(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
         .into_iter()
         .filter(|peer| *peer != PUBLISHER_IP)
         .count()

@@ -1,6 +1,6 @@
 //! CPU time, resident memory and TCP connections of server processes, from /proc.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
 /// Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on Linux).
@@ -73,9 +73,10 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
         .sum()
 }
 
-/// The peer addresses of the ESTABLISHED IPv4 TCP connections whose local port is `port` (the
-/// connections a server listening on `port` has open), from /proc/net/tcp.
-pub fn established_peers(port: u16) -> Vec<Ipv4Addr> {
+/// The peer addresses of the ESTABLISHED IPv4 TCP connections whose local address is `local` (the
+/// connections a server listening there has open), from /proc/net/tcp. The address counts, not just
+/// the port: a client socket on another loopback address may have the same port as its local one.
+pub fn established_peers(local: SocketAddrV4) -> Vec<Ipv4Addr> {
     let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
         return Vec::new();
     };
@@ -91,9 +92,9 @@ pub fn established_peers(port: u16) -> Vec<Ipv4Addr> {
         .skip(1)
         .filter_map(|line| {
             let mut fields = line.split_whitespace().skip(1);
-            let (_, local_port) = address(fields.next()?)?;
+            let (ip, port) = address(fields.next()?)?;
             let (peer, _) = address(fields.next()?)?;
-            (local_port == port && fields.next()? == "01").then_some(peer)
+            (SocketAddrV4::new(ip, port) == local && fields.next()? == "01").then_some(peer)
         })
         .collect()
 }
@@ -101,15 +102,19 @@ pub fn established_peers(port: u16) -> Vec<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::established_peers;
-    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+    use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 
     #[test]
-    fn counts_the_connections_on_a_port_by_peer() {
+    fn counts_the_connections_to_an_address_by_peer() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        assert!(established_peers(port).is_empty());
-        let _client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        assert!(established_peers(local).is_empty());
+        let _client = TcpStream::connect(local).expect("connect");
         let _accepted = listener.accept().expect("accept");
-        assert_eq!(established_peers(port), vec![Ipv4Addr::LOCALHOST]);
+        assert_eq!(established_peers(local), vec![Ipv4Addr::LOCALHOST]);
+        // The same port on another loopback address is another socket.
+        let other = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), port);
+        assert!(established_peers(other).is_empty());
     }
 }
