@@ -61,7 +61,7 @@ type Seen = Arc<Mutex<(usize, usize)>>;
 fn server_connections(port: u16) -> usize {
     procfs::established_peers(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
         .into_iter()
-        .filter(|peer| *peer != PUBLISHER_IP)
+        .filter(|peer| *peer.ip() != PUBLISHER_IP)
         .count()
 }
 

@@ -1,5 +1,6 @@
 //! CPU time, resident memory and TCP connections of server processes, from /proc.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
@@ -73,28 +74,33 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
         .sum()
 }
 
-/// The peer addresses of the ESTABLISHED IPv4 TCP connections whose local address is `local` (the
+/// The peers of the ESTABLISHED IPv4 TCP connections whose local address is `local` (the
 /// connections a server listening there has open), from /proc/net/tcp. The address counts, not just
 /// the port: a client socket on another loopback address may have the same port as its local one.
-pub fn established_peers(local: SocketAddrV4) -> Vec<Ipv4Addr> {
+/// /proc/net/tcp is not a snapshot (a socket can be listed twice while others come and go): each
+/// peer is counted once.
+pub fn established_peers(local: SocketAddrV4) -> BTreeSet<SocketAddrV4> {
     let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
-        return Vec::new();
+        return BTreeSet::new();
     };
     // `sl local_address rem_address st ...`, addresses as HEXIP:HEXPORT, state 01 = ESTABLISHED.
     let address = |field: &str| {
         let (ip, port) = field.split_once(':')?;
         // The kernel prints the address's four bytes as one native-endian number.
         let ip = u32::from_str_radix(ip, 16).ok()?.to_ne_bytes();
-        Some((Ipv4Addr::from(ip), u16::from_str_radix(port, 16).ok()?))
+        Some(SocketAddrV4::new(
+            Ipv4Addr::from(ip),
+            u16::from_str_radix(port, 16).ok()?,
+        ))
     };
     table
         .lines()
         .skip(1)
         .filter_map(|line| {
             let mut fields = line.split_whitespace().skip(1);
-            let (ip, port) = address(fields.next()?)?;
-            let (peer, _) = address(fields.next()?)?;
-            (SocketAddrV4::new(ip, port) == local && fields.next()? == "01").then_some(peer)
+            let at = address(fields.next()?)?;
+            let peer = address(fields.next()?)?;
+            (at == local && fields.next()? == "01").then_some(peer)
         })
         .collect()
 }
@@ -110,9 +116,16 @@ mod tests {
         let port = listener.local_addr().expect("addr").port();
         let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
         assert!(established_peers(local).is_empty());
-        let _client = TcpStream::connect(local).expect("connect");
+        let client = TcpStream::connect(local).expect("connect");
         let _accepted = listener.accept().expect("accept");
-        assert_eq!(established_peers(local), vec![Ipv4Addr::LOCALHOST]);
+        let peer = match client.local_addr().expect("addr") {
+            std::net::SocketAddr::V4(peer) => peer,
+            other => panic!("not IPv4: {other}"),
+        };
+        assert_eq!(
+            established_peers(local).into_iter().collect::<Vec<_>>(),
+            [peer]
+        );
         // The same port on another loopback address is another socket.
         let other = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), port);
         assert!(established_peers(other).is_empty());
