@@ -4,6 +4,9 @@
 #
 #   benches/load.sh                 the full run (about 15-25 minutes on 2 cores)
 #   benches/load.sh --quick         a short smoke run
+#   benches/load.sh --origin        instead: 10,000 browsers on one upstream SSE stream (the ideal
+#                                   server as origin), via sluice's sse broker vs nginx proxy_pass;
+#                                   the origin's open connections and CPU per row (--origin 500: fewer)
 #   benches/load.sh --help          every option (servers, subscriber counts, HTTP/2 shapes, ...)
 #
 # Every process it starts is stopped by its PID when its run ends.

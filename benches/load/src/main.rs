@@ -5,6 +5,8 @@
 //! Run it through `benches/load.sh`, which builds in release mode and installs the peers.
 
 mod compression;
+mod nginx;
+mod origin;
 mod procfs;
 mod publish;
 mod servers;
@@ -24,7 +26,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 #[derive(Parser)]
-#[command(about = "sluice vs nginx+Nchan vs an ideal fan-out server, on 127.0.0.1")]
+#[command(
+    about = "sluice vs nginx+Nchan vs an ideal fan-out server (--origin: vs nginx proxy_pass), on 127.0.0.1"
+)]
 struct Cli {
     /// A short smoke run: 200 subscribers, short phases.
     #[arg(long)]
@@ -75,6 +79,13 @@ struct Cli {
     /// With --compression-cost: the encodings compared with the plain stream.
     #[arg(long, value_delimiter = ',', default_value = "gzip,br,zstd")]
     encodings: Vec<String>,
+    /// The SSE-origin benchmark instead of everything else: this many HTTP/1.1 subscribers (10,000
+    /// if no number is given; 200 with --quick) on one upstream SSE stream of the ideal server, read
+    /// through sluice's `sse` broker, then through nginx `proxy_pass` (unbuffered) with 2 and 1
+    /// workers (1 only if its connections fit its file limit): the origin's open connections and
+    /// CPU beside each row.
+    #[arg(long, value_name = "SUBSCRIBERS", num_args = 0..=1)]
+    origin: Option<Option<usize>>,
     /// With --storm: the new process's `max_new_streams_per_second`.
     #[arg(long, value_name = "PER_SECOND")]
     storm_rate: Option<u32>,
@@ -312,6 +323,20 @@ async fn spawn_h1(
     }
 }
 
+/// Publishes an event of the warm-up epoch (0) every 200 ms until every one of `readers`
+/// subscribers has seen one (all broker subscriptions are live), for at most a minute.
+async fn warm_up(stats: &Stats, publisher: &mut Publisher, readers: u64) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut seq = 0;
+    while stats.warm.load(Ordering::Relaxed) < readers && start.elapsed() < Duration::from_secs(60)
+    {
+        seq += 1;
+        publisher.send(payload(0, seq)).await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 /// Connects `n` subscribers to a fresh server and runs the phases; returns up to two rows.
 pub(crate) async fn fan_out(
     kind: Kind,
@@ -361,17 +386,7 @@ pub(crate) async fn fan_out(
     let rss_per_sub = (rss_idle.saturating_sub(rss_before)) as f64 / n as f64;
     let mut publisher = server.publisher().await?;
     let readers = (n - stalled) as u64;
-
-    // Warm-up: until every reading subscriber has seen an event (all broker subscriptions are live).
-    let warm_start = Instant::now();
-    let mut warm_seq = 0;
-    while stats.warm.load(Ordering::Relaxed) < readers
-        && warm_start.elapsed() < Duration::from_secs(60)
-    {
-        warm_seq += 1;
-        publisher.send(payload(0, warm_seq)).await?;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    warm_up(&stats, &mut publisher, readers).await?;
     let base = Row {
         server: kind.label(),
         proto: proto.label(),
@@ -868,6 +883,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let result = storm::storm(n, transport, cli.storm_rate, bin, scratch.clone()).await;
         let _ = std::fs::remove_dir_all(&scratch);
         return result;
+    }
+    if let Some(n) = cli.origin {
+        let phases = Phases {
+            latency_messages: if cli.quick { 3 } else { 10 },
+            rate_seconds: if cli.quick { 2 } else { cli.seconds },
+            stalled_fraction: 0.0,
+        };
+        let n = n.unwrap_or(if cli.quick { 200 } else { 10_000 });
+        let rows = origin::compare(n, &phases).await;
+        print_table(&rows);
+        return Ok(());
     }
     if let Some(repeats) = cli.compression_cost {
         let rows = compression::cost(repeats.max(1), cli.quick, &cli.encodings).await;

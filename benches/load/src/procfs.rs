@@ -1,5 +1,7 @@
-//! CPU time and resident memory of server processes, from /proc.
+//! CPU time, resident memory and TCP connections of server processes, from /proc.
 
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
 
 /// Clock ticks per second of /proc/PID/stat times (USER_HZ; 100 on Linux).
@@ -70,4 +72,62 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
                 .ok()
         })
         .sum()
+}
+
+/// The peers of the ESTABLISHED IPv4 TCP connections whose local address is `local` (the
+/// connections a server listening there has open), from /proc/net/tcp. The address counts, not just
+/// the port: a client socket on another loopback address may have the same port as its local one.
+/// /proc/net/tcp is not a snapshot (a socket can be listed twice while others come and go): each
+/// peer is counted once.
+pub fn established_peers(local: SocketAddrV4) -> BTreeSet<SocketAddrV4> {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return BTreeSet::new();
+    };
+    // `sl local_address rem_address st ...`, addresses as HEXIP:HEXPORT, state 01 = ESTABLISHED.
+    let address = |field: &str| {
+        let (ip, port) = field.split_once(':')?;
+        // The kernel prints the address's four bytes as one native-endian number.
+        let ip = u32::from_str_radix(ip, 16).ok()?.to_ne_bytes();
+        Some(SocketAddrV4::new(
+            Ipv4Addr::from(ip),
+            u16::from_str_radix(port, 16).ok()?,
+        ))
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let at = address(fields.next()?)?;
+            let peer = address(fields.next()?)?;
+            (at == local && fields.next()? == "01").then_some(peer)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::established_peers;
+    use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+
+    #[test]
+    fn counts_the_connections_to_an_address_by_peer() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let local = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        assert!(established_peers(local).is_empty());
+        let client = TcpStream::connect(local).expect("connect");
+        let _accepted = listener.accept().expect("accept");
+        let peer = match client.local_addr().expect("addr") {
+            std::net::SocketAddr::V4(peer) => peer,
+            other => panic!("not IPv4: {other}"),
+        };
+        assert_eq!(
+            established_peers(local).into_iter().collect::<Vec<_>>(),
+            [peer]
+        );
+        // The same port on another loopback address is another socket.
+        let other = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 2), port);
+        assert!(established_peers(other).is_empty());
+    }
 }

@@ -4,7 +4,7 @@ use crate::stats::now_micros;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_util::rt::TokioIo;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 /// The payload size of every benchmark message.
@@ -46,7 +46,24 @@ pub enum Publisher {
 
 impl Publisher {
     pub async fn http(addr: SocketAddr, path: &str) -> anyhow::Result<Self> {
-        let socket = tokio::net::TcpStream::connect(addr).await?;
+        Self::http_from(None, addr, path).await
+    }
+
+    /// Like [`Self::http`], connecting from `source` when given (so the server can tell this
+    /// connection from others by its peer address).
+    pub async fn http_from(
+        source: Option<IpAddr>,
+        addr: SocketAddr,
+        path: &str,
+    ) -> anyhow::Result<Self> {
+        let socket = match source {
+            None => tokio::net::TcpStream::connect(addr).await?,
+            Some(ip) => {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(ip, 0))?;
+                socket.connect(addr).await?
+            }
+        };
         socket.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(socket)).await?;
         tokio::spawn(conn);

@@ -1,10 +1,12 @@
-//! The servers under test: sluice (memory, NATS and MQTT routes), nginx + Nchan, and the ideal
-//! fan-out server. Each is started on a free loopback port and stopped by its PID.
+//! The servers under test: sluice (memory, NATS, MQTT and SSE-origin routes), nginx + Nchan, nginx
+//! `proxy_pass`, and the ideal fan-out server. Each is started on a free loopback port and stopped
+//! by its PID.
 
+use crate::nginx::Nginx;
 use crate::procfs;
 use crate::publish::Publisher;
 use sluice_testkit::{free_port, Mosquitto, NatsServer};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,7 +17,18 @@ pub enum Kind {
     SluiceMemory,
     SluiceNats,
     SluiceMqtt,
-    Nchan { workers: u8 },
+    Nchan {
+        workers: u8,
+    },
+    /// sluice with an `sse` broker reading the ideal server on 127.0.0.1:`origin`.
+    SluiceSse {
+        origin: u16,
+    },
+    /// nginx `proxy_pass` to the ideal server on 127.0.0.1:`origin`, unbuffered.
+    NginxProxy {
+        workers: u8,
+        origin: u16,
+    },
 }
 
 impl Kind {
@@ -26,6 +39,8 @@ impl Kind {
             Kind::SluiceNats => "sluice nats".into(),
             Kind::SluiceMqtt => "sluice mqtt".into(),
             Kind::Nchan { workers } => format!("nchan {workers}w"),
+            Kind::SluiceSse { .. } => "sluice sse".into(),
+            Kind::NginxProxy { workers, .. } => format!("nginx proxy_pass {workers}w"),
         }
     }
 
@@ -43,6 +58,7 @@ pub struct Running {
     pub sub_path: String,
     child: Option<Child>,
     nchan_prefix: Option<PathBuf>,
+    nginx: Option<Nginx>,
     nats: Option<NatsServer>,
     mosquitto: Option<Mosquitto>,
     scratch: PathBuf,
@@ -92,6 +108,7 @@ impl Running {
             sub_path: String::new(),
             child: None,
             nchan_prefix: None,
+            nginx: None,
             nats: None,
             mosquitto: None,
             scratch: dir.clone(),
@@ -106,7 +123,7 @@ impl Running {
                         .spawn()?,
                 );
             }
-            Kind::SluiceMemory | Kind::SluiceNats | Kind::SluiceMqtt => {
+            Kind::SluiceMemory | Kind::SluiceNats | Kind::SluiceMqtt | Kind::SluiceSse { .. } => {
                 let broker = match kind {
                     Kind::SluiceNats => {
                         let nats = NatsServer::start();
@@ -123,12 +140,22 @@ impl Running {
                         running.mosquitto = Some(mqtt);
                         b
                     }
+                    Kind::SluiceSse { origin } => {
+                        format!(
+                            "[brokers.b]\ntype = \"sse\"\nurl = \"http://127.0.0.1:{origin}\"\n"
+                        )
+                    }
                     _ => "[brokers.b]\ntype = \"memory\"\n".to_owned(),
                 };
-                let topic = if kind == Kind::SluiceNats {
-                    "bench.{t}"
-                } else {
-                    "bench/{t}"
+                // The SSE origin is read, never published to: one route on its one stream.
+                let route = match kind {
+                    Kind::SluiceSse { .. } => {
+                        "path = \"/bench/load\"\nbroker = \"b\"\ntopic = \"/sub\"\n"
+                    }
+                    Kind::SluiceNats => {
+                        "path = \"/bench/{t}\"\nbroker = \"b\"\ntopic = \"bench.{t}\"\npublish = true\n"
+                    }
+                    _ => "path = \"/bench/{t}\"\nbroker = \"b\"\ntopic = \"bench/{t}\"\npublish = true\n",
                 };
                 // The subscribers of a compression run ask for an encoding: the route offers them.
                 let compress = if crate::compression::encoding().is_some() {
@@ -138,7 +165,7 @@ impl Running {
                 };
                 let config = format!(
                     "[server]\nlisten = \"{addr}\"\nheartbeat = \"60s\"\nmax_streams_per_connection = 1000\n{server}\n\n{broker}\n\
-                     [[routes]]\npath = \"/bench/{{t}}\"\nbroker = \"b\"\ntopic = \"{topic}\"\npublish = true\nbuffer = 1024\n{compress}{routes}\n"
+                     [[routes]]\n{route}buffer = 1024\n{compress}{routes}\n"
                 );
                 let path = dir.join("sluice.toml");
                 std::fs::write(&path, config)?;
@@ -166,6 +193,12 @@ impl Running {
                 running.nchan_prefix = Some(dir.clone());
                 running.sub_path = "/sub/load".into();
             }
+            Kind::NginxProxy { workers, origin } => {
+                // Each worker gets the harness's own file limit (the hard limit, raised to at start).
+                let nofile = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(20_000, |l| l.0);
+                running.nginx = Some(Nginx::start(&dir, port, origin, workers, nofile)?);
+                running.sub_path = "/bench/load".into();
+            }
         }
         wait_for_port(addr).await?;
         Ok(running)
@@ -175,6 +208,9 @@ impl Running {
     pub fn pids(&self) -> Vec<u32> {
         if let Some(child) = &self.child {
             return procfs::family(child.id());
+        }
+        if let Some(pid) = self.nginx.as_ref().and_then(Nginx::pid) {
+            return procfs::family(pid);
         }
         if let Some(prefix) = &self.nchan_prefix {
             if let Some(pid) = std::fs::read_to_string(prefix.join("nginx.pid.master"))
@@ -193,6 +229,11 @@ impl Running {
             Kind::Ideal => Publisher::http(self.addr, "/pub").await,
             Kind::SluiceMemory => Publisher::http(self.addr, "/bench/load").await,
             Kind::Nchan { .. } => Publisher::http(self.addr, "/pub/load").await,
+            // The origin is published to directly, from an address of its own (see crate::origin).
+            Kind::SluiceSse { origin } | Kind::NginxProxy { origin, .. } => {
+                let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, origin));
+                Publisher::http_from(Some(crate::origin::PUBLISHER_IP.into()), addr, "/pub").await
+            }
             Kind::SluiceNats => {
                 let url = self.nats.as_ref().map(NatsServer::url).unwrap_or_default();
                 Publisher::nats(&url, "bench.load").await
@@ -208,6 +249,9 @@ impl Running {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(mut nginx) = self.nginx.take() {
+            nginx.stop();
         }
         if let Some(prefix) = self.nchan_prefix.take() {
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../nchan/run-nchan.sh");
