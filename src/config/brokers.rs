@@ -50,20 +50,27 @@ impl BrokerKind {
     }
 }
 
-/// Every `[brokers.NAME]`, in name order (the order routes' broker indices refer to).
+/// Every `[brokers.NAME]`, in name order (the order routes' broker indices refer to); `base`
+/// resolves relative file paths.
 pub(super) fn validate(
     at: &Locator,
     raw: BTreeMap<String, RawBroker>,
+    base: &std::path::Path,
 ) -> Result<Vec<Broker>, ConfigError> {
     raw.into_iter()
         .map(|(name, broker)| {
-            let kind = kind(at, &name, broker)?;
+            let kind = kind(at, &name, broker, base)?;
             Ok(Broker { name, kind })
         })
         .collect()
 }
 
-fn kind(at: &Locator, name: &str, raw: RawBroker) -> Result<BrokerKind, ConfigError> {
+fn kind(
+    at: &Locator,
+    name: &str,
+    raw: RawBroker,
+    base: &std::path::Path,
+) -> Result<BrokerKind, ConfigError> {
     // Every url of the broker: one string, or a list (NATS only).
     let urls = |scheme: &str| -> Result<Vec<String>, ConfigError> {
         let Some(url) = &raw.url else {
@@ -174,7 +181,9 @@ fn kind(at: &Locator, name: &str, raw: RawBroker) -> Result<BrokerKind, ConfigEr
         "sse" => {
             not_mqtt(&raw)?;
             not_nats(&raw)?;
-            Ok(BrokerKind::Sse(super::origin::validate(at, name, &raw)?))
+            Ok(BrokerKind::Sse(super::origin::validate(
+                at, name, &raw, base,
+            )?))
         }
         other => Err(at.error(
             raw.kind.span(),

@@ -207,7 +207,7 @@ pub fn parse(file: &str, source: &str, base: &Path) -> Result<Config, ConfigErro
         Some(auth) => Some(auth::validate(&at, auth, base)?),
         None => None,
     };
-    let brokers = brokers::validate(&at, raw.brokers)?;
+    let brokers = brokers::validate(&at, raw.brokers, base)?;
     let routes = routes::validate(&at, raw.routes, &brokers, auth.is_some())?;
     let simulator = match raw.simulator {
         Some(sim) => Some(simulator::validate(&at, sim, &brokers)?),

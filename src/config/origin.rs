@@ -1,11 +1,12 @@
 //! Validates the keys of an `sse` broker (an upstream SSE origin): its url, the headers sent to it
-//! (with `${VAR}` taken from the environment), the first reconnection delay and a CA file.
+//! (with `${VAR}` taken from the environment), the first reconnection delay and a CA file
+//! (relative to the configuration file's folder).
 
 use super::raw::{OneOrMany, RawBroker};
 use super::values::duration;
 use super::{ConfigError, Locator};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
@@ -39,7 +40,12 @@ pub struct Origin {
 }
 
 /// `[brokers.NAME]` with `type = "sse"`.
-pub(super) fn validate(at: &Locator, name: &str, raw: &RawBroker) -> Result<Origin, ConfigError> {
+pub(super) fn validate(
+    at: &Locator,
+    name: &str,
+    raw: &RawBroker,
+    base: &Path,
+) -> Result<Origin, ConfigError> {
     let Some(url) = &raw.url else {
         return Err(at.error(
             raw.kind.span(),
@@ -73,18 +79,8 @@ pub(super) fn validate(at: &Locator, name: &str, raw: &RawBroker) -> Result<Orig
     let reconnect = duration(at, raw.reconnect.as_ref(), DEFAULT_RECONNECT)?;
     let ca_file = match &raw.ca_file {
         None => None,
-        Some(path) => {
-            let text = std::fs::read_to_string(path.get_ref()).map_err(|e| {
-                at.error(
-                    path.span(),
-                    format!("cannot read ca_file {:?}: {e}", path.get_ref()),
-                )
-            })?;
-            if !text.contains("-----BEGIN CERTIFICATE-----") {
-                return Err(at.error(path.span(), "ca_file holds no PEM certificate"));
-            }
-            Some(PathBuf::from(path.get_ref()))
-        }
+        Some(path) if parsed.scheme() == "https" => Some(super::proxy::ca_file(at, path, base)?),
+        Some(path) => return Err(at.error(path.span(), "ca_file is for an https:// origin")),
     };
     Ok(Origin {
         url: parsed,
@@ -227,8 +223,12 @@ mod tests {
                 "4:11: header \"a\": the environment variable \"SLUICE_ORIGIN_TEST_NONE\" is not set",
             ),
             (
-                &broker("url = \"http://x\"\nca_file = \"/nonexistent/ca.pem\""),
-                "4:11: cannot read ca_file",
+                &broker("url = \"https://x\"\nca_file = \"/nonexistent/ca.pem\""),
+                "4:11: no such file",
+            ),
+            (
+                &broker("url = \"http://x\"\nca_file = \"ca.pem\""),
+                "4:11: ca_file is for an https:// origin",
             ),
             (
                 &"[brokers.n]\ntype = \"nats\"\nurl = \"nats://x\"\nreconnect = \"1s\"\n".to_owned(),

@@ -70,8 +70,9 @@ fn upstream(at: &Locator, raw: &Spanned<String>) -> Result<(bool, String, u16), 
     Ok((tls, host, port))
 }
 
-/// `ca_file`: a PEM file of at least one certificate, loaded as pingora will load it.
-fn ca_file(
+/// `ca_file` (of `[proxy]` and of an `sse` broker): a PEM file of at least one certificate,
+/// relative to `base`, loaded as pingora will load it.
+pub(super) fn ca_file(
     at: &Locator,
     raw: &Spanned<String>,
     base: &Path,

@@ -113,7 +113,7 @@ impl Upstream {
         let mut missed = false;
         let mut connected_before = false;
         loop {
-            match self.connect(&last_id).await {
+            match self.connect(resume_header(&last_id)).await {
                 Ok(response) => {
                     if let Some(answered) = answered.take() {
                         let _ = answered.send(Ok(()));
@@ -131,7 +131,7 @@ impl Upstream {
                     // An origin that keeps closing at once is retried ever more slowly.
                     failures = if delivered { 0 } else { failures + 1 };
                     // With an id, the origin resumes where the stream dropped.
-                    missed = last_id.is_empty();
+                    missed = resume_header(&last_id).is_none();
                 }
                 Err(failure) => {
                     if let Some(answered) = answered.take() {
@@ -159,18 +159,14 @@ impl Upstream {
     }
 
     /// One attempt: the request, and the checks of the answer's status and type.
-    async fn connect(&self, last_id: &str) -> Result<reqwest::Response, Failure> {
+    async fn connect(&self, resume: Option<HeaderValue>) -> Result<reqwest::Response, Failure> {
         let mut request = self
             .client
             .get(self.url.clone())
             .header(ACCEPT, "text/event-stream")
             .header(CACHE_CONTROL, "no-cache");
-        if !last_id.is_empty() {
-            // Event ids hold no CR, LF or NUL (the parser drops such ids), but may hold other
-            // bytes a header cannot: such an id is not sent, and the origin starts afresh.
-            if let Ok(value) = HeaderValue::from_str(last_id) {
-                request = request.header("last-event-id", value);
-            }
+        if let Some(id) = resume {
+            request = request.header("last-event-id", id);
         }
         let response = match tokio::time::timeout(ANSWER_TIMEOUT, request.send()).await {
             Ok(Ok(response)) => response,
@@ -263,6 +259,16 @@ impl Upstream {
     }
 }
 
+/// The `Last-Event-ID` that resumes after `last_id`, as a browser sends it (the id's UTF-8
+/// bytes). None when there is no id, or it holds a byte a header cannot carry (a control
+/// character): the origin then starts afresh, and a drop counts as a possible loss.
+fn resume_header(last_id: &str) -> Option<HeaderValue> {
+    if last_id.is_empty() {
+        return None;
+    }
+    HeaderValue::from_bytes(last_id.as_bytes()).ok()
+}
+
 /// A transport error with its causes (reqwest's own message is often only "error sending request").
 fn transport_error(e: &reqwest::Error) -> String {
     let mut text = e.to_string();
@@ -296,6 +302,15 @@ fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_is_sent_back_as_its_utf8_bytes_unless_a_header_cannot_carry_it() {
+        assert_eq!(resume_header(""), None);
+        let header = resume_header("caf\u{e9}-7").map(|h| h.as_bytes().to_vec());
+        assert_eq!(header.as_deref(), Some("caf\u{e9}-7".as_bytes()));
+        assert_eq!(resume_header("a\u{1}b"), None);
+        assert_eq!(resume_header("a\u{7f}"), None);
+    }
 
     #[test]
     fn backoff_doubles_per_failure_up_to_the_cap() {
