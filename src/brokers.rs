@@ -54,6 +54,7 @@ pub async fn connect(broker: &Broker) -> Result<Arc<dyn Bridge>, BridgeError> {
                 url: origin.url.clone(),
                 headers: origin.headers.clone(),
                 reconnect: origin.reconnect,
+                idle_timeout: origin.idle_timeout,
                 ca_file: origin.ca_file.clone(),
             },
         )?),

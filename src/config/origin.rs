@@ -1,5 +1,6 @@
 //! Validates the keys of an `sse` broker (an upstream SSE origin): its url, the headers sent to it
-//! (with `${VAR}` taken from the environment), the first reconnection delay and a CA file
+//! (with `${VAR}` taken from the environment), the first reconnection delay, the idle timeout and
+//! a CA file
 //! (relative to the configuration file's folder).
 
 use super::raw::{OneOrMany, RawBroker};
@@ -36,6 +37,8 @@ pub struct Origin {
     /// debug print.
     pub headers: HeaderMap,
     pub reconnect: Duration,
+    /// Drop and resume an upstream stream silent for this long (none: wait forever).
+    pub idle_timeout: Option<Duration>,
     pub ca_file: Option<PathBuf>,
 }
 
@@ -77,6 +80,10 @@ pub(super) fn validate(
         Some(headers) => header_map(at, headers)?,
     };
     let reconnect = duration(at, raw.reconnect.as_ref(), DEFAULT_RECONNECT)?;
+    let idle_timeout = match &raw.idle_timeout {
+        None => None,
+        Some(idle) => Some(duration(at, Some(idle), DEFAULT_RECONNECT)?),
+    };
     let ca_file = match &raw.ca_file {
         None => None,
         Some(path) if parsed.scheme() == "https" => Some(super::proxy::ca_file(at, path, base)?),
@@ -86,6 +93,7 @@ pub(super) fn validate(
         url: parsed,
         headers,
         reconnect,
+        idle_timeout,
         ca_file,
     })
 }
@@ -149,6 +157,9 @@ pub(super) fn no_origin_keys(at: &Locator, raw: &RawBroker) -> Result<(), Config
     let spans = [
         raw.headers.as_ref().map(|h| ("headers", h.span())),
         raw.reconnect.as_ref().map(|r| ("reconnect", r.span())),
+        raw.idle_timeout
+            .as_ref()
+            .map(|i| ("idle_timeout", i.span())),
         raw.ca_file.as_ref().map(|c| ("ca_file", c.span())),
     ];
     match spans.into_iter().flatten().next() {
@@ -180,7 +191,7 @@ mod tests {
         std::env::set_var("SLUICE_ORIGIN_TEST_KEY", "k1");
         let text = "[brokers.app]\ntype = \"sse\"\nurl = \"http://127.0.0.1:3000/api\"\n\
                     headers = { authorization = \"Bearer ${SLUICE_ORIGIN_TEST_KEY}\" }\n\
-                    reconnect = \"250ms\"\n\
+                    reconnect = \"250ms\"\nidle_timeout = \"45s\"\n\
                     [[routes]]\npath = \"/builds/{id}/log\"\nbroker = \"app\"\ntopic = \"/builds/{id}/log\"\n";
         let config = match parse_text(text) {
             Ok(config) => config,
@@ -194,6 +205,10 @@ mod tests {
         // The token never shows in a debug print of the configuration.
         assert!(!format!("{config:?}").contains("k1"));
         assert_eq!(origin.reconnect, std::time::Duration::from_millis(250));
+        assert_eq!(
+            origin.idle_timeout,
+            Some(std::time::Duration::from_secs(45))
+        );
     }
 
     #[test]

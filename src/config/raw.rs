@@ -119,6 +119,7 @@ pub(super) struct RawBroker {
     pub max_control_line: Option<Spanned<usize>>,
     pub headers: Option<Spanned<BTreeMap<String, String>>>,
     pub reconnect: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
 }
 

@@ -309,3 +309,33 @@ async fn a_dropped_upstream_without_ids_is_a_gap() {
     assert_eq!(browser.next_event().await.event, "gap");
     assert_eq!(browser.next_event().await.data, "later");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_is_resumed_after_its_idle_timeout_and_comments_keep_it() {
+    let origin = Origin::start().await;
+    let body = format!(
+        "[brokers.app]\ntype = \"sse\"\nurl = \"{}\"\nreconnect = \"20ms\"\nidle_timeout = \"150ms\"\n\
+         [[routes]]\npath = \"/quiet\"\nbroker = \"app\"\ntopic = \"/quiet\"\n",
+        origin.url()
+    );
+    let sluice = Sluice::start(&body).await;
+    let mut browser = watch(&sluice, &origin, "/quiet").await;
+    origin.send("id: q1\ndata: before\n\n");
+    assert_eq!(browser.next_event().await.data, "before");
+    // Heartbeat comments for four idle timeouts: the stream is not idle.
+    for _ in 0..12 {
+        origin.send(":\n\n");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(origin.requests().len(), 1, "comments count as traffic");
+    // Then nothing: the stream is dropped and resumed from its last id.
+    eventually("a resumed upstream stream", || async {
+        (origin.requests().len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(origin.requests()[1].last_event_id.as_deref(), Some("q1"));
+    upstreams(&origin, 1).await;
+    origin.send("id: q2\ndata: after\n\n");
+    // Resumed from an id: no gap.
+    assert_eq!(browser.next_event().await.data, "after");
+}

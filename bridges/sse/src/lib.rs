@@ -30,6 +30,9 @@ pub struct SseSettings {
     pub headers: HeaderMap,
     /// The first reconnection delay; the origin's `retry:` replaces it once sent.
     pub reconnect: Duration,
+    /// An upstream stream that brings no byte (not even a comment) for this long is dropped and
+    /// resumed: a hung origin, or a connection something between lost, is found.
+    pub idle_timeout: Option<Duration>,
     /// A PEM file of certificate authorities trusted for an `https` origin, beside the system's.
     pub ca_file: Option<PathBuf>,
 }
@@ -113,6 +116,7 @@ impl Bridge for SseBridge {
             url,
             client: self.client.clone(),
             reconnect: self.settings.reconnect,
+            idle_timeout: self.settings.idle_timeout,
             counts: self.counts.clone(),
             sink,
         };

@@ -33,6 +33,7 @@ pub(crate) struct Upstream {
     pub(crate) url: Url,
     pub(crate) client: reqwest::Client,
     pub(crate) reconnect: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
     pub(crate) counts: Arc<Counts>,
     pub(crate) sink: Sink,
 }
@@ -206,11 +207,14 @@ impl Upstream {
         last_id: &mut String,
         delay: &mut Duration,
     ) -> (String, bool) {
-        // Bytes read since the last complete event, shared with the byte stream's guard.
+        // Bytes read since the last complete event, shared with the byte stream's guard; and
+        // every byte read, for the idle timeout (comments count: they are the origin's heartbeats).
         let pending = Arc::new(AtomicUsize::new(0));
-        let guard = pending.clone();
+        let received = Arc::new(AtomicUsize::new(0));
+        let (guard, counted) = (pending.clone(), received.clone());
         let bytes = response.bytes_stream().map(move |chunk| {
             let chunk = chunk.map_err(|e| Cut::Transport(transport_error(&e)))?;
+            counted.fetch_add(chunk.len(), Ordering::Relaxed);
             let held = guard.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len();
             if held > MAX_EVENT_BYTES {
                 return Err(Cut::TooLarge);
@@ -220,8 +224,22 @@ impl Upstream {
         let mut events = bytes.eventsource();
         let topic = self.topic.clone();
         let mut delivered = false;
+        let mut seen = 0;
         let why = loop {
-            match events.next().await {
+            let next = match self.idle_timeout {
+                None => events.next().await,
+                Some(idle) => match tokio::time::timeout(idle, events.next()).await {
+                    Ok(next) => next,
+                    // Bytes came (a comment, part of an event): not idle. So the stream is dropped
+                    // after one to two idle timeouts of silence.
+                    Err(_) if received.load(Ordering::Relaxed) != seen => {
+                        seen = received.load(Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(_) => break format!("nothing from the origin for {idle:?}"),
+                },
+            };
+            match next {
                 Some(Ok(event)) => {
                     pending.store(0, Ordering::Relaxed);
                     if let Some(retry) = event.retry {
