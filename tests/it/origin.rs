@@ -339,3 +339,23 @@ async fn a_silent_upstream_is_resumed_after_its_idle_timeout_and_comments_keep_i
     // Resumed from an id: no gap.
     assert_eq!(browser.next_event().await.data, "after");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_browsers_arriving_at_once_open_one_upstream_stream() {
+    let origin = Origin::start().await;
+    let sluice = start(&origin).await;
+    let h2 = H2::h2c(sluice.addr).await;
+    // All at once, before the origin has answered the first.
+    let opening = (0..100).map(|_| h2.stream("/builds/herd/log"));
+    let mut browsers = futures::future::join_all(opening).await;
+    for browser in &mut browsers {
+        assert_eq!(browser.status, 200);
+        browser.opened().await;
+    }
+    upstreams(&origin, 1).await;
+    assert_eq!(origin.requests().len(), 1, "{:?}", origin.requests());
+    origin.send("data: everyone\n\n");
+    for browser in &mut browsers {
+        assert_eq!(browser.next_event().await.data, "everyone");
+    }
+}
