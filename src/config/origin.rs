@@ -1,7 +1,6 @@
 //! Validates the keys of an `sse` broker (an upstream SSE origin): its url, the headers sent to it
-//! (with `${VAR}` taken from the environment), the first reconnection delay, the idle timeout and
-//! a CA file
-//! (relative to the configuration file's folder).
+//! (with `${VAR}` taken from the environment), the first reconnection delay, the idle timeout and a
+//! CA file (relative to the configuration file's folder).
 
 use super::raw::{OneOrMany, RawBroker};
 use super::values::duration;
@@ -82,7 +81,8 @@ pub(super) fn validate(
     let reconnect = duration(at, raw.reconnect.as_ref(), DEFAULT_RECONNECT)?;
     let idle_timeout = match &raw.idle_timeout {
         None => None,
-        Some(idle) => Some(duration(at, Some(idle), DEFAULT_RECONNECT)?),
+        // Set: within the bounds of every duration key (the default is never used).
+        Some(idle) => Some(duration(at, Some(idle), Duration::ZERO)?),
     };
     let ca_file = match &raw.ca_file {
         None => None,
