@@ -143,6 +143,8 @@ pub(super) struct RawRoute {
     pub jetstream: Option<Spanned<String>>,
     pub retained: Option<Spanned<bool>>,
     pub compress: Option<Spanned<RawCompress>>,
+    pub max_rate: Option<Spanned<String>>,
+    pub conflate: Option<Spanned<String>>,
 }
 
 /// `compress`: `true` or `false`, or the encodings the route offers.

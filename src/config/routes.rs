@@ -14,6 +14,7 @@ use crate::route::{PathTemplate, TopicTemplate};
 use crate::sse::EventName;
 use crate::stream::Overflow;
 use sluice_bridge::TopicSyntax;
+use std::time::Duration;
 use toml::Spanned;
 
 /// Where a route's topics come from.
@@ -52,6 +53,9 @@ pub struct Route {
     pub retained: bool,
     /// The encodings a stream may be compressed with (none: never compressed).
     pub compress: Vec<Encoding>,
+    /// `max_rate`, as the interval between two events of one concrete topic on one stream; what
+    /// comes in between is conflated (the newest wins).
+    pub max_rate: Option<Duration>,
 }
 
 /// Every `[[routes]]`, in file order (the order they are matched in). `has_auth`: the file has an
@@ -226,8 +230,10 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
         None => false,
     };
     let compress = compress(at, raw.compress.as_ref())?;
+    let max_rate = max_rate(at, raw.max_rate.as_ref(), raw.conflate.as_ref())?;
     Ok(Route {
         compress,
+        max_rate,
         path,
         broker,
         syntax,
@@ -241,6 +247,53 @@ fn validate_route(at: &Locator, raw: RawRoute, brokers: &[Broker]) -> Result<Rou
         retention,
         retained,
     })
+}
+
+/// `max_rate = "N/s"` or `"N/min"` (1 to 1,000 per second), with `conflate = "latest"` (the only
+/// policy, and the default): the interval between two events of a topic on a stream.
+fn max_rate(
+    at: &Locator,
+    rate: Option<&Spanned<String>>,
+    conflate: Option<&Spanned<String>>,
+) -> Result<Option<Duration>, ConfigError> {
+    if let Some(policy) = conflate {
+        if rate.is_none() {
+            return Err(at.error(policy.span(), "conflate needs max_rate"));
+        }
+        if policy.get_ref() != "latest" {
+            return Err(at.error(
+                policy.span(),
+                format!(
+                    "unknown conflate policy {:?}: expected \"latest\"",
+                    policy.get_ref()
+                ),
+            ));
+        }
+    }
+    let Some(rate) = rate else {
+        return Ok(None);
+    };
+    let refuse = || {
+        at.error(
+            rate.span(),
+            format!(
+                "max_rate {:?} is not a rate from 1/min to 1000/s, e.g. \"4/s\" or \"30/min\"",
+                rate.get_ref()
+            ),
+        )
+    };
+    let (count, per) = rate.get_ref().split_once('/').ok_or_else(refuse)?;
+    let count: u32 = count.trim().parse().map_err(|_| refuse())?;
+    let per = match per.trim() {
+        "s" => Duration::from_secs(1),
+        "min" => Duration::from_secs(60),
+        _ => return Err(refuse()),
+    };
+    let interval = per / count.max(1);
+    if count == 0 || interval < Duration::from_millis(1) {
+        return Err(refuse());
+    }
+    Ok(Some(interval))
 }
 
 /// `compress`: `true` offers every encoding, a list offers those named.
@@ -354,6 +407,7 @@ fn retention(at: &Locator, raw: &RawRoute, broker: &Broker) -> Result<Retention,
 #[cfg(test)]
 mod tests {
     use crate::config::testing::{assert_accepted, assert_refused, parse_text, ROUTE};
+    use std::time::Duration;
 
     #[test]
     fn route_errors_name_line_and_column() {
@@ -405,6 +459,45 @@ mod tests {
             (
                 "[brokers.m]\ntype = \"memory\"\n".to_owned(),
                 "1:1: no [[routes]]",
+            ),
+        ]);
+    }
+
+    #[test]
+    fn max_rate_is_a_rate_and_conflate_needs_it() {
+        let interval = |keys: &str| match parse_text(&format!("{ROUTE}{keys}\n")) {
+            Ok(config) => config.routes[0].max_rate,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(interval(""), None);
+        assert_eq!(
+            interval("max_rate = \"4/s\""),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(
+            interval("max_rate = \"30/min\"\nconflate = \"latest\""),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            interval("max_rate = \"1000/s\""),
+            Some(Duration::from_millis(1))
+        );
+        let bad = |rate: &str| {
+            let expected = format!("7:12: max_rate \"{rate}\" is not a rate from 1/min to 1000/s");
+            (format!("{ROUTE}max_rate = \"{rate}\"\n"), expected)
+        };
+        assert_refused(&[
+            bad("0/s"),
+            bad("1001/s"),
+            bad("4/h"),
+            bad("fast"),
+            (
+                format!("{ROUTE}conflate = \"latest\"\n"),
+                "7:12: conflate needs max_rate".to_owned(),
+            ),
+            (
+                format!("{ROUTE}max_rate = \"1/s\"\nconflate = \"oldest\"\n"),
+                "8:12: unknown conflate policy \"oldest\"".to_owned(),
             ),
         ]);
     }

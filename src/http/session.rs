@@ -140,7 +140,10 @@ impl Gateway {
             )?),
             None => None,
         };
-        let queue = Arc::new(StreamQueue::new(route.buffer, route.overflow));
+        let queue = Arc::new(match route.max_rate {
+            Some(interval) => StreamQueue::conflating(route.buffer, route.overflow, interval),
+            None => StreamQueue::new(route.buffer, route.overflow),
+        });
         let last_event_id = match route.retention {
             Retention::Live => None,
             _ => last_event_id(session.req_header()),

@@ -257,7 +257,10 @@ impl Topic {
                     member.state = State::Live;
                 }
             }
-            member.queue.push(frame.clone(), at, &self.stats);
+            // Keyed by the concrete topic: a route with `max_rate` conflates per topic.
+            member
+                .queue
+                .push_for(&message.topic, frame.clone(), at, &self.stats);
         }
         drop(guard);
         drop(sequence);

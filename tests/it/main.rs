@@ -12,6 +12,7 @@ mod clients;
 mod cluster;
 mod compression;
 mod connections;
+mod dashboard;
 mod deploy;
 mod faults;
 mod http;

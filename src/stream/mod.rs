@@ -1,13 +1,18 @@
 //! One client stream's bounded queue: the hub pushes frames without ever waiting, the client's task
 //! takes everything queued at once, and a full queue meets the route's overflow policy. A resuming
 //! stream reads its backlog from a [`Backlog`] instead, a batch at a time as it drains, and joins the
-//! live queue once it has caught up.
+//! live queue once it has caught up. On a route with `max_rate`, [`conflate`] holds each topic's
+//! newest frame until its interval is over.
+
+mod conflate;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use conflate::{Admit, Conflation};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -81,6 +86,33 @@ struct State {
     since: Option<Instant>,
     dropped: u64,
     closed: Option<Closed>,
+    /// The route's `max_rate`: each topic's newest frame, held until its interval is over.
+    conflation: Option<Conflation>,
+}
+
+impl State {
+    /// Queues the held frames that are due now; returns when the next one will be.
+    fn release_due(&mut self, capacity: usize) -> Option<Instant> {
+        let conflation = self.conflation.as_mut()?;
+        let was_empty = self.frames.is_empty();
+        let oldest = conflation.release(Instant::now(), &mut self.frames, capacity);
+        if let (true, Some(at)) = (was_empty, oldest) {
+            self.since = Some(at);
+        }
+        conflation.next_due()
+    }
+
+    /// Moves every queued frame into `into`.
+    fn take(&mut self, into: &mut Vec<Bytes>) -> Next {
+        into.extend(self.frames.drain(..));
+        let dropped = std::mem::take(&mut self.dropped);
+        let since = self.since.take();
+        // Release the ring's memory if it grew while the client was behind.
+        if self.frames.capacity() > 64 {
+            self.frames.shrink_to(16);
+        }
+        Next::Frames { dropped, since }
+    }
 }
 
 /// A bounded, single-consumer queue of encoded SSE frames.
@@ -104,6 +136,42 @@ impl StreamQueue {
 
     fn state(&self) -> MutexGuard<'_, State> {
         sluice_bridge::lock(&self.state)
+    }
+
+    /// A queue that sends at most one event per concrete topic per `interval` (a route's
+    /// `max_rate`), each topic's newest: see [`Self::push_for`].
+    pub fn conflating(capacity: usize, overflow: Overflow, interval: Duration) -> Self {
+        let queue = Self::new(capacity, overflow);
+        queue.state().conflation = Some(Conflation::new(interval));
+        queue
+    }
+
+    /// Queues a frame of the concrete `topic`. On a conflating queue, a frame that comes within its
+    /// topic's interval (or finds the queue full) is held instead, replacing the topic's frame held
+    /// before: a slow client gets each topic's newest value, never a queue of stale ones. Else as
+    /// [`Self::push`].
+    pub fn push_for(&self, topic: &Arc<str>, frame: Bytes, at: Instant, stats: &OverflowStats) {
+        let mut state = self.state();
+        if state.closed.is_some() {
+            return;
+        }
+        let room = state.frames.len() < self.capacity;
+        let Some(conflation) = state.conflation.as_mut() else {
+            drop(state);
+            return self.push(frame, at, stats);
+        };
+        match conflation.admit(topic, frame, at, room) {
+            Admit::Now(frame) => {
+                drop(state);
+                self.push(frame, at, stats);
+            }
+            // The consumer may be waiting with no deadline, or a later one: it looks again.
+            Admit::HeldFirst => {
+                drop(state);
+                self.ready.notify_one();
+            }
+            Admit::Replaced => {}
+        }
     }
 
     /// Queues a frame that reached sluice `at` without waiting; a full queue meets the overflow
@@ -186,38 +254,39 @@ impl StreamQueue {
         if let Some(reason) = state.closed {
             return Some(Next::Closed(reason));
         }
+        state.release_due(self.capacity);
         if state.frames.is_empty() {
             return None;
         }
-        into.extend(state.frames.drain(..));
-        let dropped = std::mem::take(&mut state.dropped);
-        let since = state.since.take();
-        Some(Next::Frames { dropped, since })
+        Some(state.take(into))
     }
 
     /// Waits until something is queued (or the queue is closed) and moves all of it into `into`,
     /// a buffer the caller reuses, so taking frames allocates nothing.
     pub async fn next(&self, into: &mut Vec<Bytes>) -> Next {
         loop {
-            {
+            let due = {
                 let mut state = self.state();
                 if let Some(reason) = state.closed {
                     return Next::Closed(reason);
                 }
+                let due = state.release_due(self.capacity);
                 if !state.frames.is_empty() {
-                    into.extend(state.frames.drain(..));
-                    let dropped = std::mem::take(&mut state.dropped);
-                    let since = state.since.take();
-                    // Release the ring's memory if it grew while the client was behind.
-                    if state.frames.capacity() > 64 {
-                        state.frames.shrink_to(16);
-                    }
-                    return Next::Frames { dropped, since };
+                    return state.take(into);
                 }
-            }
+                due
+            };
             // notify_one stores a permit when nobody waits, so a push between the check above and
             // this await is not lost.
-            self.ready.notified().await;
+            match due {
+                None => self.ready.notified().await,
+                Some(due) => {
+                    tokio::select! {
+                        () = self.ready.notified() => {}
+                        () = tokio::time::sleep_until(due) => {}
+                    }
+                }
+            }
         }
     }
 
@@ -293,6 +362,36 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(stats.dropped_events.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_conflating_queue_sends_each_topics_newest_frame_once_per_interval() {
+        let interval = std::time::Duration::from_millis(250);
+        let q = std::sync::Arc::new(StreamQueue::conflating(4, Overflow::Disconnect, interval));
+        let stats = OverflowStats::default();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        let start = Instant::now();
+        for n in 1..=5 {
+            q.push_for(&a, frame(n), Instant::now(), &stats);
+        }
+        q.push_for(&b, frame(20), Instant::now(), &stats);
+        let mut frames = Vec::new();
+        assert!(matches!(q.next(&mut frames).await, Next::Frames { .. }));
+        assert_eq!(frames, [frame(1), frame(20)]);
+        // The newest of the burst comes when the interval is over, woken by the queue itself.
+        frames.clear();
+        assert!(matches!(q.next(&mut frames).await, Next::Frames { .. }));
+        assert_eq!(frames, [frame(5)]);
+        assert_eq!(start.elapsed(), interval);
+        // More than the queue holds, faster than the rate: nothing overflows, the newest wins.
+        for n in 30..40 {
+            q.push_for(&a, frame(n), Instant::now(), &stats);
+        }
+        frames.clear();
+        assert!(matches!(q.next(&mut frames).await, Next::Frames { .. }));
+        assert_eq!(frames, [frame(39)]);
+        assert_eq!(start.elapsed(), 2 * interval);
+        assert_eq!(stats.disconnects.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
