@@ -11,7 +11,7 @@
 //! - [`replay`]: event ids, `Last-Event-ID` parsing, the replay ring of encoded frames of a topic
 //!   and the memory budget of a route.
 //! - [`stream`]: each stream's bounded queue and overflow policy (`disconnect` or `drop-oldest`),
-//!   and the backlog a resuming stream reads as it drains.
+//!   its latest-value conflation (`max_rate`), and the backlog a resuming stream reads as it drains.
 //! - [`pump`]: writes one stream's backlog and queue to its wire: heartbeats, write deadlines.
 //! - [`compress`]: compressed streams (gzip, Brotli, zstd), negotiated per request and flushed at
 //!   every write.
