@@ -122,6 +122,8 @@ pub struct StreamQueue {
     ready: Notify,
     capacity: usize,
     overflow: Overflow,
+    /// Set once, with `State::conflation`: a plain queue's push takes its lock once.
+    conflates: bool,
 }
 
 impl StreamQueue {
@@ -131,6 +133,7 @@ impl StreamQueue {
             ready: Notify::new(),
             capacity: capacity.max(1),
             overflow,
+            conflates: false,
         }
     }
 
@@ -141,7 +144,10 @@ impl StreamQueue {
     /// A queue that sends at most one event per concrete topic per `interval` (a route's
     /// `max_rate`), each topic's newest: see [`Self::push_for`].
     pub fn conflating(capacity: usize, overflow: Overflow, interval: Duration) -> Self {
-        let queue = Self::new(capacity, overflow);
+        let queue = Self {
+            conflates: true,
+            ..Self::new(capacity, overflow)
+        };
         queue.state().conflation = Some(Conflation::new(interval));
         queue
     }
@@ -151,20 +157,19 @@ impl StreamQueue {
     /// before: a slow client gets each topic's newest value, never a queue of stale ones. Else as
     /// [`Self::push`].
     pub fn push_for(&self, topic: &Arc<str>, frame: Bytes, at: Instant, stats: &OverflowStats) {
+        if !self.conflates {
+            return self.push(frame, at, stats);
+        }
         let mut state = self.state();
         if state.closed.is_some() {
             return;
         }
         let room = state.frames.len() < self.capacity;
         let Some(conflation) = state.conflation.as_mut() else {
-            drop(state);
-            return self.push(frame, at, stats);
+            return;
         };
         match conflation.admit(topic, frame, at, room) {
-            Admit::Now(frame) => {
-                drop(state);
-                self.push(frame, at, stats);
-            }
+            Admit::Now(frame) => self.push_locked(state, frame, at, stats),
             // The consumer may be waiting with no deadline, or a later one: it looks again.
             Admit::HeldFirst => {
                 drop(state);
@@ -177,7 +182,17 @@ impl StreamQueue {
     /// Queues a frame that reached sluice `at` without waiting; a full queue meets the overflow
     /// policy, counted in `stats`. The caller reads the clock once for every stream it pushes to.
     pub fn push(&self, frame: Bytes, at: Instant, stats: &OverflowStats) {
-        let mut state = self.state();
+        self.push_locked(self.state(), frame, at, stats);
+    }
+
+    /// [`Self::push`], with the queue's lock already taken.
+    fn push_locked(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        frame: Bytes,
+        at: Instant,
+        stats: &OverflowStats,
+    ) {
         if state.closed.is_some() {
             return;
         }
