@@ -205,6 +205,7 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
                     }
                     Next::Frames {
                         dropped: 0,
+                        conflated: 0,
                         since: None,
                     }
                 }
@@ -226,12 +227,19 @@ pub async fn pump<H: Sync>(wire: &mut impl Wire, feed: &mut Feed<H>) -> End {
                     frames.push(sse::heartbeat());
                     // Not an event: counted only in bytes.
                     heartbeat = true;
-                    Next::Frames { dropped: 0, since: None }
+                    Next::Frames { dropped: 0, conflated: 0, since: None }
                 }
             }
         };
         let batch = match next {
-            Next::Frames { dropped, since } => {
+            Next::Frames {
+                dropped,
+                conflated,
+                since,
+            } => {
+                if conflated > 0 {
+                    feed_metrics.conflated(conflated);
+                }
                 let fill = frames.len() as f64 / queue.capacity() as f64;
                 let mut events = if std::mem::take(&mut heartbeat) {
                     0

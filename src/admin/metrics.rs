@@ -81,6 +81,7 @@ pub struct Metrics {
     streams_opened: IntCounterVec,
     streams_closed: IntCounterVec,
     events_dropped: IntCounterVec,
+    events_conflated: IntCounterVec,
     gaps_sent: IntCounterVec,
     resumes: IntCounterVec,
     publish_requests: IntCounterVec,
@@ -152,6 +153,12 @@ impl Metrics {
                 r,
                 "sluice_events_dropped_total",
                 "Events discarded by the drop-oldest overflow policy.",
+                &["route"],
+            ),
+            events_conflated: counters(
+                r,
+                "sluice_events_conflated_total",
+                "Events a stream skipped for a newer one of the same topic (max_rate).",
                 &["route"],
             ),
             gaps_sent: counters(
@@ -334,6 +341,7 @@ pub struct RouteMetrics {
     /// Events and bytes sent, lag and fill: recorded per batch, so per thread (see [`hot`]).
     pub(super) batches: BatchCounters,
     events_dropped: IntCounter,
+    events_conflated: IntCounter,
     resumed: IntCounter,
     resume_gap: IntCounter,
     gaps: [IntCounter; GAP_REASONS.len()],
@@ -359,6 +367,7 @@ impl RouteMetrics {
             }),
             batches: BatchCounters::default(),
             events_dropped: metrics.events_dropped.with_label_values(&[path]),
+            events_conflated: metrics.events_conflated.with_label_values(&[path]),
             resumed: metrics.resumes.with_label_values(&[path, "resumed"]),
             resume_gap: metrics.resumes.with_label_values(&[path, "gap"]),
             gaps: GAP_REASONS.map(|reason| {
@@ -397,6 +406,11 @@ impl RouteMetrics {
     /// `n` events were discarded by the drop-oldest policy.
     pub fn dropped(&self, n: u64) {
         self.events_dropped.inc_by(n);
+    }
+
+    /// `n` events were replaced by newer ones of their topic (`max_rate`).
+    pub fn conflated(&self, n: u64) {
+        self.events_conflated.inc_by(n);
     }
 
     /// `n` gap events for `reason` were queued to streams.

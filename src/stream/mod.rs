@@ -70,10 +70,12 @@ pub trait Backlog: Send {
 #[derive(Debug)]
 pub enum Next {
     /// Every queued frame was moved into the caller's buffer, oldest first; `dropped` frames were
-    /// discarded before them since the last call (drop-oldest policy). `since`: when the oldest of
-    /// them reached sluice (for the delivery lag).
+    /// discarded before them since the last call (drop-oldest policy), and `conflated` replaced by
+    /// a newer one of their topic (`max_rate`). `since`: when the oldest of them reached sluice
+    /// (for the delivery lag).
     Frames {
         dropped: u64,
+        conflated: u64,
         since: Option<Instant>,
     },
     Closed(Closed),
@@ -85,6 +87,8 @@ struct State {
     /// When the oldest queued frame reached sluice: set by the push into an empty queue.
     since: Option<Instant>,
     dropped: u64,
+    /// Frames replaced by a newer one of their topic since the last take (`max_rate`).
+    conflated: u64,
     closed: Option<Closed>,
     /// The route's `max_rate`: each topic's newest frame, held until its interval is over.
     conflation: Option<Conflation>,
@@ -106,12 +110,17 @@ impl State {
     fn take(&mut self, into: &mut Vec<Bytes>) -> Next {
         into.extend(self.frames.drain(..));
         let dropped = std::mem::take(&mut self.dropped);
+        let conflated = std::mem::take(&mut self.conflated);
         let since = self.since.take();
         // Release the ring's memory if it grew while the client was behind.
         if self.frames.capacity() > 64 {
             self.frames.shrink_to(16);
         }
-        Next::Frames { dropped, since }
+        Next::Frames {
+            dropped,
+            conflated,
+            since,
+        }
     }
 }
 
@@ -175,7 +184,7 @@ impl StreamQueue {
                 drop(state);
                 self.ready.notify_one();
             }
-            Admit::Replaced => {}
+            Admit::Replaced => state.conflated += 1,
         }
     }
 
@@ -403,7 +412,11 @@ mod tests {
             q.push_for(&a, frame(n), Instant::now(), &stats);
         }
         frames.clear();
-        assert!(matches!(q.next(&mut frames).await, Next::Frames { .. }));
+        let next = q.next(&mut frames).await;
+        assert!(
+            matches!(next, Next::Frames { conflated: 9, .. }),
+            "{next:?}"
+        );
         assert_eq!(frames, [frame(39)]);
         assert_eq!(start.elapsed(), 2 * interval);
         assert_eq!(stats.disconnects.load(Ordering::Relaxed), 0);

@@ -25,7 +25,8 @@ buffer = 4
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_is_conflated_to_its_newest_value_and_a_quiet_topic_still_gets_through() {
-    let sluice = Sluice::start(ROUTES).await;
+    let admin = format!("127.0.0.1:{}", sluice_testkit::free_port());
+    let sluice = Sluice::start(&format!("{ROUTES}\n[admin]\nlisten = \"{admin}\"\n")).await;
     let addr = sluice.addr;
     let mut stream = h1_stream(addr, "/devices").await;
     stream.opened().await;
@@ -62,4 +63,14 @@ async fn a_burst_is_conflated_to_its_newest_value_and_a_quiet_topic_still_gets_t
     assert!(events.iter().any(|e| e.event == "dev/b" && e.data == "b-1"));
     assert!(events.iter().all(|e| e.event != "gap"), "{events:?}");
     assert_eq!(stream.status, 200);
+    // Every value of the busy device went out or was replaced by a newer one, and is counted (the
+    // warm-up's probes may have been conflated too).
+    let admin = admin.parse().expect("admin address");
+    let metrics = get(admin, "/metrics").await.expect("metrics").text();
+    let conflated = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_events_conflated_total{route=\"/devices\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    assert!(conflated >= 40 - of_a.len(), "{conflated}: {metrics}");
 }
