@@ -86,7 +86,7 @@ pub(super) fn validate(
     };
     let ca_file = match &raw.ca_file {
         None => None,
-        Some(path) if parsed.scheme() == "https" => Some(super::proxy::ca_file(at, path, base)?),
+        Some(path) if parsed.scheme() == "https" => Some(super::values::ca_file(at, path, base)?),
         Some(path) => return Err(at.error(path.span(), "ca_file is for an https:// origin")),
     };
     Ok(Origin {

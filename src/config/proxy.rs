@@ -2,7 +2,7 @@
 //! answer itself is passed to.
 
 use super::raw::RawProxy;
-use super::values::duration;
+use super::values::{ca_file, duration};
 use super::{ConfigError, Locator, DEFAULT_PROXY_CONNECT_TIMEOUT, DEFAULT_PROXY_READ_TIMEOUT};
 use crate::proxy::Upstream;
 use std::path::Path;
@@ -68,31 +68,6 @@ fn upstream(at: &Locator, raw: &Spanned<String>) -> Result<(bool, String, u16), 
         .port_or_known_default()
         .ok_or_else(|| refuse("no port"))?;
     Ok((tls, host, port))
-}
-
-/// `ca_file` (of `[proxy]` and of an `sse` broker): a PEM file of at least one certificate,
-/// relative to `base`, loaded as pingora will load it.
-pub(super) fn ca_file(
-    at: &Locator,
-    raw: &Spanned<String>,
-    base: &Path,
-) -> Result<std::path::PathBuf, ConfigError> {
-    let path = base.join(raw.get_ref());
-    if raw.get_ref().is_empty() || !path.is_file() {
-        return Err(at.error(raw.span(), format!("no such file: {}", path.display())));
-    }
-    let mut store = rustls::RootCertStore::empty();
-    // The same loader pingora's connector uses, so what passes here loads there.
-    if let Err(e) = pingora::tls::load_ca_file_into_store(&path, &mut store) {
-        return Err(at.error(raw.span(), format!("{}: {e}", path.display())));
-    }
-    if store.is_empty() {
-        return Err(at.error(
-            raw.span(),
-            format!("{}: no certificate in the file", path.display()),
-        ));
-    }
-    Ok(path)
 }
 
 #[cfg(test)]

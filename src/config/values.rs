@@ -1,8 +1,10 @@
-//! Validators shared by every section: a number within its bounds, a duration within its bounds.
+//! Validators shared by every section: a number within its bounds, a duration within its bounds,
+//! a file of CA certificates.
 
 use super::{ConfigError, Locator, DURATION_RANGE};
 use std::fmt::Display;
 use std::ops::RangeInclusive;
+use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -102,4 +104,29 @@ fn in_duration_range(
             humantime::format_duration(*DURATION_RANGE.end())
         ),
     ))
+}
+
+/// `ca_file` (of `[proxy]` and of an `sse` broker): a PEM file of at least one certificate,
+/// relative to `base`, loaded as pingora will load it.
+pub(super) fn ca_file(
+    at: &Locator,
+    raw: &Spanned<String>,
+    base: &Path,
+) -> Result<std::path::PathBuf, ConfigError> {
+    let path = base.join(raw.get_ref());
+    if raw.get_ref().is_empty() || !path.is_file() {
+        return Err(at.error(raw.span(), format!("no such file: {}", path.display())));
+    }
+    let mut store = rustls::RootCertStore::empty();
+    // The same loader pingora's connector uses, so what passes here loads there.
+    if let Err(e) = pingora::tls::load_ca_file_into_store(&path, &mut store) {
+        return Err(at.error(raw.span(), format!("{}: {e}", path.display())));
+    }
+    if store.is_empty() {
+        return Err(at.error(
+            raw.span(),
+            format!("{}: no certificate in the file", path.display()),
+        ));
+    }
+    Ok(path)
 }
