@@ -63,7 +63,7 @@ impl Admission {
         }
         state.waiting += 1.0;
         let spread = (state.waiting / rate).clamp(1.0, MAX_WAIT.as_secs_f64());
-        let unit = (crate::sse::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let unit = (sluice_bridge::random_u64() >> 11) as f64 / (1u64 << 53) as f64;
         Err(Duration::from_secs_f64(1.0 + unit * (spread - 1.0)))
     }
 }

@@ -8,6 +8,7 @@
 use crate::route::{parse_template, Piece};
 use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
+use sluice_bridge::random_u64;
 use std::time::Duration;
 
 /// The reference parser of what this module writes, for tests and tools (sluice never parses SSE).
@@ -135,15 +136,6 @@ pub fn shutdown_retry(retry: Duration) -> Bytes {
     let base = retry.as_millis() as u64;
     let jitter = random_u64() % (2 * base.max(1));
     Bytes::from(format!("retry: {}\n\n", base + jitter))
-}
-
-/// A random number from the standard library's per-process random hash keys (no extra dependency;
-/// good enough to spread reconnects and to tell one process's replay ids from another's).
-pub(crate) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(0);
-    hasher.finish()
 }
 
 /// The data of an event in a JSON envelope: `{"topic": ..., "data": "..."}` for a UTF-8 payload, or

@@ -123,8 +123,7 @@ pub fn is_event_stream(response: &ResponseHeader) -> bool {
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
+        .is_some_and(sluice_bridge::is_event_stream)
 }
 
 /// Turns the upstream's response head into the client's: hop-by-hop headers out, and the body

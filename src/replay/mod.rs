@@ -46,7 +46,7 @@ pub const MAX_ID_LEN: usize = 128;
 /// This process's epoch, drawn once.
 pub fn epoch() -> u32 {
     static EPOCH: OnceLock<u32> = OnceLock::new();
-    *EPOCH.get_or_init(|| crate::sse::random_u64() as u32)
+    *EPOCH.get_or_init(|| sluice_bridge::random_u64() as u32)
 }
 
 /// A new topic instance number, unique in this process.

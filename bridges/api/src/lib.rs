@@ -20,6 +20,24 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A random number from the standard library's per-process random hash keys (no extra dependency;
+/// good enough to spread reconnects, name a private subject, or tell one process's replay ids from
+/// another's): the one place sluice and its bridges draw one.
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(0);
+    hasher.finish()
+}
+
+/// Whether a `content-type` value names an event stream (`text/event-stream`, any case, with or
+/// without parameters): what an upstream SSE origin must answer, and what a proxied response is
+/// flushed event by event for.
+pub fn is_event_stream(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or_default();
+    media.trim().eq_ignore_ascii_case("text/event-stream")
+}
+
 /// One message as it came from a broker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
@@ -336,5 +354,27 @@ pub trait Bridge: Send + Sync + 'static {
         Err(BridgeError::Unsupported(
             "this broker has no persistent streams",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_event_stream_is_named_by_its_media_type_alone() {
+        for yes in [
+            "text/event-stream",
+            "Text/Event-Stream; charset=utf-8",
+            " text/event-stream ;x",
+        ] {
+            assert!(super::is_event_stream(yes), "{yes}");
+        }
+        for no in [
+            "text/plain",
+            "text/event-streams",
+            "",
+            "application/json; text/event-stream",
+        ] {
+            assert!(!super::is_event_stream(no), "{no}");
+        }
     }
 }

@@ -289,7 +289,7 @@ impl NatsBridge {
             jetstream,
             connections,
             live,
-            confirm_subject: format!("_sluice.confirm.{:016x}", random_u64()),
+            confirm_subject: format!("_sluice.confirm.{:016x}", sluice_bridge::random_u64()),
         })
     }
 
@@ -495,14 +495,6 @@ async fn confirm(client: &async_nats::Client, subject: &str) {
             Ok(_) | Err(_) => return,
         }
     }
-}
-
-/// A random number from the standard library's per-process random hash keys.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(0);
-    hasher.finish()
 }
 
 fn log_event(broker: &str, event: Event) {

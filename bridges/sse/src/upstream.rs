@@ -186,8 +186,7 @@ impl Upstream {
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"));
+            .is_some_and(sluice_bridge::is_event_stream);
         if !event_stream {
             let kind = response.headers().get(CONTENT_TYPE);
             let kind = kind.and_then(|v| v.to_str().ok()).unwrap_or("none");
@@ -306,15 +305,7 @@ fn backoff(delay: Duration, failures: u32) -> Duration {
     let doubled = delay.saturating_mul(1 << failures.saturating_sub(1).min(16));
     let wait = doubled.min(MAX_BACKOFF.max(delay));
     let quarter = wait.as_millis() as u64 / 4;
-    wait + Duration::from_millis(random_u64() % quarter.max(1))
-}
-
-/// A random number from the standard library's per-process random hash keys.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(0);
-    hasher.finish()
+    wait + Duration::from_millis(sluice_bridge::random_u64() % quarter.max(1))
 }
 
 #[cfg(test)]
