@@ -5,7 +5,7 @@ use sluice_bridge::{Bridge, BridgeError};
 use sluice_memory::MemoryBridge;
 use sluice_mqtt::{MqttBridge, MqttSettings};
 use sluice_nats::{NatsBridge, NatsSettings};
-use sluice_sse::{SseBridge, SseSettings};
+use sluice_sse::SseBridge;
 use std::sync::Arc;
 
 /// Connects every broker, in configuration order. A broker that is down is not an error: its bridge
@@ -48,16 +48,7 @@ pub async fn connect(broker: &Broker) -> Result<Arc<dyn Bridge>, BridgeError> {
                 qos: *qos,
             },
         )?),
-        BrokerKind::Sse(origin) => Arc::new(SseBridge::new(
-            &broker.name,
-            &SseSettings {
-                url: origin.url.clone(),
-                headers: origin.headers.clone(),
-                reconnect: origin.reconnect,
-                idle_timeout: origin.idle_timeout,
-                ca_file: origin.ca_file.clone(),
-            },
-        )?),
+        BrokerKind::Sse(settings) => Arc::new(SseBridge::new(&broker.name, settings)?),
     };
     tracing::info!(broker = %broker.name, kind = kind_name(&broker.kind), "broker configured");
     Ok(bridge)

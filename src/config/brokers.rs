@@ -1,7 +1,6 @@
 //! Validates `[brokers.NAME]` into [`Broker`]s: the type, its url and the keys of that type only
 //! (an `sse` origin's own keys are checked in [`super::origin`]).
 
-pub use super::origin::Origin;
 use super::raw::{OneOrMany, RawBroker};
 use super::values::within;
 use super::{
@@ -37,7 +36,7 @@ pub enum BrokerKind {
         qos: u8,
     },
     /// An upstream SSE origin: each topic is a path on it.
-    Sse(Origin),
+    Sse(sluice_sse::SseSettings),
 }
 
 impl BrokerKind {

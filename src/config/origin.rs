@@ -6,7 +6,8 @@ use super::raw::{OneOrMany, RawBroker};
 use super::values::duration;
 use super::{ConfigError, Locator};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use std::path::{Path, PathBuf};
+use sluice_sse::SseSettings;
+use std::path::Path;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -27,27 +28,13 @@ const RESERVED_HEADERS: [&str; 10] = [
     "accept",
 ];
 
-/// An upstream SSE origin, validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Origin {
-    /// `http` or `https`, a host, and maybe a path prefix; no query or fragment.
-    pub url: url::Url,
-    /// Sent with every upstream request; values are marked sensitive, so they never show in a
-    /// debug print.
-    pub headers: HeaderMap,
-    pub reconnect: Duration,
-    /// Drop and resume an upstream stream silent for this long (none: wait forever).
-    pub idle_timeout: Option<Duration>,
-    pub ca_file: Option<PathBuf>,
-}
-
 /// `[brokers.NAME]` with `type = "sse"`.
 pub(super) fn validate(
     at: &Locator,
     name: &str,
     raw: &RawBroker,
     base: &Path,
-) -> Result<Origin, ConfigError> {
+) -> Result<SseSettings, ConfigError> {
     let Some(url) = &raw.url else {
         return Err(at.error(
             raw.kind.span(),
@@ -89,7 +76,7 @@ pub(super) fn validate(
         Some(path) if parsed.scheme() == "https" => Some(super::values::ca_file(at, path, base)?),
         Some(path) => return Err(at.error(path.span(), "ca_file is for an https:// origin")),
     };
-    Ok(Origin {
+    Ok(SseSettings {
         url: parsed,
         headers,
         reconnect,

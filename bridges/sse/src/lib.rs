@@ -21,12 +21,14 @@ use url::Url;
 /// upstream is retried in the background.
 const FIRST_ANSWER: Duration = Duration::from_secs(5);
 
-/// How one `[brokers.NAME]` of type `sse` reaches its origin.
-#[derive(Clone, Debug)]
+/// How one `[brokers.NAME]` of type `sse` reaches its origin (validated by sluice's configuration;
+/// two are equal when they reach the same origin the same way).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SseSettings {
     /// The origin, `http` or `https`, possibly with a path prefix; each topic's path is appended.
     pub url: Url,
-    /// Sent with every upstream request (an authorization header, say).
+    /// Sent with every upstream request (an authorization header, say); values marked sensitive
+    /// never show in a debug print.
     pub headers: HeaderMap,
     /// The first reconnection delay; the origin's `retry:` replaces it once sent.
     pub reconnect: Duration,
